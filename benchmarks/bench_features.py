@@ -1,0 +1,115 @@
+"""Benchmark: geometric feature step vs the bare scipy cKDTree k-NN baseline, on 1M real points.
+
+Data: the four real IGN LiDAR HD 1 km tiles of ``/work/shared/data/lidar/ign_lidarhd_1km``
+(1,027,078 points in all) concatenated in file-name order and cut to the first 1,000,000
+points (tiles are kilometres apart, so neighbourhoods never mix tiles).
+
+(a) baseline: ``cKDTree(xyz)`` + ``query(xyz, k=16, workers=-1)``
+(b) ours: ``compute_features(cloud, k=(16,), height_cells=(2.0, 10.0))`` -- KD-tree + k-NN +
+    covariance features (12) + height features (2 cell sizes x 3) + point features (6)
+Target: b / a <= 2.0. Also: torch grid k-NN on CPU vs cKDTree on a smaller subset.
+
+Run: ``.venv/bin/python benchmarks/bench_features.py [--n 1000000] [--repeats 1]``
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import laspy  # noqa: E402
+import torch  # noqa: E402
+from scipy.spatial import cKDTree  # noqa: E402
+
+from data.features import compute_features  # noqa: E402
+from data.neighbors import knn  # noqa: E402
+from data.pointcloud import PointCloud  # noqa: E402
+
+DATA = "/work/shared/data/lidar/ign_lidarhd_1km/*.laz"
+
+
+def load(n: int) -> PointCloud:
+    xyz, fields = [], {"intensity": [], "return_number": [], "number_of_returns": []}
+    for path in sorted(glob.glob(DATA)):
+        las = laspy.read(path)
+        xyz.append(np.stack([las.x, las.y, las.z], 1))
+        for name in fields:
+            fields[name].append(np.asarray(las[name]))
+    cloud = PointCloud(np.concatenate(xyz)[:n],
+                       {k: np.concatenate(v)[:n] for k, v in fields.items()})
+    return cloud
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--torch-n", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    cloud = load(args.n)
+    xyz = cloud.xyz
+    print(f"data: {len(cloud):,} points from {DATA} (4 real 1 km tiles, concatenated); "
+          f"k={args.k}; cores={os.cpu_count()}; torch threads={torch.get_num_threads()}")
+    for rep in range(args.repeats):
+        def baseline():
+            tree = cKDTree(xyz)
+            return tree.query(xyz, k=args.k, workers=-1)
+        ta, _ = timed(baseline)
+        tb, (names, x) = timed(lambda: compute_features(cloud, k=(args.k,),
+                                                        height_cells=(2.0, 10.0)))
+        assert np.isfinite(x).all()
+        print(f"\n[run {rep + 1}]")
+        print(f"{'step':58s} {'seconds':>8s}")
+        print(f"{'(a) cKDTree build + query(k=%d, workers=-1)' % args.k:58s} {ta:8.2f}")
+        print(f"{'(b) compute_features: tree+kNN+cov+height+point (%d feats)' % len(names):58s}"
+              f" {tb:8.2f}")
+        print(f"{'ratio b/a (target <= 2.0)':58s} {tb / ta:8.2f}")
+
+    # breakdown of (b), each sub-step timed on its own
+    from data.features import covariance_features, height_features, point_features
+    local = xyz - xyz.mean(0)
+    t_build, tree = timed(lambda: cKDTree(local, balanced_tree=False))
+    t_query, (_, idx) = timed(lambda: tree.query(local, k=args.k, workers=-1))
+    t_cov, _ = timed(lambda: covariance_features(local, idx))
+    t_h, _ = timed(lambda: [height_features(xyz, c) for c in (2.0, 10.0)])
+    t_p, _ = timed(lambda: point_features(cloud.fields))
+    print("\nbreakdown of (b):")
+    for label, v in (("KD-tree build (balanced_tree=False)", t_build),
+                     (f"k-NN query k={args.k}", t_query),
+                     ("covariance features (12)", t_cov),
+                     ("height features, cells 2.0 and 10.0 (6)", t_h),
+                     ("point features (6)", t_p)):
+        print(f"  {label:56s} {v:8.2f}")
+
+    # torch grid k-NN on CPU vs cKDTree, smaller subset (centred float32 for torch)
+    sub = xyz[: args.torch_n] - xyz[: args.torch_n].mean(0)
+    tc, (dc, ic) = timed(lambda: cKDTree(sub).query(sub, k=args.k, workers=-1))
+    pt = torch.from_numpy(sub).float()
+    tt, (dt, it) = timed(lambda: knn(pt, pt, args.k))
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tt1, _ = timed(lambda: knn(pt, pt, args.k))
+    torch.set_num_threads(nthreads)
+    agree = np.abs(dt.double().numpy() - dc).max()
+    print(f"\ntorch knn (CPU, float32) vs cKDTree on {len(sub):,} points, k={args.k}")
+    print(f"{'cKDTree build + query (workers=-1)':58s} {tc:8.2f}")
+    print(f"{'data.neighbors.knn, torch grid search, %d threads' % nthreads:58s} {tt:8.2f}")
+    print(f"{'data.neighbors.knn, torch grid search, 1 thread':58s} {tt1:8.2f}")
+    print(f"{'max |dist difference| (float32 rounding)':58s} {agree:8.1e}")
+
+
+if __name__ == "__main__":
+    main()

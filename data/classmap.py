@@ -1,0 +1,105 @@
+"""Class maps: input codes (e.g. LAS classification) -> training classes.
+
+A spec declares the map once::
+
+    classes:
+      ground: [2]
+      vegetation: [3, 4, 5]
+    ignore: [7, 65, 66]
+
+Class ``i`` is the i-th entry in declaration order. Ignored codes map to ``IGNORE`` (-1) and
+are left out of the loss and of every metric. A code that is neither mapped nor ignored is
+an error (it usually means the class map does not fit the data).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import DataError, UserError
+
+IGNORE = -1
+_MAX_CODE = 65535  # codes are at most uint16 (LAS classification is uint8, extra dims may be wider)
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    names: tuple[str, ...]
+    codes: tuple[tuple[int, ...], ...]   # codes[i] = input codes of class i; codes[i][0] is written back
+    ignore: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise UserError("class map: at least one class is needed")
+        if len(set(self.names)) != len(self.names):
+            raise UserError(f"class map: duplicate class names in {list(self.names)}")
+        seen: dict[int, str] = {}
+        for name, codes in zip(self.names, self.codes):
+            if not codes:
+                raise UserError(f"class map: class {name!r} has no input codes")
+            for code in codes:
+                if not (0 <= int(code) <= _MAX_CODE):
+                    raise UserError(f"class map: code {code} of class {name!r} is outside 0..{_MAX_CODE}")
+                if code in seen:
+                    raise UserError(f"class map: code {code} is in both {seen[code]!r} and {name!r}")
+                seen[code] = name
+        for code in self.ignore:
+            if code in seen:
+                raise UserError(f"class map: code {code} is both ignored and in class {seen[code]!r}")
+
+    # -- construction / serialisation -------------------------------------------------
+    @classmethod
+    def from_config(cls, classes: Mapping[str, Sequence[int] | int], ignore: Sequence[int] = ()) -> "ClassMap":
+        names = tuple(str(n) for n in classes)
+        codes = tuple(tuple(int(c) for c in (v if isinstance(v, (list, tuple)) else [v])) for v in classes.values())
+        return cls(names, codes, tuple(int(c) for c in ignore))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"classes": {n: list(c) for n, c in zip(self.names, self.codes)}, "ignore": list(self.ignore)}
+
+    @classmethod
+    def identity(cls, codes: Sequence[int]) -> "ClassMap":
+        """One class per code, named ``code_N`` (used when no class map is given)."""
+        codes = sorted({int(c) for c in codes})
+        return cls(tuple(f"code_{c}" for c in codes), tuple((c,) for c in codes))
+
+    # -- mapping ----------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def output_codes(self) -> np.ndarray:
+        """``[num_classes]`` the code written back for each class (its first code)."""
+        return np.array([c[0] for c in self.codes], dtype=np.int64)
+
+    def _lut(self) -> np.ndarray:
+        lut = np.full(_MAX_CODE + 1, -2, dtype=np.int64)  # -2 = unknown
+        for i, codes in enumerate(self.codes):
+            lut[list(codes)] = i
+        lut[list(self.ignore)] = IGNORE
+        return lut
+
+    def encode(self, codes: np.ndarray, source: object = "input") -> np.ndarray:
+        """Input codes ``[N]`` -> class indices ``[N]`` int64 (``IGNORE`` for ignored codes).
+
+        Raises DataError naming ``source`` when a code is neither mapped nor ignored.
+        """
+        codes = np.asarray(codes).astype(np.int64, copy=False)
+        if codes.size and (codes.min() < 0 or codes.max() > _MAX_CODE):
+            raise DataError(source, f"class codes outside 0..{_MAX_CODE}")
+        labels = self._lut()[codes]
+        unknown = labels == -2
+        if unknown.any():
+            bad, counts = np.unique(codes[unknown], return_counts=True)
+            listing = ", ".join(f"{c} ({n} points)" for c, n in zip(bad.tolist(), counts.tolist()))
+            raise DataError(source, f"class code(s) {listing} are not in the class map "
+                                    f"(classes: {self.to_config()['classes']}, ignore: {list(self.ignore)}); "
+                                    "add them to a class or to 'ignore'")
+        return labels
+
+    def decode(self, labels: np.ndarray) -> np.ndarray:
+        """Class indices ``[N]`` -> input codes ``[N]`` (the first code of each class)."""
+        return self.output_codes[np.asarray(labels)]

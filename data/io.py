@@ -1,0 +1,87 @@
+"""Point-cloud file I/O: one entry point per operation, format chosen by suffix.
+
+::
+
+    from data.io import read_cloud, write_cloud, read_header_info
+    cloud = read_cloud("tile.laz")                   # .las / .laz / .ply (any case)
+    write_cloud(cloud, "out.laz", extra={"pred": p})  # atomic; extra dims added/replaced
+    info = read_header_info("tile.laz")               # no point decoding
+
+Every problem with a file (missing, wrong format, truncated, corrupt, no points, NaN
+coordinates, ...) raises ``DataError`` naming the file. See ``data.las`` / ``data.ply``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .las import LasMeta, RawVlr, ExtraDim, las_header_info, read_las, write_las
+from .ply import PlyMeta, ply_header_info, read_ply, write_ply
+from .pointcloud import PointCloud
+
+__all__ = ["read_cloud", "write_cloud", "read_header_info", "HeaderInfo", "LasMeta", "PlyMeta",
+           "RawVlr", "ExtraDim", "SUFFIXES"]
+
+SUFFIXES = (".las", ".laz", ".ply")
+
+
+@dataclass
+class HeaderInfo:
+    """Cheap facts about a point-cloud file (from the header; PLY bounds need x/y/z)."""
+
+    path: str
+    format: str                     # "las", "laz" or "ply"
+    point_count: int
+    mins: np.ndarray                # [3] header bounds
+    maxs: np.ndarray
+    crs_wkt: str | None             # WKT, "EPSG:NNNN" (GeoTIFF keys only) or None
+    epsg: int | None
+    point_format: int | None        # LAS point format id; None for PLY
+    version: str                    # LAS version "1.4" / PLY format "ascii", ...
+    scales: np.ndarray | None
+    offsets: np.ndarray | None
+    dimensions: list[str]           # every dimension but X/Y/Z, file order
+    compressed: bool
+    warnings: list[str] = field(default_factory=list)  # suspicious but readable layout
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(path, f"unsupported point-cloud suffix {path.suffix!r} "
+                              f"(expected one of {', '.join(SUFFIXES)})")
+    return suffix
+
+
+def read_cloud(path: str | os.PathLike) -> PointCloud:
+    """Read a LAS/LAZ/PLY file (by suffix, case-insensitive) into a PointCloud."""
+    path = Path(path)
+    if _suffix(path) == ".ply":
+        return read_ply(path)
+    return read_las(path)
+
+
+def write_cloud(cloud: PointCloud, path: str | os.PathLike,
+                extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write ``cloud`` to ``path`` (.las/.laz/.ply by suffix), atomically.
+
+    ``extra``: ``{name: [N] array}`` written as extra dimensions (LAS extra bytes / PLY
+    properties) after the cloud's own fields; a name already in ``cloud.fields`` replaces
+    that field. ``cloud`` itself is not modified.
+    """
+    path = Path(path)
+    if _suffix(path) == ".ply":
+        write_ply(cloud, path, extra)
+    else:
+        write_las(cloud, path, extra)
+
+
+def read_header_info(path: str | os.PathLike) -> HeaderInfo:
+    """Point count, bounds, CRS, point format... without decoding LAS/LAZ points."""
+    path = Path(path)
+    info = ply_header_info(path) if _suffix(path) == ".ply" else las_header_info(path)
+    return HeaderInfo(**info)

@@ -1,0 +1,97 @@
+"""Model bundles: ``NAME.bundle/``, one self-contained, portable folder.
+
+Layout::
+
+    NAME.bundle/
+      bundle.json      # format, project version, model type + resolved config, class map,
+                       # training summary, library versions (no absolute paths)
+      <weights>        # written by the model's ``save`` (e.g. random_forest.pkl, weights.pt)
+
+The folder is written under a temporary name and renamed into place, so a crash never
+leaves a half bundle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from data.classmap import ClassMap
+from data.errors import UserError
+
+from . import __version__
+from .registry import MODELS
+from .schema import SpecError, parse_component, to_plain
+
+FORMAT = "lidarseg-model-bundle"
+FORMAT_VERSION = 1
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import sklearn
+
+    out = {"python": platform.python_version(), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save(tmp)
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "project_version": __version__,
+            "model": to_plain(model.config), "class_map": class_map.to_config(), "summary": summary,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+        }
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_bundle(path: str | Path) -> tuple[Any, ClassMap, dict[str, Any]]:
+    """-> (model, class map, bundle.json contents). Clear errors for a missing or foreign bundle."""
+    from . import models  # noqa: F401  (registers model types)
+
+    path = Path(path)
+    meta_path = path / "bundle.json"
+    if not meta_path.is_file():
+        raise UserError(f"{path}: not a model bundle (no bundle.json inside; train one with 'run.py run SPEC')")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path}: not a {FORMAT} file")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path}: bundle format {meta['format_version']} is newer than this program "
+                        f"(reads {FORMAT_VERSION}); update the project")
+    try:
+        class_map = ClassMap.from_config(meta["class_map"]["classes"], meta["class_map"].get("ignore", ()))
+        config = parse_component(MODELS, meta["model"], "model", str(meta_path))
+    except (KeyError, SpecError) as exc:
+        raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+    entry = MODELS.for_config(config)
+    model = entry.target.load(config, class_map, path)
+    return model, class_map, meta

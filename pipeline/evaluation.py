@@ -1,0 +1,194 @@
+"""Evaluation: confusion matrix, OA / mIoU / kappa / per-class scores, and the report files.
+
+With ``C`` the confusion matrix (rows reference, columns prediction), ``n = sum(C)``:
+
+- OA = trace(C) / n
+- per class i: precision = C_ii / sum_r C_ri, recall = C_ii / sum_c C_ic,
+  F1 = 2 P R / (P + R), IoU = C_ii / (sum_r C_ri + sum_c C_ic - C_ii), support = sum_c C_ic
+- mIoU = mean IoU over classes with support > 0 (present in the reference)
+- kappa = (p_o - p_e) / (1 - p_e), p_o = OA, p_e = sum_i (row_i * col_i) / n^2
+
+Undefined ratios (0/0) are 0. Points whose reference code is ignored are not counted.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from data.atomic import atomic_path
+from data.classmap import IGNORE, ClassMap
+from data.errors import DataError, UserError
+from data.io import read_cloud
+
+from .progress import log, progress
+
+
+def confusion_matrix(ref: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[C, C]`` int64 counts, rows = reference, columns = prediction; ``IGNORE`` refs skipped."""
+    ref, pred = np.asarray(ref, np.int64), np.asarray(pred, np.int64)
+    keep = ref != IGNORE
+    flat = ref[keep] * num_classes + pred[keep]
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+
+def metrics_from_confusion(cm: np.ndarray, names: Sequence[str], ignored_points: int = 0) -> dict[str, Any]:
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    tp = np.diag(cm).astype(np.float64)
+    ref_tot = cm.sum(1).astype(np.float64)    # support
+    pred_tot = cm.sum(0).astype(np.float64)
+    precision, recall = _ratio(tp, pred_tot), _ratio(tp, ref_tot)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    iou = _ratio(tp, ref_tot + pred_tot - tp)
+    present = ref_tot > 0
+    oa = float(tp.sum() / n) if n else 0.0
+    pe = float((ref_tot * pred_tot).sum() / n / n) if n else 0.0
+    kappa = (oa - pe) / (1 - pe) if pe < 1 else (1.0 if oa == 1 else 0.0)
+    return {
+        "overall_accuracy": oa,
+        "miou": float(iou[present].mean()) if present.any() else 0.0,
+        "kappa": float(kappa),
+        "class_names": list(names),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "iou": float(iou[i]), "support": int(ref_tot[i])}
+                      for i, name in enumerate(names)},
+        "confusion_matrix": cm.tolist(),
+        "num_points": n,
+        "ignored_points": int(ignored_points),
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: Path, title: str = "Evaluation report") -> None:
+    """``report.json``, ``report.md`` and ``confusion_matrix.png`` in ``out_dir`` (each atomic)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "report.json") as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    with atomic_path(out_dir / "report.md") as tmp:
+        Path(tmp).write_text(report_markdown(report, title), encoding="utf-8")
+    with atomic_path(out_dir / "confusion_matrix.png") as tmp:
+        plot_confusion(report, Path(tmp))
+
+
+def report_markdown(report: dict[str, Any], title: str) -> str:
+    lines = [f"# {title}", ""]
+    if report.get("files"):
+        lines += [f"Files: {len(report['files'])}", ""]
+    lines += ["| metric | value |", "|---|---|",
+              f"| overall accuracy | {report['overall_accuracy']:.4f} |",
+              f"| mIoU | {report['miou']:.4f} |",
+              f"| kappa | {report['kappa']:.4f} |",
+              f"| points | {report['num_points']:,} |",
+              f"| ignored points | {report['ignored_points']:,} |", "",
+              "## Per class", "",
+              "| class | precision | recall | F1 | IoU | support |", "|---|---|---|---|---|---|"]
+    for name in report["class_names"]:
+        m = report["per_class"][name]
+        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+                     f"{m['iou']:.4f} | {m['support']:,} |")
+    names = report["class_names"]
+    lines += ["", "## Confusion matrix (rows: reference, columns: prediction)", "",
+              "| reference \\ prediction | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    for name, row in zip(names, report["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = report["class_names"]
+    cm = np.asarray(report["confusion_matrix"], dtype=np.float64)
+    norm = _ratio(cm, cm.sum(1, keepdims=True).repeat(cm.shape[1], 1))
+    size = 2.5 + 0.7 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("reference")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j]):,}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(f"OA {report['overall_accuracy']:.3f}  mIoU {report['miou']:.3f}  kappa {report['kappa']:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of reference row")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def pair_files(preds: list[Path], refs: list[Path] | None) -> list[tuple[Path, Path | None]]:
+    """Match prediction files to reference files by file stem (``None``: use classification_ref)."""
+    if refs is None:
+        return [(p, None) for p in preds]
+    by_stem: dict[str, Path] = {}
+    for r in refs:
+        if r.stem in by_stem:
+            raise UserError(f"--ref: two reference files share the stem {r.stem!r}: {by_stem[r.stem]} and {r}")
+        by_stem[r.stem] = r
+    pairs = []
+    for p in preds:
+        if p.stem not in by_stem:
+            raise UserError(f"{p}: no reference file with the same stem {p.stem!r} among the {len(refs)} --ref files")
+        pairs.append((p, by_stem[p.stem]))
+    return pairs
+
+
+def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassMap | None,
+                   out_dir: Path) -> dict[str, Any]:
+    """Metrics over all points of all (prediction, reference) pairs; writes the report files.
+
+    ``refs=None`` takes the reference from each prediction's ``classification_ref``
+    dimension. ``class_map=None`` makes one class per reference code found.
+    """
+    pairs = pair_files(preds, refs)
+    codes_pred, codes_ref, sources = [], [], []
+    for pred_path, ref_path in progress(pairs, "evaluate", unit="file"):
+        pred = read_cloud(pred_path)
+        if not pred.has("classification"):
+            raise DataError(pred_path, "has no 'classification' field to evaluate")
+        if ref_path is None:
+            if not pred.has("classification_ref"):
+                raise DataError(pred_path, "has no 'classification_ref' field; give reference files with --ref")
+            ref_codes = pred.fields["classification_ref"]
+        else:
+            ref = read_cloud(ref_path)
+            if len(ref) != len(pred):
+                raise DataError(pred_path, f"has {len(pred):,} points but its reference {ref_path} has {len(ref):,}")
+            if not ref.has("classification"):
+                raise DataError(ref_path, "has no 'classification' field to use as reference")
+            ref_codes = ref.fields["classification"]
+        codes_pred.append(np.asarray(pred.fields["classification"]))
+        codes_ref.append(np.asarray(ref_codes))
+        sources.append((pred_path, ref_path or pred_path))
+    if class_map is None:
+        class_map = ClassMap.identity(np.unique(np.concatenate(codes_ref)).tolist())
+    num = class_map.num_classes
+    cm = np.zeros((num, num), dtype=np.int64)
+    ignored = 0
+    for pc, rc, (pred_path, ref_path) in zip(codes_pred, codes_ref, sources):
+        ref_lab = class_map.encode(rc, ref_path)
+        pred_lab = class_map.encode(pc, pred_path)
+        valid = ref_lab != IGNORE
+        ignored += int((~valid).sum())
+        if (pred_lab[valid] == IGNORE).any():
+            raise DataError(pred_path, "predicts codes that the class map ignores")
+        cm += confusion_matrix(ref_lab, pred_lab, num)
+    report = metrics_from_confusion(cm, class_map.names, ignored)
+    report["files"] = [{"prediction": p.name, "reference": r.name} for p, r in sources]
+    report["class_map"] = class_map.to_config()
+    write_report(report, out_dir)
+    log(f"evaluation: OA {report['overall_accuracy']:.4f}  mIoU {report['miou']:.4f}  kappa {report['kappa']:.4f} "
+        f"over {report['num_points']:,} points -> {out_dir}")
+    return report

@@ -1,0 +1,46 @@
+"""What a model component provides to the train and predict steps.
+
+A model is constructed from its ``Config`` and the run's class map, trained with ``fit``,
+saved into a bundle folder with ``save`` and rebuilt there with ``load``; ``predict_proba``
+turns one point cloud into class probabilities ``[N, num_classes]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from data.classmap import ClassMap
+from data.pointcloud import PointCloud
+
+
+@dataclass
+class TrainContext:
+    """What a training run may use beyond the data: device, budget, seed, scratch folder."""
+
+    device: str = "cpu"
+    limit_steps: int | None = None     # cap on optimisation steps (--limit-steps)
+    seed: int = 0
+    work_dir: Path | None = None       # checkpoints and logs
+    resume: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class PointModel(Protocol):
+    config: Any
+    class_map: ClassMap
+
+    def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
+        """Train on the files in ``train``; returns a summary (shown and stored in the bundle)."""
+
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
+        """``[N, num_classes]`` float32 probabilities for every point of ``cloud``, input order."""
+
+    def save(self, folder: Path) -> None:
+        """Write weights into ``folder`` (relative file names only)."""
+
+    @classmethod
+    def load(cls, config: Any, class_map: ClassMap, folder: Path) -> "PointModel":
+        """Rebuild a trained model from ``save``'s files."""

@@ -1,0 +1,81 @@
+"""Prediction writer: class probabilities -> labelled point clouds.
+
+For every input cloud, one output file with the same stem holding all input points in input
+order, all input dimensions, header, VLRs and CRS, plus:
+
+- ``classification``: predicted class as its input code (first code of the class);
+- ``confidence`` (float32) = max_c p_c; ``entropy`` (float32) = -sum_c p_c ln p_c;
+- ``classification_ref``: the input's original classification, when it had one;
+- optionally ``prob_<class>`` (float32) per class.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.classmap import ClassMap
+from data.errors import DataError
+from data.io import read_cloud, write_cloud
+from data.pointcloud import PointCloud
+
+from .progress import log, progress
+
+
+def label_outputs(proba: np.ndarray, class_map: ClassMap) -> dict[str, np.ndarray]:
+    """``[N, C]`` probabilities -> codes ``[N]``, confidence ``[N]``, entropy ``[N]``."""
+    proba = np.asarray(proba, dtype=np.float32)
+    p = np.clip(proba, 0.0, 1.0)
+    logp = np.log(p, out=np.zeros_like(p), where=p > 0)
+    return {"codes": class_map.decode(proba.argmax(1)), "confidence": p.max(1).astype(np.float32),
+            "entropy": (-(p * logp).sum(1)).astype(np.float32)}
+
+
+def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
+                   probabilities: bool = False) -> tuple[PointCloud, dict[str, np.ndarray]]:
+    """The cloud with predicted ``classification`` and the extra dimensions to write."""
+    if proba.shape != (len(cloud), class_map.num_classes) or not np.isfinite(proba).all():
+        raise DataError(cloud.source, f"model returned probabilities of shape {proba.shape} "
+                                      f"(expected {(len(cloud), class_map.num_classes)}, finite)")
+    out = label_outputs(proba, class_map)
+    fields = dict(cloud.fields)
+    extras: dict[str, np.ndarray] = {"confidence": out["confidence"], "entropy": out["entropy"]}
+    if "classification" in fields:
+        ref = fields["classification"]
+        extras["classification_ref"] = ref.copy()
+        dtype = ref.dtype if np.issubdtype(ref.dtype, np.integer) else np.uint16
+    else:
+        dtype = np.uint8 if out["codes"].max(initial=0) <= 255 else np.uint16
+    fields["classification"] = out["codes"].astype(dtype)
+    if probabilities:
+        for i, name in enumerate(class_map.names):
+            extras[f"prob_{name}"] = proba[:, i].astype(np.float32)
+    return PointCloud(cloud.xyz, fields, cloud.meta, cloud.source), extras
+
+
+def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
+    suffix = path.suffix.lower() if fmt == "same" else f".{fmt}"
+    return out_dir / f"{path.stem}{suffix}"
+
+
+def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
+                  probabilities: bool = False, fmt: str = "same") -> list[tuple[Path, Path]]:
+    """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = [p.stem for p in inputs]
+    dup = {s for s in stems if stems.count(s) > 1}
+    if dup:
+        raise DataError(inputs[stems.index(dup.pop())], "two inputs share this file stem; outputs would collide")
+    done = []
+    for path in progress(inputs, "predict", unit="file"):
+        cloud = read_cloud(path)
+        if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
+            raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
+        proba = model.predict_proba(cloud, device)
+        labelled, extras = labelled_cloud(cloud, proba, class_map, probabilities)
+        target = output_path(path, out_dir, fmt)
+        write_cloud(labelled, target, extra=extras)
+        log(f"{path.name}: {len(cloud):,} points -> {target}")
+        done.append((path, target))
+    return done

@@ -1,0 +1,25 @@
+"""Progress bars and log lines on stderr; ``--quiet`` silences both."""
+from __future__ import annotations
+
+import sys
+from typing import Iterable, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def log(message: str) -> None:
+    if not _quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=_quiet, file=sys.stderr,
+                dynamic_ncols=True, leave=False)

@@ -1,0 +1,91 @@
+"""Run a spec: each step in order, sharing one ``RunContext``.
+
+Every run writes ``OUT/resolved_spec.yaml`` (the spec after ``--set`` overrides and
+defaults, with the resolved input files) before the first step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from data.atomic import atomic_path
+from data.classmap import ClassMap
+
+from .inputs import expand_patterns
+from .progress import log
+from .registry import STEPS
+from .schema import SpecError, to_plain
+from .spec import LoadedSpec, load_spec
+
+
+@dataclass
+class RunContext:
+    loaded: LoadedSpec
+    out_dir: Path
+    device: str = "cpu"
+    limit_steps: int | None = None
+    resume: bool = False
+    bundles: dict[str, Path] = field(default_factory=dict)            # train step name -> bundle
+    predictions: dict[str, list[tuple[Path, Path]]] = field(default_factory=dict)  # predict name -> [(input, output)]
+
+    @property
+    def class_map(self) -> ClassMap:
+        return self.loaded.class_map
+
+    @property
+    def seed(self) -> int:
+        return self.loaded.spec.seed
+
+    def resolve_inputs(self, value: str | list[str], key: str) -> list[Path]:
+        """A dataset name from ``inputs`` or glob(s) -> files (relative globs against data_root)."""
+        spec = self.loaded.spec
+        source = str(self.loaded.path)
+        names = [value] if isinstance(value, str) else list(value)
+        patterns: list[str] = []
+        for name in names:
+            if name in spec.inputs:
+                ds = spec.inputs[name]
+                patterns.extend([ds] if isinstance(ds, str) else ds)
+            else:
+                patterns.append(name)
+        from data.errors import UserError
+        try:
+            return expand_patterns(patterns, self.loaded.data_root, f"{source}: {key}")
+        except UserError as exc:
+            raise SpecError(source, key, str(exc).split(": ", 2)[-1] + f" (data_root = {self.loaded.data_root})") from None
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from data.errors import UserError
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None, device: str | None = None,
+             limit_steps: int | None = None, resume: bool = False) -> RunContext:
+    loaded = load_spec(path, overrides)
+    out_dir = loaded.output_dir(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(loaded, out_dir, resolve_device(device), limit_steps, resume)
+    resolved = to_plain(loaded.spec)
+    resolved["resolved"] = {"spec_file": str(loaded.path), "data_root": str(loaded.data_root),
+                            "output": str(out_dir), "device": ctx.device, "limit_steps": limit_steps,
+                            "inputs": {name: [str(p) for p in ctx.resolve_inputs(name, f"inputs.{name}")]
+                                       for name in loaded.spec.inputs}}
+    with atomic_path(out_dir / "resolved_spec.yaml") as tmp:
+        Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    for i, step in enumerate(loaded.spec.steps):
+        entry = STEPS.for_config(step)
+        t0 = time.perf_counter()
+        log(f"[{i + 1}/{len(loaded.spec.steps)}] {entry.name}")
+        entry.target.run(step, ctx, f"steps[{i}]")
+        log(f"[{i + 1}/{len(loaded.spec.steps)}] {entry.name} done in {time.perf_counter() - t0:.1f} s")
+    return ctx

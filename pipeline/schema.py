@@ -1,0 +1,187 @@
+"""Typed spec schema: turn parsed YAML/JSON into dataclass instances, with clear errors.
+
+Every spec component is a dataclass; ``parse(cls, data, key, source)`` checks and converts
+plain data against its type hints:
+
+- unknown keys are errors with a "did you mean" hint, missing required keys are errors;
+- ``int``, ``float`` (ints accepted), ``str``, ``bool``, ``list[T]``, ``tuple[T, ...]``,
+  ``dict[str, T]``, ``Optional``/``Union``, ``Literal`` and nested dataclasses;
+- ``Component[registry]`` fields hold ``{type: NAME, ...}`` mappings whose other keys are
+  checked against the config dataclass registered under NAME (see ``pipeline.registry``).
+
+Errors are ``SpecError``: ``<file>: <dotted.key>: <what was expected>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from data.errors import UserError
+
+
+class SpecError(UserError):
+    """A spec that does not match the schema; names the file and the dotted key."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source, self.key = source, key
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+class _ComponentMarker:
+    """Metadata for ``Annotated[Any, _ComponentMarker(registry)]``."""
+
+    def __init__(self, registry: Any):
+        self.registry = registry
+
+
+def Component(registry: Any) -> Any:  # noqa: N802 - reads like a type in annotations
+    """Type of a field that selects a registered component by its ``type`` key."""
+    return typing.Annotated[Any, _ComponentMarker(registry)]
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_describe(get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(key: str, sub: str | int) -> str:
+    if isinstance(sub, int):
+        return f"{key}[{sub}]"
+    return f"{key}.{sub}" if key else str(sub)
+
+
+def parse(tp: Any, data: Any, key: str = "", source: str = "spec") -> Any:
+    """Check ``data`` against type ``tp`` and convert it (dataclasses are instantiated)."""
+    origin = get_origin(tp)
+    if origin is typing.Annotated:
+        base, *meta = get_args(tp)
+        marker = next((m for m in meta if isinstance(m, _ComponentMarker)), None)
+        if marker is not None:
+            return parse_component(marker.registry, data, key, source)
+        return parse(base, data, key, source)
+    if tp is Any:
+        return data
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if data is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return parse(option, data, key, source)
+            except SpecError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise SpecError(source, key, f"expected {_describe(tp)}, got {_short(data)}")
+    if origin is Literal:
+        if data not in get_args(tp):
+            hint = difflib.get_close_matches(str(data), [str(a) for a in get_args(tp)], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise SpecError(source, key, f"expected {_describe(tp)}, got {_short(data)}{extra}")
+        return data
+    if origin in (list, tuple):
+        if not isinstance(data, (list, tuple)):
+            raise SpecError(source, key, f"expected {_describe(tp)}, got {_short(data)}")
+        item = get_args(tp)[0]
+        out = [parse(item, v, _join(key, i), source) for i, v in enumerate(data)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise SpecError(source, key, f"expected {_describe(tp)}, got {_short(data)}")
+        _, value_tp = get_args(tp)
+        return {str(k): parse(value_tp, v, _join(key, str(k)), source) for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, data, key, source)
+    if tp is bool:
+        if not isinstance(data, bool):
+            raise SpecError(source, key, f"expected true or false, got {_short(data)}")
+        return data
+    if tp is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise SpecError(source, key, f"expected an integer, got {_short(data)}")
+        return data
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise SpecError(source, key, f"expected a number, got {_short(data)}")
+        return float(data)
+    if tp is str:
+        if not isinstance(data, str):
+            raise SpecError(source, key, f"expected a string, got {_short(data)}")
+        return data
+    raise TypeError(f"schema: unsupported type {tp!r} at {key}")  # a bug in the schema, not user input
+
+
+def _parse_dataclass(cls: type, data: Any, key: str, source: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(source, key, f"expected a mapping, got {_short(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = get_type_hints(cls, include_extras=True)
+    for name in data:
+        if name not in fields:
+            hint = difflib.get_close_matches(str(name), list(fields), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(fields)})"
+            raise SpecError(source, _join(key, str(name)), f"unknown key{extra}")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = parse(hints[name], data[name], _join(key, name), source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(source, _join(key, name), f"required key is missing (expected {_describe(hints[name])})")
+    try:
+        return cls(**values)
+    except UserError as exc:
+        raise SpecError(source, key, str(exc)) from None
+
+
+def parse_component(registry: Any, data: Any, key: str, source: str) -> Any:
+    """``{type: NAME, **options}`` -> the config dataclass registered as NAME."""
+    if not isinstance(data, dict) or "type" not in data:
+        raise SpecError(source, _join(key, "type") if isinstance(data, dict) else key,
+                        f"expected a mapping with a 'type' key (one of: {', '.join(registry.names())})")
+    name = data["type"]
+    entry = registry.get(name, source=source, key=_join(key, "type"))
+    options = {k: v for k, v in data.items() if k != "type"}
+    return _parse_dataclass(entry.config, options, key, source)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclass instances (with their registry ``type``) -> plain dicts/lists for YAML/JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        type_name = getattr(type(obj), "component_type", None)
+        if type_name:
+            out["type"] = type_name
+        for f in dataclasses.fields(obj):
+            out[f.name] = to_plain(getattr(obj, f.name))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj

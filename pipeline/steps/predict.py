@@ -1,0 +1,45 @@
+"""``type: predict``: label clouds with a bundle (trained earlier in the spec, or a path)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pipeline.bundle import load_bundle
+from pipeline.predict import predict_files
+from pipeline.registry import STEPS
+from pipeline.schema import SpecError
+
+
+@STEPS.register("predict")
+class PredictStep:
+    @dataclass
+    class Config:
+        inputs: str | list[str] = "test"
+        model: str = "model"            # name of a train step of this spec, or a path to a .bundle
+        name: str = "predict"
+        output: str = "predictions"     # folder inside the run's output folder
+        probabilities: bool = False     # also write prob_<class> extra dimensions
+        format: Literal["same", "las", "laz"] = "same"
+
+    @staticmethod
+    def check(cfg: "PredictStep.Config", loaded, key: str) -> None:
+        trained = [s.name for s in loaded.spec.steps if type(s).component_type == "train"]
+        if cfg.model not in trained and not cfg.model.endswith(".bundle"):
+            raise SpecError(str(loaded.path), f"{key}.model",
+                            f"{cfg.model!r} is neither a train step of this spec ({trained or 'none'}) "
+                            "nor a path to a .bundle")
+
+    @staticmethod
+    def run(cfg: "PredictStep.Config", ctx, key: str) -> None:
+        if cfg.model in ctx.bundles:
+            bundle = ctx.bundles[cfg.model]
+        else:
+            bundle = Path(cfg.model)
+            if not bundle.is_absolute():
+                bundle = ctx.loaded.folder / bundle
+        model, class_map, _ = load_bundle(bundle)
+        inputs = ctx.resolve_inputs(cfg.inputs, f"{key}.inputs")
+        out = ctx.out_dir / cfg.output
+        ctx.predictions[cfg.name] = predict_files(model, class_map, inputs, out, device=ctx.device,
+                                                  probabilities=cfg.probabilities, fmt=cfg.format)

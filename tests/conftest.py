@@ -1,0 +1,17 @@
+"""Shared fixtures: paths of the real IGN LiDAR HD sample data (never copied into the repo)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LIDARSEG_DATA", REPO.parent / "shared" / "data" / "lidar")).resolve()
+
+
+@pytest.fixture(scope="session")
+def lidar_data() -> Path:
+    if not (DATA / "ign_lidarhd").is_dir():
+        pytest.fail(f"sample data not found at {DATA} (set LIDARSEG_DATA)")
+    return DATA

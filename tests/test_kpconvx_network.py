@@ -1,0 +1,181 @@
+"""Tests for the KPConvX segmentation network (CPU, small preset)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("data.neighbors")
+pytest.importorskip("data.sampling")
+
+from kpconvx import KPConvXConfig, KPConvXSegNet, build_hierarchy  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI boxes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cloud(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, generator=g) * scale
+
+
+def _batch(sizes=(700, 300, 5), seed=0):
+    pts = torch.cat([_cloud(n, seed + i) for i, n in enumerate(sizes)])
+    batch = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(sizes)])
+    feats = torch.randn(len(pts), 4, generator=torch.Generator().manual_seed(seed + 99))
+    return pts, feats, batch
+
+
+def _warm(net: KPConvXSegNet, pts, feats, batch, steps: int = 3) -> KPConvXSegNet:
+    """A few train-mode passes so BN running statistics are non-trivial, then eval."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            net(pts, feats, batch)
+    return net.eval()
+
+
+CFG = KPConvXConfig.small(first_cell=0.06)
+
+
+@pytest.mark.parametrize("cfg", [
+    CFG,
+    KPConvXConfig.small(first_cell=0.06, upsample="knn3", drop_path=0.2, subsample_input=False),
+    KPConvXConfig.small(first_cell=0.06, widths=(16, 32, 48), blocks=(2, 1, 1),
+                        neighbor_limits=(12, 16, 20), groups=4, deformable=True),
+])
+def test_shapes_and_gradients_unequal_sets(cfg):
+    torch.manual_seed(0)
+    pts, feats, batch = _batch()
+    net = KPConvXSegNet(4, 7, cfg)
+    H = build_hierarchy(pts, batch, cfg)
+    S = cfg.num_stages
+    assert len(H.points) == len(H.neighbors) == S and len(H.pools) == len(H.upsamples) == S - 1
+    for s in range(S):
+        M = H.points[s].shape[0]
+        assert H.neighbors[s].shape == (M, cfg.neighbor_limits[s])
+        assert int(H.neighbors[s].max()) <= M and H.batch[s].shape == (M,)
+        if s + 1 < S:
+            assert H.pools[s].shape[0] == H.points[s + 1].shape[0]
+            assert H.upsamples[s].shape == (M, 1 if cfg.upsample == "nearest" else 3)
+            assert H.points[s + 1].shape[0] <= M
+    # every batch element survives to the coarsest stage (even the 5-point one)
+    assert set(H.batch[-1].tolist()) == {0, 1, 2}
+    logits = net(pts, feats, batch)
+    assert logits.shape == (len(pts), 7) and torch.isfinite(logits).all()
+    logits.square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # a precomputed hierarchy gives the same result
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(pts, feats, batch), net(pts, feats, batch, hierarchy=H))
+
+
+def test_kernel_radius_and_sigma_scale_with_cell():
+    net = KPConvXSegNet(4, 3, CFG)
+    for s, layer in enumerate(net.encoder):
+        cell = CFG.first_cell * 2 ** s
+        assert layer.sigma == pytest.approx(CFG.sigma_factor * cell)
+        assert float(layer.kernel_points.norm(dim=1).max()) == pytest.approx(
+            CFG.radius_factor * cell, rel=1e-6)
+    full = KPConvXSegNet(4, 13, KPConvXConfig.full())
+    rates = [p for layer in full.encoder for p in layer.drop_path]
+    assert len(rates) == sum(KPConvXConfig.full().blocks)
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    assert all(b > a for a, b in zip(rates, rates[1:]))  # rising linearly
+    assert full.encoder[0].m_q == 57
+
+
+def test_overfit_tiny_two_class_scene():
+    """Plane (class 0) + small sphere (class 1), constant features: geometry alone."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n0, n1 = 200, 150
+    plane = torch.cat([torch.rand(n0, 2, generator=g), torch.zeros(n0, 1)], 1)
+    u = torch.randn(n1, 3, generator=g)
+    sphere = u / u.norm(dim=1, keepdim=True) * 0.2 + torch.tensor([0.5, 0.5, 0.25])
+    pts = torch.cat([plane, sphere])
+    labels = torch.cat([torch.zeros(n0), torch.ones(n1)]).long()
+    feats = torch.ones(len(pts), 1)
+    cfg = KPConvXConfig.small(first_cell=0.05, subsample_input=False, widths=(32, 64, 96),
+                              blocks=(1, 1, 1), neighbor_limits=(16, 16, 16), bn_momentum=0.8)
+    net = KPConvXSegNet(1, 2, cfg)
+    H = net.build_hierarchy(pts, None)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
+    t0 = time.perf_counter()
+    first = None
+    for step in range(300):
+        loss = torch.nn.functional.cross_entropy(net(pts, feats, None, H), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.01, (first, loss.item(), step)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_output_independent_of_point_order():
+    torch.manual_seed(0)
+    pts, feats, batch = _batch(sizes=(600, 400))
+    for cfg in (CFG, KPConvXConfig.small(first_cell=0.06, upsample="knn3")):
+        net = _warm(KPConvXSegNet(4, 5, cfg), pts, feats, batch)
+        perm = torch.randperm(len(pts), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            a = net(pts, feats, batch)
+            b = net(pts[perm], feats[perm], batch[perm])
+        torch.testing.assert_close(b, a[perm], atol=1e-4, rtol=1e-4)
+
+
+def test_batch_elements_do_not_interact():
+    torch.manual_seed(0)
+    A = _cloud(500, 1)
+    B = _cloud(400, 2) + 0.01  # overlapping region: only the batch vector separates them
+    fA = torch.randn(500, 4, generator=torch.Generator().manual_seed(3))
+    fB = torch.randn(400, 4, generator=torch.Generator().manual_seed(4))
+    pts, feats = torch.cat([B, A]), torch.cat([fB, fA])
+    batch = torch.cat([torch.zeros(400), torch.ones(500)]).long()
+    for cfg in (CFG, KPConvXConfig.small(first_cell=0.06, upsample="knn3",
+                                         subsample_input=False)):
+        net = _warm(KPConvXSegNet(4, 5, cfg), pts, feats, batch)
+        with torch.no_grad():
+            alone = net(A, fA, torch.zeros(500, dtype=torch.long))
+            together = net(pts, feats, batch)[400:]
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs():
+    net = KPConvXSegNet(4, 3, CFG)
+    pts, feats, batch = _batch(sizes=(50,))
+    with pytest.raises(ValueError):
+        net(pts, feats[:, :3], batch)
+    with pytest.raises(ValueError):
+        net(pts, feats, batch[:10])
+    with pytest.raises(ValueError):
+        KPConvXConfig.small(widths=(32, 64), blocks=(1,))
+    with pytest.raises(ValueError, match="groups"):
+        KPConvXConfig.small(widths=(30, 60, 90, 120))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_forward_matches_cpu():
+    torch.manual_seed(0)
+    pts, feats, batch = _batch(sizes=(600, 300))
+    net = _warm(KPConvXSegNet(4, 5, CFG), pts, feats, batch)
+    with torch.no_grad():
+        ref = net(pts, feats, batch)
+        net.cuda()
+        out = net(pts.cuda(), feats.cuda(), batch.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            amp = net(pts.cuda(), feats.cuda(), batch.cuda())
+    torch.testing.assert_close(out.cpu(), ref, atol=1e-3, rtol=1e-3)
+    assert torch.isfinite(amp).all()

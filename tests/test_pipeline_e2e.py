@@ -1,0 +1,129 @@
+"""End to end on the real IGN sample data: spec run -> bundle -> predict -> evaluate, via the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import laspy
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+
+TEST_TILE = "ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz"
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_spec(tmp_path_factory, lidar_data):
+    folder = tmp_path_factory.mktemp("spec")
+    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec["data_root"] = str(lidar_data)
+    spec["output"] = "out"
+    spec["inputs"] = {"train": ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz",
+                                "ign_lidarhd/train/mnx_corse.laz"],
+                      "test": [TEST_TILE]}
+    spec["steps"][0]["model"].update(n_estimators=8, samples_per_class=1500)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_out(small_spec):
+    res = cli("run", small_spec, "--quiet")
+    assert res.returncode == 0, res.stderr
+    return small_spec.parent / "out"
+
+
+def test_run_writes_bundle_predictions_and_report(run_out, lidar_data):
+    assert (run_out / "resolved_spec.yaml").is_file()
+    assert (run_out / "model.bundle" / "bundle.json").is_file()
+    meta = json.loads((run_out / "model.bundle" / "bundle.json").read_text())
+    assert str(REPO) not in json.dumps(meta) and "/tmp" not in json.dumps(meta)  # no absolute paths
+    report = json.loads((run_out / "evaluation" / "report.json").read_text())
+    assert 0 <= report["miou"] <= 1 and report["num_points"] > 50_000
+    assert report["class_names"] == ["ground", "vegetation", "building", "water", "bridge", "other"]
+
+    src = laspy.read(lidar_data / TEST_TILE)
+    out = laspy.read(run_out / "predictions" / Path(TEST_TILE).name)
+    assert len(out.points) == len(src.points)
+    for dim in src.point_format.dimension_names:
+        np.testing.assert_array_equal(out[dim] if dim != "classification" else out["classification_ref"], src[dim])
+    assert out.header.scales.tolist() == src.header.scales.tolist()
+    assert out.header.offsets.tolist() == src.header.offsets.tolist()
+    assert set(np.unique(out.classification)) <= {2, 3, 6, 9, 17, 1}
+    conf = np.asarray(out["confidence"])
+    assert conf.dtype == np.float32 and (conf > 0).all() and (conf <= 1).all()
+    ent = np.asarray(out["entropy"])
+    assert ent.dtype == np.float32 and (ent >= 0).all() and (ent <= np.log(6) + 1e-5).all()
+    src_vlrs = {(v.user_id, v.record_id): v.record_data_bytes() for v in src.header.vlrs}
+    out_vlrs = {(v.user_id, v.record_id): v.record_data_bytes() for v in out.header.vlrs}
+    assert src_vlrs and all(out_vlrs.get(k) == b for k, b in src_vlrs.items())  # CRS (WKT / GeoKeys) kept
+
+
+def test_predict_and_evaluate_with_bundle_reproduce_the_run(run_out, lidar_data, tmp_path):
+    res = cli("predict", "--model", run_out / "model.bundle", "--input", lidar_data / TEST_TILE,
+              "--out", tmp_path / "pred", "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = cli("evaluate", "--pred", tmp_path / "pred" / "*.laz", "--ref", lidar_data / TEST_TILE,
+              "--out", tmp_path / "eval", "--classes", run_out / "resolved_spec.yaml", "--quiet")
+    assert res.returncode == 0, res.stderr
+    mine = json.loads((tmp_path / "eval" / "report.json").read_text())
+    theirs = json.loads((run_out / "evaluation" / "report.json").read_text())
+    for key in ("overall_accuracy", "miou", "kappa", "confusion_matrix", "num_points", "ignored_points"):
+        assert mine[key] == theirs[key]
+
+
+def test_validate_and_help():
+    res = cli("validate", REPO / "specs" / "ign_rf.yaml")
+    assert res.returncode == 0, res.stderr
+    for sub in ([], ["run"], ["predict"], ["evaluate"], ["validate"]):
+        res = cli(*sub, "--help")
+        assert res.returncode == 0 and "usage" in res.stdout
+
+
+def test_bad_spec_key_exit_code_and_message(tmp_path):
+    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec["steps"][0]["model"]["n_estimatorz"] = 3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = cli("run", path, "--out", tmp_path / "o")
+    assert res.returncode == 2
+    assert "bad.yaml" in res.stderr and "n_estimatorz" in res.stderr and "n_estimators" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_predict_bad_inputs_fail_clearly_without_output(run_out, tmp_path):
+    bad = tmp_path / "broken.laz"
+    bad.write_bytes(b"LASF" + b"\0" * 50)
+    nan = tmp_path / "nan.ply"
+    nan.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\n"
+                   "property float z\nend_header\n0 0 0\nnan 1 1\n")
+    cases = {tmp_path / "missing.laz": "missing.laz", bad: "broken.laz", nan: "nan.ply"}
+    for path, needle in cases.items():
+        out = tmp_path / f"out_{path.stem}"
+        res = cli("predict", "--model", run_out / "model.bundle", "--input", path, "--out", out)
+        assert res.returncode == 2, (path, res.stderr)
+        assert needle in res.stderr and "Traceback" not in res.stderr
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_unknown_class_code_in_training_data(tmp_path, lidar_data):
+    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec["data_root"] = str(lidar_data)
+    spec["ignore"] = [7, 66]   # 65 occurs in mnx_corse and is now unknown
+    spec["inputs"]["train"] = ["ign_lidarhd/train/mnx_corse.laz"]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = cli("run", path, "--out", tmp_path / "o", "--limit-steps", "2")
+    assert res.returncode == 2
+    assert "mnx_corse.laz" in res.stderr and "65" in res.stderr and "not in the class map" in res.stderr
+    assert not (tmp_path / "o" / "model.bundle").exists()

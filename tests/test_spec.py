@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import yaml
+
+from pipeline.schema import SpecError
+from pipeline.spec import load_spec
+
+BASE = {
+    "name": "t",
+    "classes": {"ground": [2], "building": 6},
+    "ignore": [7],
+    "inputs": {"train": ["a/*.laz"]},
+    "steps": [
+        {"type": "train", "model": {"type": "random_forest", "n_estimators": 5}},
+        {"type": "predict", "inputs": "train"},
+        {"type": "evaluate"},
+    ],
+}
+
+
+def write(tmp_path, data, suffix=".yaml"):
+    path = tmp_path / f"spec{suffix}"
+    path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def spec_error(tmp_path, data, *overrides):
+    with pytest.raises(SpecError) as exc:
+        load_spec(write(tmp_path, data), list(overrides))
+    return str(exc.value)
+
+
+def test_valid_yaml_and_json_parse_the_same(tmp_path):
+    a = load_spec(write(tmp_path, BASE))
+    b = load_spec(write(tmp_path, BASE, ".json"))
+    assert a.spec == b.spec
+    assert a.spec.steps[0].model.n_estimators == 5
+    assert a.class_map.names == ("ground", "building")
+
+
+def test_unknown_key_has_did_you_mean(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["steps"][0]["model"]["n_estimator"] = 3
+    msg = spec_error(tmp_path, data)
+    assert "spec.yaml" in msg and "steps[0].model.n_estimator" in msg
+    assert "did you mean 'n_estimators'" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = spec_error(tmp_path, {**BASE, "clases": {}})
+    assert "clases" in msg and "did you mean 'classes'" in msg
+
+
+def test_wrong_type_names_key_and_expectation(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["steps"][0]["model"]["n_estimators"] = "many"
+    msg = spec_error(tmp_path, data)
+    assert "steps[0].model.n_estimators" in msg and "expected an integer" in msg and "'many'" in msg
+
+
+def test_missing_required_key(tmp_path):
+    data = {k: v for k, v in BASE.items() if k != "classes"}
+    msg = spec_error(tmp_path, data)
+    assert "classes" in msg and "required key is missing" in msg
+
+
+def test_unknown_step_and_model_type(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["steps"][0]["type"] = "trian"
+    assert "did you mean 'train'" in spec_error(tmp_path, data)
+    data["steps"][0]["type"] = "train"
+    data["steps"][0]["model"]["type"] = "random_forrest"
+    assert "did you mean 'random_forest'" in spec_error(tmp_path, data)
+
+
+def test_bad_class_map_in_spec(tmp_path):
+    msg = spec_error(tmp_path, {**BASE, "ignore": [2]})
+    assert "classes" in msg and "both ignored and in class" in msg
+
+
+def test_set_overrides_by_path_and_step_name(tmp_path):
+    path = write(tmp_path, BASE)
+    loaded = load_spec(path, ["train.model.n_estimators=7", "steps.1.probabilities=true", "seed=3",
+                              "inputs.train=[x.laz, y.laz]"])
+    assert loaded.spec.steps[0].model.n_estimators == 7
+    assert loaded.spec.steps[1].probabilities is True
+    assert loaded.spec.seed == 3 and loaded.spec.inputs["train"] == ["x.laz", "y.laz"]
+    msg = spec_error(tmp_path, BASE, "train.model.n_trees=3")
+    assert "--set" not in msg and "n_trees" in msg  # reported as the spec key it lands on
+
+
+def test_step_references_are_checked(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["steps"][1]["model"] = "other"
+    assert "neither a train step" in spec_error(tmp_path, data)
