@@ -614,12 +614,7 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic."""
     path = Path(path)
     n = len(cloud)
-    fields = dict(cloud.fields)
-    for name, values in (extra or {}).items():
-        values = np.asarray(values)
-        if len(values) != n:
-            raise DataError(path, f"extra field {name!r} has {len(values)} values for {n} points")
-        fields[name] = values
+    fields = cloud.fields_with(extra, path)
     meta = cloud.meta if isinstance(cloud.meta, LasMeta) else _new_meta(cloud)
     src = meta.point_format if isinstance(cloud.meta, LasMeta) else None
 

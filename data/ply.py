@@ -220,12 +220,7 @@ def write_ply(cloud: PointCloud, path: str | os.PathLike, extra: dict[str, np.nd
     """
     path = Path(path)
     n = len(cloud)
-    fields = dict(cloud.fields)
-    for name, values in (extra or {}).items():
-        values = np.asarray(values)
-        if len(values) != n:
-            raise DataError(path, f"extra field {name!r} has {len(values)} values for {n} points")
-        fields[name] = values
+    fields = cloud.fields_with(extra, path)
     for name, values in fields.items():
         if np.ndim(values) != 1:
             raise DataError(path, f"field {name!r} has shape {np.shape(values)}; PLY needs one value per point")

@@ -46,6 +46,18 @@ class PointCloud:
         """The cloud's CRS as WKT, or None when the file has none."""
         return getattr(self.meta, "crs_wkt", None)
 
+    def fields_with(self, extra: dict[str, np.ndarray] | None, path: object) -> dict[str, np.ndarray]:
+        """``fields`` plus ``extra`` (same names replaced); a wrong length is a DataError on ``path``."""
+        from .errors import DataError
+
+        fields = dict(self.fields)
+        for name, values in (extra or {}).items():
+            values = np.asarray(values)
+            if len(values) != len(self):
+                raise DataError(path, f"extra field {name!r} has {len(values)} values for {len(self)} points")
+            fields[name] = values
+        return fields
+
     def subset(self, index: np.ndarray) -> "PointCloud":
         """Points selected by an index or boolean mask (meta is shared)."""
         return PointCloud(self.xyz[index], {k: v[index] for k, v in self.fields.items()},

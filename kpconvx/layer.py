@@ -284,6 +284,10 @@ class KPConvXLayer(nn.Module):
         self.m_q = Q.shape[0]
         if activation is None:
             activation = nn.LeakyReLU(LEAKY_SLOPE)
+        elif isinstance(activation, type) and issubclass(activation, nn.Module):
+            activation = activation()  # e.g. activation=nn.GELU
+        if not callable(activation):
+            raise ValueError(f"activation must be callable, got {activation!r}")
         self.activation = activation
         self.kp_blocks = nn.ModuleList(
             KPConvXBlock(self.in_dim, self.m_q, self.DH, self.groups, p, self.bn_momentum,

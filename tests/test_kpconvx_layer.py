@@ -453,3 +453,12 @@ def test_cuda_matches_cpu_fp32_and_autocast():
         o.float().sum().backward()
         assert torch.isfinite(o).all()
         assert (o.float().cpu() - ref.detach()).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_custom_activation():
+    X, F, N = _inputs(R=12, D=8, k=5, seed=15, dtype=torch.float32)
+    for act in (torch.nn.GELU(), torch.nn.ReLU, torch.tanh):
+        layer = KPConvXLayer(8, groups=2, DH=8, activation=act)
+        assert layer(X, F, N).shape == F.shape
+    with pytest.raises(ValueError, match="activation"):
+        KPConvXLayer(8, groups=2, activation=3)
