@@ -25,6 +25,7 @@ from data.classmap import ClassMap
 from data.errors import UserError
 
 from . import __version__
+from .progress import log
 from .registry import MODELS
 from .schema import SpecError, parse_component, to_plain
 
@@ -92,6 +93,12 @@ def load_bundle(path: str | Path) -> tuple[Any, ClassMap, dict[str, Any]]:
         config = parse_component(MODELS, meta["model"], "model", str(meta_path))
     except (KeyError, SpecError) as exc:
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+    here = _versions()
+    changed = {k: (v, here[k]) for k, v in meta.get("versions", {}).items()
+               if k in here and k != "python" and v.split("+")[0] != here[k].split("+")[0]}
+    if changed:
+        log(f"warning: {path.name} was written with " + ", ".join(f"{k} {a} (here {b})" for k, (a, b) in changed.items())
+            + "; predictions may differ slightly")
     entry = MODELS.for_config(config)
     model = entry.target.load(config, class_map, path)
     return model, class_map, meta

@@ -7,6 +7,10 @@ order, all input dimensions, header, VLRs and CRS, plus:
 - ``confidence`` (float32) = max_c p_c; ``entropy`` (float32) = -sum_c p_c ln p_c;
 - ``classification_ref``: the input's original classification, when it had one;
 - optionally ``prob_<class>`` (float32) per class.
+
+A model with a ``write_grid_outputs(cloud, out_dir, stem, probabilities=, device=)`` method
+(grid models, e.g. ``ckconv_grid``) is also asked to write its raster outputs (GeoTIFF class
+maps) next to each labelled cloud; it returns the paths it wrote.
 """
 from __future__ import annotations
 
@@ -77,5 +81,9 @@ def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: 
         target = output_path(path, out_dir, fmt)
         write_cloud(labelled, target, extra=extras)
         log(f"{path.name}: {len(cloud):,} points -> {target}")
+        grid_hook = getattr(model, "write_grid_outputs", None)   # grid models: GeoTIFF class maps
+        if grid_hook is not None:
+            for written in grid_hook(cloud, out_dir, path.stem, probabilities=probabilities, device=device):
+                log(f"{path.name}: -> {written}")
         done.append((path, target))
     return done

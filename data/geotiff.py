@@ -1,0 +1,141 @@
+"""GeoTIFF class / probability maps (rasterio) and PNG previews, written atomically.
+
+::
+
+    from data.geotiff import write_class_map, write_probability_map, write_preview, crs_of
+    write_class_map("tile_class.tif", grid, codes, crs=crs_of(cloud), class_names=..., class_codes=...)
+    write_probability_map("tile_proba.tif", grid, proba, mask, crs=..., class_names=...)
+
+- class map: one band of input codes (the first code of each class), ``uint8`` with nodata
+  255 when every code is <= 254, else ``uint16`` with nodata 65535; empty cells = nodata.
+  Tags ``CLASS_<code>=<name>`` and the band description ``classification``.
+- probability map: one ``float32`` band per class (description = class name), nodata -1.
+- CRS: from the cloud's WKT (or ``EPSG:NNNN``); the EPSG code is used when the LAS names
+  one (a compound horizontal + vertical WKT is reduced to its horizontal EPSG, which is
+  what a 2-D raster needs). No CRS: the file is written without one.
+- transform: the grid's, so the origin is a whole multiple of the cell size.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .atomic import atomic_path
+from .grids import Grid2D
+
+__all__ = ["crs_of", "write_class_map", "write_probability_map", "write_preview", "CLASS_NODATA_U8",
+           "CLASS_NODATA_U16", "PROBA_NODATA"]
+
+CLASS_NODATA_U8 = 255
+CLASS_NODATA_U16 = 65535
+PROBA_NODATA = -1.0
+
+
+def crs_of(cloud) -> object | None:
+    """rasterio CRS of a PointCloud (EPSG preferred, else its WKT), or None."""
+    from rasterio.crs import CRS
+
+    epsg = getattr(cloud.meta, "epsg", None)
+    if epsg:
+        return CRS.from_epsg(int(epsg))
+    wkt = cloud.crs_wkt
+    if not wkt:
+        return None
+    try:
+        return CRS.from_user_input(wkt)
+    except Exception:  # noqa: BLE001 - an exotic WKT must not stop the raster; written without CRS
+        return None
+
+
+def _affine(grid: Grid2D):
+    from rasterio.transform import Affine
+
+    a, b, c, d, e, f = grid.transform
+    return Affine(a, b, c, d, e, f)
+
+
+def _profile(grid: Grid2D, count: int, dtype: str, nodata, crs) -> dict:
+    return {"driver": "GTiff", "width": grid.cols, "height": grid.rows, "count": count, "dtype": dtype,
+            "nodata": nodata, "crs": crs, "transform": _affine(grid), "compress": "deflate",
+            "tiled": grid.cols >= 256 and grid.rows >= 256}
+
+
+def write_class_map(path: str | os.PathLike, grid: Grid2D, codes: np.ndarray, *, mask: np.ndarray | None = None,
+                    crs=None, class_names: Sequence[str] = (), class_codes: Sequence[int] = ()) -> Path:
+    """``codes`` [rows, cols] input codes; cells outside ``mask`` (or < 0) become nodata."""
+    import rasterio
+
+    codes = np.asarray(codes)
+    if codes.shape != grid.shape:
+        raise ValueError(f"codes shape {codes.shape} != grid shape {grid.shape}")
+    empty = codes < 0 if mask is None else (~np.asarray(mask, bool)) | (codes < 0)
+    top = int(codes[~empty].max(initial=0))
+    if top <= 254:
+        dtype, nodata = "uint8", CLASS_NODATA_U8
+    elif top <= 65534:
+        dtype, nodata = "uint16", CLASS_NODATA_U16
+    else:
+        raise ValueError(f"class code {top} does not fit a uint16 GeoTIFF band")
+    band = np.where(empty, nodata, codes).astype(dtype)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **_profile(grid, 1, dtype, nodata, crs)) as dst:
+            dst.write(band, 1)
+            dst.set_band_description(1, "classification")
+            dst.update_tags(**{f"CLASS_{c}": n for c, n in zip(class_codes, class_names)},
+                            CELL_SIZE=repr(grid.cell_size))
+    return path
+
+
+def write_probability_map(path: str | os.PathLike, grid: Grid2D, proba: np.ndarray, mask: np.ndarray, *,
+                          crs=None, class_names: Sequence[str] = ()) -> Path:
+    """``proba`` [rows, cols, C] -> C float32 bands; cells outside ``mask`` = -1 (nodata)."""
+    import rasterio
+
+    proba = np.asarray(proba, dtype=np.float32)
+    if proba.shape[:2] != grid.shape:
+        raise ValueError(f"proba shape {proba.shape} does not start with grid shape {grid.shape}")
+    bands = np.where(np.asarray(mask, bool)[..., None], proba, np.float32(PROBA_NODATA)).transpose(2, 0, 1)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **_profile(grid, len(bands), "float32", PROBA_NODATA, crs)) as dst:
+            dst.write(np.ascontiguousarray(bands))
+            for i, name in enumerate(class_names, start=1):
+                dst.set_band_description(i, str(name))
+    return path
+
+
+def write_preview(path: str | os.PathLike, grid: Grid2D, class_idx: np.ndarray, mask: np.ndarray,
+                  class_names: Sequence[str], class_codes: Sequence[int] = (), title: str = "") -> Path:
+    """PNG of a class-index raster (-1 / outside ``mask`` = white) with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    base = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    colors = [base(i % base.N) for i in range(len(class_names))]
+    img = np.ma.masked_where(~np.asarray(mask, bool) | (class_idx < 0), class_idx)
+    a, _, c, _, e, f = grid.transform
+    extent = (c, c + a * grid.cols, f + e * grid.rows, f)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    ax.set_facecolor("white")
+    ax.imshow(img, cmap=ListedColormap(colors), vmin=-0.5, vmax=len(class_names) - 0.5, extent=extent,
+              interpolation="nearest")
+    labels = [f"{n} ({c})" if len(class_codes) else n for n, c in zip(class_names, list(class_codes) or class_names)]
+    ax.legend(handles=[Patch(color=col, label=lab) for col, lab in zip(colors, labels)],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(title or f"classes, {grid.cell_size:g} m cells", fontsize=9)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,381 @@
+"""KPConvX as a model component: ``model: {type: kpconvx, ...}`` in a train step.
+
+Training draws class-balanced spheres (or vertical cylinders) from the training tiles,
+augments them (rotation about z, scaling, flips, jitter, feature dropout) and optimises
+:class:`kpconvx.KPConvXSegNet` with AdamW, warm-up and a cosine/step schedule
+(:mod:`pipeline.training`): validation mIoU on the ``val_inputs`` files every ``val_every``
+steps, best checkpoint kept, ``--resume`` continues from ``OUT/NAME.work/last.pt``.
+
+Prediction covers every point with overlapping regions on a regular grid
+(:mod:`pipeline.sampling_spheres`), averages the softmax per original point over regions
+and ``votes`` (rotated copies, shifted grids), and processes regions in blocks of at most
+``block_points`` points (bounded memory).
+
+Input features per point (``features``):
+
+- always a constant 1;
+- ``xyz``: coordinates relative to the region centre, divided by the region radius;
+- ``intensity``: ``log1p(intensity)/log(65536)``;
+- ``returns``: ``return_number/number_of_returns`` and ``min(number_of_returns, 5)/5``;
+- ``height``: height above the lowest point of the 3x3 block of ``height_cell`` cells;
+- ``rgb`` / ``nir``: colour / near infrared divided by 65535 (every input file must have
+  them: training and prediction fail clearly otherwise).
+
+All but the constant and ``xyz`` are standardised with the mean and standard deviation
+of the training points (stored in the bundle).
+
+Bundle files: ``weights.pt`` (the network's state_dict, CPU tensors; loads anywhere with
+``map_location``) and ``kpconvx_model.json`` (resolved network config, feature columns,
+normalisation statistics, training class counts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from data.classmap import IGNORE, ClassMap
+from data.errors import DataError, UserError
+from data.io import read_cloud
+from data.pointcloud import PointCloud
+from pipeline.progress import log, progress
+from pipeline.registry import MODELS
+from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
+                                       SamplingConfig, augment, predict_coverage)
+from pipeline.training import OptimConfig, Trainer, step_rng
+
+from .base import TrainContext
+
+FEATURES = ("xyz", "intensity", "returns", "height", "rgb", "nir")
+FeatureName = Literal["xyz", "intensity", "returns", "height", "rgb", "nir"]
+#: Point fields each feature needs.
+_NEEDS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_number", "number_of_returns"),
+          "height": (), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+
+
+@dataclass
+class NetworkOverrides:
+    """Values replacing the preset's (``kpconvx.KPConvXConfig``); null keeps the preset's."""
+
+    first_cell: float | None = 0.25     # metres; the presets' 0.04 is indoor scale
+    widths: list[int] | None = None
+    blocks: list[int] | None = None
+    neighbor_limits: list[int] | None = None
+    radius_factor: float | None = None
+    sigma_factor: float | None = None
+    shell_radii: list[float] | None = None
+    shell_points: list[int] | None = None
+    dh_factor: int | None = None
+    groups: int | None = None
+    drop_path: float | None = None
+    bn_momentum: float | None = None
+    upsample: Literal["nearest", "knn3"] | None = None
+    deformable: bool | None = None
+
+
+@dataclass
+class LossConfig:
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] = "sqrt_inverse"   # from training counts
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def resolve_network(preset: str, overrides: NetworkOverrides):
+    from kpconvx import KPConvXConfig
+
+    values = {k: (tuple(v) if isinstance(v, list) else v)
+              for k, v in dataclasses.asdict(overrides).items() if v is not None}
+    try:
+        return (KPConvXConfig.full if preset == "full" else KPConvXConfig.small)(**values)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"network: {exc}") from None
+
+
+def feature_columns(features: list[str]) -> tuple[list[str], list[str]]:
+    """-> (geometric columns: constant + xyz, standardised point-feature columns)."""
+    geo = ["one"] + (["x", "y", "z"] if "xyz" in features else [])
+    pts: list[str] = []
+    for f in features:
+        pts += {"xyz": [], "intensity": ["intensity"], "returns": ["return_ratio", "number_of_returns"],
+                "height": ["height"], "rgb": ["red", "green", "blue"], "nir": ["nir"]}[f]
+    return geo, pts
+
+
+def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: float) -> np.ndarray:
+    """``[N, F]`` float32 unstandardised point features (columns of :func:`feature_columns`)."""
+    from data.features import height_features, point_features
+
+    cols: list[np.ndarray] = []
+    for f in features:
+        missing = [name for name in _NEEDS[f] if not cloud.has(name)]
+        if missing:
+            raise DataError(cloud.source, f"has no {', '.join(repr(m) for m in missing)} field, which the "
+                                          f"KPConvX input feature {f!r} needs (drop it from 'features')")
+        if f == "intensity":
+            cols.append(point_features(cloud.fields, ["intensity"])["intensity"])
+        elif f == "returns":
+            pf = point_features(cloud.fields, ["return_ratio", "number_of_returns"])
+            cols += [pf["return_ratio"], pf["number_of_returns"]]
+        elif f == "height":
+            cols.append(height_features(cloud.xyz, height_cell)["hag3"])
+        elif f in ("rgb", "nir"):
+            for name in _NEEDS[f]:
+                cols.append(np.asarray(cloud.fields[name], np.float32) / 65535.0)
+    if not cols:
+        return np.zeros((len(cloud), 0), np.float32)
+    return np.nan_to_num(np.stack(cols, axis=1).astype(np.float32))
+
+
+@MODELS.register("kpconvx")
+class KPConvXModel:
+    @dataclass
+    class Config:
+        preset: Literal["small", "full"] = "small"
+        network: NetworkOverrides = field(default_factory=NetworkOverrides)
+        features: list[FeatureName] = field(default_factory=lambda: ["xyz", "intensity", "returns", "height"])
+        height_cell: float = 10.0          # metres, for the 'height' feature
+        sampling: SamplingConfig = field(default_factory=SamplingConfig)
+        augment: AugmentConfig = field(default_factory=AugmentConfig)
+        loss: LossConfig = field(default_factory=LossConfig)
+        optim: OptimConfig = field(default_factory=OptimConfig)
+        batch_size: int = 4                # regions per optimisation step
+        steps: int = 20000                 # optimisation steps (unless epochs is given)
+        epochs: int | None = None          # if given: steps = epochs * steps_per_epoch
+        steps_per_epoch: int = 500
+        val_every: int = 1000              # validate on val_inputs every N steps (and at the end)
+        checkpoint_every: int = 500
+        val_votes: int = 1
+        votes: int = 3                     # test-time votes (rotations about z + shifted grids)
+        block_points: int = 200_000        # inference: max points per forward pass
+
+        def __post_init__(self) -> None:
+            if len(set(self.features)) != len(self.features):
+                raise UserError(f"features: duplicates in {self.features}")
+            if not self.height_cell > 0:
+                raise UserError("height_cell must be > 0")
+            for name in ("batch_size", "steps", "steps_per_epoch", "val_every", "checkpoint_every",
+                         "val_votes", "votes", "block_points"):
+                if getattr(self, name) < 1:
+                    raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if self.epochs is not None and self.epochs < 1:
+                raise UserError(f"epochs must be >= 1 or null, got {self.epochs}")
+            resolve_network(self.preset, self.network)  # validates the overrides now
+
+        @property
+        def total_steps(self) -> int:
+            return self.epochs * self.steps_per_epoch if self.epochs is not None else self.steps
+
+    def __init__(self, config: "KPConvXModel.Config", class_map: ClassMap):
+        self.config = config
+        self.class_map = class_map
+        self.net_cfg = resolve_network(config.preset, config.network)
+        self.geo_cols, self.pt_cols = feature_columns(list(config.features))
+        self.mean = np.zeros(len(self.pt_cols), np.float32)
+        self.std = np.ones(len(self.pt_cols), np.float32)
+        self.class_counts: list[int] | None = None
+        self.net: Any = None
+        self._device: str | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.geo_cols) + len(self.pt_cols)
+
+    def _build_net(self):
+        from kpconvx import KPConvXSegNet
+
+        return KPConvXSegNet(self.in_channels, self.class_map.num_classes, self.net_cfg)
+
+    # -- features -----------------------------------------------------------------------
+    def _inputs(self, regions: list[Region], tiles_feats: list[np.ndarray], rng: np.random.Generator | None,
+                angle: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Packed ``(xyz [P,3], features [P,F], batch [P])`` float32/int64 for ``regions``."""
+        cfg = self.config
+        xs, fs, bs = [], [], []
+        for b, r in enumerate(regions):
+            pf = (tiles_feats[r.tile][r.index] - self.mean) / self.std
+            if rng is not None:
+                xyz, pf = augment(r.xyz, pf, cfg.augment, rng)
+            else:
+                c, s = np.cos(angle), np.sin(angle)
+                xyz = r.xyz @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], np.float32).T
+            geo = [np.ones((len(xyz), 1), np.float32)]
+            if "xyz" in cfg.features:
+                geo.append(xyz / cfg.sampling.radius)
+            xs.append(xyz.astype(np.float32))
+            fs.append(np.concatenate(geo + [pf.astype(np.float32)], axis=1))
+            bs.append(np.full(len(xyz), b, np.int64))
+        return np.concatenate(xs), np.concatenate(fs), np.concatenate(bs)
+
+    def _forward(self, xyz: np.ndarray, feats: np.ndarray, batch: np.ndarray, device: str):
+        import torch
+
+        return self.net(torch.from_numpy(xyz).to(device), torch.from_numpy(feats).to(device),
+                        torch.from_numpy(batch).to(device))
+
+    # -- training -----------------------------------------------------------------------
+    def _load_labelled(self, paths: list[Path], what: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        xyzs, feats, labels = [], [], []
+        for path in progress(paths, f"reading ({what})", unit="file"):
+            cloud = read_cloud(path)
+            if not cloud.has("classification"):
+                raise DataError(path, "has no 'classification' field; training and validation need reference labels")
+            labels.append(self.class_map.encode(cloud.fields["classification"], path))
+            feats.append(point_feature_matrix(cloud, list(self.config.features), self.config.height_cell))
+            xyzs.append(np.asarray(cloud.xyz, np.float64))
+        return xyzs, feats, labels
+
+    def _signature(self) -> dict[str, Any]:
+        from pipeline.schema import to_plain
+
+        plain = to_plain(self.config)
+        for key in ("steps", "epochs", "steps_per_epoch", "val_every", "checkpoint_every", "votes",
+                    "val_votes", "block_points"):
+            plain.pop(key, None)
+        return {"config": plain, "classes": list(self.class_map.names)}
+
+    def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
+        import torch
+
+        from pipeline.training import seed_everything
+
+        cfg = self.config
+        C = self.class_map.num_classes
+        seed_everything(ctx.seed)
+        xyzs, feats, labels = self._load_labelled(train, "train")
+        allf = np.concatenate(feats) if feats else np.zeros((0, len(self.pt_cols)), np.float32)
+        self.mean = allf.mean(0).astype(np.float32) if len(allf) else self.mean
+        self.std = np.maximum(allf.std(0), 1e-6).astype(np.float32) if len(allf) else self.std
+        del allf
+        counts = np.bincount(np.concatenate([y[y != IGNORE] for y in labels]), minlength=C)
+        self.class_counts = counts.tolist()
+        weights = None
+        if cfg.loss.class_weights != "none":
+            freq = counts / max(counts.sum(), 1)
+            w = np.ones(C)
+            present = counts > 0
+            w[present] = (1.0 / freq[present]) ** (1.0 if cfg.loss.class_weights == "inverse" else 0.5)
+            w[present] /= w[present].mean()
+            weights = torch.tensor(w, dtype=torch.float32, device=ctx.device)
+        centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
+        sampler = RegionSampler(xyzs, cfg.sampling)
+        vdata = self._load_labelled(val, "validation") if val else None
+
+        torch.manual_seed(ctx.seed)
+        self.net = self._build_net().to(ctx.device)
+        self._device = ctx.device
+        n_params = sum(p.numel() for p in self.net.parameters())
+        log(f"kpconvx ({cfg.preset}): {n_params:,} parameters, {self.in_channels} input channels, "
+            f"{sum(map(len, labels)):,} training points, {cfg.total_steps} steps x {cfg.batch_size} "
+            f"{cfg.sampling.shape}s of radius {cfg.sampling.radius} m on {ctx.device}")
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE,
+                                            label_smoothing=cfg.loss.label_smoothing)
+
+        def train_step(step: int):
+            rng = step_rng(ctx.seed, step)
+            tiles, rows, _ = centers.draw(cfg.batch_size, rng)
+            regions = [sampler.regions(int(t), xyzs[t][r][None])[0] for t, r in zip(tiles, rows)]
+            xyz, f, b = self._inputs(regions, feats, rng)
+            y = torch.from_numpy(np.concatenate([labels[r.tile][r.index] for r in regions])).to(ctx.device)
+            logits = self._forward(xyz, f, b, ctx.device)
+            return loss_fn(logits.float(), y), {"points": int(len(xyz))}
+
+        validate = None
+        if vdata is not None:
+            def validate() -> dict[str, Any]:
+                from pipeline.evaluation import confusion_matrix, metrics_from_confusion
+
+                cm = np.zeros((C, C), np.int64)
+                for xyz, f, y in zip(*vdata):
+                    proba, _ = self._proba(xyz, f, ctx.device, cfg.val_votes)
+                    cm += confusion_matrix(y, proba.argmax(1), C)
+                m = metrics_from_confusion(cm, list(self.class_map.names))
+                return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
+
+        trainer = Trainer(self.net, cfg.optim, cfg.total_steps, ctx.device, ctx.work_dir, seed=ctx.seed,
+                          limit_steps=ctx.limit_steps, val_every=cfg.val_every,
+                          checkpoint_every=cfg.checkpoint_every, signature=self._signature())
+        result = trainer.fit(train_step, validate, resume=ctx.resume)
+        if trainer.load_best():
+            log(f"kept the weights of step {trainer.best_step} (best validation mIoU {trainer.best_score:.4f})")
+        self.net.eval()
+        return {"steps": result["steps"], "total_steps": cfg.total_steps, "final_loss": result["final_loss"],
+                "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
+                "val_history": result["val_history"], "parameters": n_params,
+                "train_class_counts": dict(zip(self.class_map.names, self.class_counts)),
+                "normalisation": {"columns": self.pt_cols, "mean": self.mean.tolist(), "std": self.std.tolist()}}
+
+    # -- inference ----------------------------------------------------------------------
+    def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int) -> tuple[np.ndarray, int]:
+        import torch
+
+        cfg = self.config
+        self.net.eval()
+
+        def run_block(regions: list[Region], vote: int) -> np.ndarray:
+            x, f, b = self._inputs(regions, [feats], None, angle=2 * np.pi * vote / votes)
+            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                 enabled=cfg.optim.amp and torch.device(device).type == "cuda"):
+                logits = self._forward(x, f, b, device)
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+        return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
+                                block_points=cfg.block_points,
+                                progress=lambda it, desc, total: progress(it, desc, total=total, unit="block"))
+
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
+        if self.net is None:
+            raise RuntimeError("model is not trained")
+        if self._device != device:
+            self.net.to(device)
+            self._device = device
+        feats = point_feature_matrix(cloud, list(self.config.features), self.config.height_cell)
+        proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes)
+        if missing:
+            log(f"{cloud.source}: {missing:,} of {len(cloud):,} points reached by no region "
+                f"(max_points cap); they take the prediction of the nearest reached point")
+        return proba.astype(np.float32)
+
+    # -- bundle -------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        import torch
+
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        torch.save(state, Path(folder) / "weights.pt")
+        meta = {"network": {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in dataclasses.asdict(self.net_cfg).items()},
+                "in_channels": self.in_channels, "num_classes": self.class_map.num_classes,
+                "geometric_columns": self.geo_cols, "feature_columns": self.pt_cols,
+                "mean": self.mean.tolist(), "std": self.std.tolist(), "class_counts": self.class_counts}
+        (Path(folder) / "kpconvx_model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, config: "KPConvXModel.Config", class_map: ClassMap, folder: Path) -> "KPConvXModel":
+        import torch
+
+        model = cls(config, class_map)
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "kpconvx_model.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{folder}: broken KPConvX bundle ({exc})") from None
+        if meta["feature_columns"] != model.pt_cols or meta["in_channels"] != model.in_channels:
+            raise UserError(f"{folder}: kpconvx_model.json does not match the bundle's model config")
+        model.mean = np.asarray(meta["mean"], np.float32)
+        model.std = np.asarray(meta["std"], np.float32)
+        model.class_counts = meta.get("class_counts")
+        model.net = model._build_net()
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        model.net.load_state_dict(state)
+        model.net.eval()
+        model._device = "cpu"
+        return model
+
+
+__all__ = ["KPConvXModel", "NetworkOverrides", "LossConfig", "FEATURES"]

@@ -1,0 +1,230 @@
+"""Input sampling for point networks: spheres / vertical cylinders, augmentation, coverage.
+
+Training draws *regions* (a ball of radius ``r``, or an infinitely tall vertical cylinder
+of radius ``r``) around random centres; centres are points drawn class-balanced (a class
+uniformly among the classes present, then a point of that class uniformly), so rare classes
+are seen as often as common ones. A region keeps at most ``max_points`` points, the ones
+nearest its centre (horizontal distance for cylinders).
+
+Inference covers a cloud with overlapping regions whose centres are the centres of the
+occupied cells of a regular grid (3-D for spheres, 2-D for cylinders) of spacing
+``spacing <= 2r/sqrt(3)`` (spheres) or ``<= sqrt(2) r`` (cylinders): every point lies
+within ``r`` of its own cell's centre, so every point is reached unless a region hits the
+``max_points`` cap. Softmax outputs are summed per original point and divided by the
+count; points no region reached take the probabilities of the nearest reached point (the
+count is reported). Regions are processed in blocks of at most ``block_points`` points, so
+memory is bounded by ``N x classes`` plus one block.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from data.errors import UserError
+
+__all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassBalancedCenters",
+           "augment", "coverage_centers", "iter_blocks", "predict_coverage"]
+
+
+@dataclass
+class SamplingConfig:
+    shape: Literal["sphere", "cylinder"] = "sphere"
+    radius: float = 10.0              # metres
+    max_points: int = 40000           # cap per region (nearest to the centre kept)
+    class_balanced: bool = True       # centres: class uniformly, then a point of it
+    test_spacing: float = 0.5         # inference grid spacing as a fraction of the radius
+
+    def __post_init__(self) -> None:
+        if not self.radius > 0 or self.max_points < 1:
+            raise UserError("sampling.radius must be > 0 and sampling.max_points >= 1")
+        limit = 2 / math.sqrt(3) if self.shape == "sphere" else math.sqrt(2)
+        if not 0 < self.test_spacing <= limit:
+            raise UserError(f"sampling.test_spacing must be in (0, {limit:.3f}] for {self.shape}s "
+                            f"(larger spacings leave gaps), got {self.test_spacing}")
+
+
+@dataclass
+class AugmentConfig:
+    rotate_z: bool = True                               # uniform angle about the vertical
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])   # isotropic range
+    flip_x: float = 0.5                                 # probabilities of mirroring x / y
+    flip_y: float = 0.0
+    jitter: float = 0.01                                # Gaussian sigma in metres ...
+    jitter_clip: float = 0.05                           # ... clipped at this
+    feature_dropout: float = 0.1                        # probability of zeroing a region's
+                                                        # non-geometric features
+
+    def __post_init__(self) -> None:
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise UserError(f"augment.scale must be [low, high] with 0 < low <= high, got {self.scale}")
+        for name in ("flip_x", "flip_y", "feature_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"augment.{name} must be a probability in [0, 1]")
+        if self.jitter < 0 or self.jitter_clip < 0:
+            raise UserError("augment.jitter and augment.jitter_clip must be >= 0")
+
+
+@dataclass
+class Region:
+    """One sampled region: ``index`` into its tile, coordinates relative to ``center``."""
+
+    tile: int
+    index: np.ndarray           # [n] int64 rows of the tile
+    xyz: np.ndarray             # [n, 3] float32, relative to the centre
+    center: np.ndarray          # [3] float64
+
+
+class RegionSampler:
+    """Regions of radius ``r`` in a set of tiles (one KD-tree per tile)."""
+
+    def __init__(self, tiles_xyz: list[np.ndarray], cfg: SamplingConfig):
+        self.cfg = cfg
+        self.xyz = tiles_xyz
+        dims = 3 if cfg.shape == "sphere" else 2
+        self.trees = [cKDTree(np.asarray(x[:, :dims], dtype=np.float64)) for x in tiles_xyz]
+
+    def regions(self, tile: int, centers: np.ndarray) -> list[Region]:
+        """Regions around ``centers [m, 3]`` of one tile (nearest ``max_points`` kept)."""
+        dims = 3 if self.cfg.shape == "sphere" else 2
+        tree = self.trees[tile]
+        k = min(self.cfg.max_points, tree.n)
+        r = float(np.nextafter(self.cfg.radius, np.inf))
+        _, idx = tree.query(np.asarray(centers, np.float64)[:, :dims], k=k, distance_upper_bound=r, workers=-1)
+        idx = np.asarray(idx).reshape(len(centers), k)
+        out = []
+        for c, row in zip(centers, idx):
+            row = row[row < tree.n].astype(np.int64)
+            out.append(Region(tile, row, (self.xyz[tile][row] - c).astype(np.float32), np.asarray(c, np.float64)))
+        return out
+
+
+class ClassBalancedCenters:
+    """Draws training centres: ``(tile, point)`` pairs over all tiles' labelled points."""
+
+    def __init__(self, tiles_labels: list[np.ndarray], num_classes: int, balanced: bool = True):
+        tile_of = np.concatenate([np.full(len(y), t, np.int64) for t, y in enumerate(tiles_labels)])
+        row_of = np.concatenate([np.arange(len(y), dtype=np.int64) for y in tiles_labels])
+        labels = np.concatenate(tiles_labels).astype(np.int64)
+        keep = (labels >= 0) & (labels < num_classes)
+        self.tile_of, self.row_of, self.labels = tile_of[keep], row_of[keep], labels[keep]
+        if not len(self.labels):
+            raise UserError("training data has no labelled point (every code is ignored?)")
+        self.balanced = balanced
+        order = np.argsort(self.labels, kind="stable")
+        counts = np.bincount(self.labels, minlength=num_classes)
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        self.order, self.counts, self.starts = order, counts, starts
+        self.present = np.flatnonzero(counts)
+
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> ``(tile [n], row [n], class [n])``."""
+        if self.balanced:
+            cls = self.present[rng.integers(0, len(self.present), n)]
+            pick = self.order[self.starts[cls] + (rng.random(n) * self.counts[cls]).astype(np.int64)]
+        else:
+            pick = rng.integers(0, len(self.labels), n)
+        return self.tile_of[pick], self.row_of[pick], self.labels[pick]
+
+
+def augment(xyz: np.ndarray, features: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
+            geometric_columns: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random rotation about z, scaling, flips, jitter (coordinates) and feature dropout.
+
+    ``xyz [n, 3]`` relative to the region centre; ``features [n, F]`` whose first
+    ``geometric_columns`` columns are never dropped. Returns new arrays of the same shapes.
+    """
+    xyz = np.asarray(xyz, np.float32)
+    m = np.eye(3, dtype=np.float64)
+    if cfg.rotate_z:
+        a = rng.uniform(0, 2 * np.pi)
+        c, s = np.cos(a), np.sin(a)
+        m = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ m
+    m = m * rng.uniform(cfg.scale[0], cfg.scale[1])
+    if rng.random() < cfg.flip_x:
+        m[:, 0] *= -1
+    if rng.random() < cfg.flip_y:
+        m[:, 1] *= -1
+    out = (xyz @ m.T.astype(np.float32)).astype(np.float32)
+    if cfg.jitter > 0:
+        out += np.clip(rng.normal(0, cfg.jitter, out.shape), -cfg.jitter_clip, cfg.jitter_clip).astype(np.float32)
+    feats = np.array(features, np.float32, copy=True)
+    if cfg.feature_dropout > 0 and feats.shape[1] > geometric_columns and rng.random() < cfg.feature_dropout:
+        feats[:, geometric_columns:] = 0.0
+    return out, feats
+
+
+def coverage_centers(xyz: np.ndarray, cfg: SamplingConfig, offset: float = 0.0) -> np.ndarray:
+    """Centres of the occupied cells of the inference grid (``[m, 3]`` float64).
+
+    Cylinders use a 2-D grid (centre z = the cell's mean z, irrelevant to membership).
+    ``offset`` (a fraction of the spacing) shifts the grid, for test-time votes.
+    """
+    xyz = np.asarray(xyz, np.float64)
+    h = cfg.test_spacing * cfg.radius
+    dims = 3 if cfg.shape == "sphere" else 2
+    origin = xyz.min(0) - offset * h
+    cells = np.floor((xyz[:, :dims] - origin[:dims]) / h).astype(np.int64)
+    uniq, inv = np.unique(cells, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    centers = np.empty((len(uniq), 3), np.float64)
+    centers[:, :dims] = origin[:dims] + (uniq + 0.5) * h
+    if dims == 2:
+        centers[:, 2] = np.bincount(inv, weights=xyz[:, 2]) / np.bincount(inv)
+    return centers
+
+
+def iter_blocks(regions: list[Region], block_points: int) -> Iterator[list[Region]]:
+    """Consecutive groups of regions holding at most ``block_points`` points (at least one)."""
+    block: list[Region] = []
+    total = 0
+    for r in regions:
+        if block and total + len(r.index) > block_points:
+            yield block
+            block, total = [], 0
+        block.append(r)
+        total += len(r.index)
+    if block:
+        yield block
+
+
+def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
+                     run_block: Callable[[list[Region], int], np.ndarray], *, votes: int = 1,
+                     block_points: int = 200_000, progress: Callable = lambda it, **kw: it
+                     ) -> tuple[np.ndarray, int]:
+    """Average per-point probabilities over overlapping regions covering ``xyz``.
+
+    ``run_block(regions, vote) -> [sum of region sizes, num_classes]`` probabilities, rows in
+    the order of the regions' points. Returns ``(proba [N, C] float32, unreached count)``.
+    """
+    n = len(xyz)
+    acc = np.zeros((n, num_classes), np.float32)
+    cnt = np.zeros(n, np.int32)
+    sampler = RegionSampler([xyz], cfg)
+    for vote in range(votes):
+        centers = coverage_centers(xyz, cfg, offset=0.5 * vote / votes if votes > 1 else 0.0)
+        regions = sampler.regions(0, centers)
+        regions = [r for r in regions if len(r.index)]
+        blocks = list(iter_blocks(regions, block_points))
+        for block in progress(blocks, desc=f"regions (vote {vote + 1}/{votes})", total=len(blocks)):
+            proba = run_block(block, vote)
+            idx = np.concatenate([r.index for r in block])
+            # scatter-add in O(block) (np.add.at is slow; bincount over N would be O(N) per block)
+            uniq, inv = np.unique(idx, return_inverse=True)
+            part = np.stack([np.bincount(inv, weights=proba[:, c], minlength=len(uniq))
+                             for c in range(num_classes)], axis=1)
+            acc[uniq] += part.astype(np.float32)
+            cnt[uniq] += np.bincount(inv, minlength=len(uniq)).astype(np.int32)
+    reached = cnt > 0
+    acc[reached] /= cnt[reached, None]
+    missing = int((~reached).sum())
+    if missing:
+        if not reached.any():
+            raise RuntimeError("no region reached any point")
+        tree = cKDTree(np.asarray(xyz, np.float64)[reached])
+        _, j = tree.query(np.asarray(xyz, np.float64)[~reached], k=1, workers=-1)
+        acc[~reached] = acc[np.flatnonzero(reached)[j]]
+    return acc, missing

@@ -1,0 +1,298 @@
+"""Generic PyTorch training-loop utilities, shared by the torch model components.
+
+- :class:`OptimConfig`: AdamW (weight decay on weights only), linear warm-up then cosine,
+  step or constant schedule, gradient clipping, mixed precision on CUDA.
+- :func:`seed_everything` and :func:`step_rng`: a run is a function of ``(seed, step)``;
+  every step draws its randomness from generators seeded by ``(seed, step)``, so a resumed
+  run continues exactly as the uninterrupted one would have (on the same device).
+- :class:`Trainer`: the loop itself. The model component supplies ``train_step(step) ->
+  (loss tensor, info dict)`` and optionally ``validate() -> {"miou": float, ...}``; the
+  trainer does backward, clipping, AMP, the schedule, validation every ``val_every`` steps,
+  the best checkpoint by validation mIoU, the last checkpoint (for ``--resume``), a CSV log
+  (and TensorBoard events when ``torch.utils.tensorboard`` imports), progress bars.
+
+Checkpoint files in ``work_dir``: ``last.pt`` (model, optimiser, scheduler, scaler, step,
+best score, extra state), ``best.pt`` (model weights of the best validation), ``log.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.errors import UserError
+from pipeline.progress import log, progress
+
+__all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "lr_factor", "Trainer",
+           "CsvLog", "atomic_torch_save"]
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule of a torch training run."""
+
+    lr: float = 0.005
+    weight_decay: float = 0.05
+    betas: tuple[float, ...] = (0.9, 0.999)
+    warmup_steps: int = 500
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    min_lr_ratio: float = 0.01        # cosine: final lr = lr * min_lr_ratio
+    step_every: int = 5000            # step schedule: multiply the lr by step_gamma every N steps
+    step_gamma: float = 0.3
+    grad_clip: float | None = 10.0    # max global gradient norm (None: no clipping)
+    amp: bool = True                  # mixed precision; only ever used on CUDA
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise UserError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.warmup_steps < 0 or self.step_every < 1:
+            raise UserError("optim.warmup_steps must be >= 0 and optim.step_every >= 1")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.step_gamma <= 1:
+            raise UserError("optim.min_lr_ratio must be in [0, 1] and optim.step_gamma in (0, 1]")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UserError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """NumPy generator for one step (independent of what earlier steps drew)."""
+    return np.random.default_rng([int(seed), int(step), int(stream)])
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW; biases, norm parameters and other 1-D parameters get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of ``cfg.lr`` for optimisation step ``step`` (0-based) of ``total``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** ((step - cfg.warmup_steps) // cfg.step_every)
+    span = max(total - cfg.warmup_steps, 1)
+    t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Append-only CSV of training metrics (rows after ``keep_until`` dropped on resume)."""
+
+    FIELDS = ["step", "lr", "loss", "val_miou", "seconds"]
+
+    def __init__(self, path: Path, extra_fields: list[str] = (), keep_until: int | None = None):
+        self.path = Path(path)
+        self.fields = self.FIELDS + [f for f in extra_fields if f not in self.FIELDS]
+        rows: list[dict[str, str]] = []
+        if keep_until is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= keep_until]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            self.tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+        except Exception:  # noqa: BLE001 - optional
+            self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v == v:
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """The optimisation loop with validation, checkpoints and resume.
+
+    Args:
+        model: the network (already on ``device``).
+        cfg: optimiser/schedule options.
+        total_steps: planned optimisation steps (the schedule spans them).
+        device: torch device string.
+        work_dir: folder of ``last.pt``, ``best.pt``, ``log.csv`` (None: no files).
+        seed: run seed; step ``s`` runs after ``torch.manual_seed(hash(seed, s))``.
+        limit_steps: stop after this many steps in all (``--limit-steps``).
+        val_every: validate every N steps (and after the last step) when ``validate`` is given.
+        checkpoint_every: write ``last.pt`` every N steps (and after the last step).
+        signature: a plain dict describing the run; a checkpoint with another one is refused.
+    """
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int, device: str,
+                 work_dir: Path | None, seed: int = 0, limit_steps: int | None = None,
+                 val_every: int = 500, checkpoint_every: int = 500,
+                 signature: dict[str, Any] | None = None):
+        self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.total_steps = int(total_steps)
+        self.end_step = self.total_steps if limit_steps is None else min(self.total_steps, int(limit_steps))
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.seed, self.val_every, self.checkpoint_every = int(seed), int(val_every), int(checkpoint_every)
+        self.signature = signature or {}
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best_score = -math.inf
+        self.best_step: int | None = None
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _path(self, name: str) -> Path | None:
+        return None if self.work_dir is None else self.work_dir / name
+
+    def save_last(self) -> None:
+        path = self._path("last.pt")
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"step": self.step, "model": self.model.state_dict(),
+                           "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                           "scaler": self.scaler.state_dict(), "best_score": self.best_score,
+                           "best_step": self.best_step, "history": self.history,
+                           "signature": self.signature}, path)
+
+    def resume(self) -> bool:
+        """Load ``last.pt``; returns False (and starts from step 0) when there is none."""
+        path = self._path("last.pt")
+        if path is None or not path.is_file():
+            log(f"--resume: no checkpoint in {self.work_dir}; starting from step 0")
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("signature") != self.signature:
+            raise UserError(f"{path}: this checkpoint was written by a run with other settings "
+                            f"({state.get('signature')} != {self.signature}); delete {self.work_dir} "
+                            "or run without --resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.history = list(state.get("history", []))
+        log(f"resumed from {path} at step {self.step}")
+        return True
+
+    def load_best(self) -> bool:
+        """Put the best validated weights into the model (False when there are none)."""
+        path = self._path("best.pt")
+        if self.best_step is None or path is None or not path.is_file():
+            return False
+        self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        return True
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, train_step: Callable[[int], tuple[torch.Tensor, dict[str, Any]]],
+            validate: Callable[[], dict[str, Any]] | None = None, resume: bool = False) -> dict[str, Any]:
+        if resume:
+            self.resume()
+        csv_log = None
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            csv_log = CsvLog(self.work_dir / "log.csv", keep_until=self.step if resume else None)
+        start = self.step
+        t0 = time.time()
+        bar = progress(range(start, self.end_step), "training", total=self.end_step - start, unit="step")
+        try:
+            for step in bar:
+                self.model.train()
+                torch.manual_seed((self.seed * 1_000_003 + step) % 2**63)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                    loss, info = train_step(step)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at step {step + 1}; "
+                                             "lower optim.lr or check the input features")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if self.cfg.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.step = step + 1
+                value = float(loss.detach())
+                self.losses.append(value)
+                row: dict[str, Any] = {"step": self.step, "lr": lr, "loss": value, "val_miou": "",
+                                       "seconds": round(time.time() - t0, 3), **info}
+                last = self.step == self.end_step
+                if validate is not None and (self.step % self.val_every == 0 or last):
+                    self.model.eval()
+                    with torch.no_grad():
+                        res = validate()
+                    row["val_miou"] = float(res["miou"])
+                    self.history.append({"step": self.step, **{k: v for k, v in res.items()
+                                                               if isinstance(v, (int, float))}})
+                    if res["miou"] > self.best_score:
+                        self.best_score, self.best_step = float(res["miou"]), self.step
+                        path = self._path("best.pt")
+                        if path is not None:
+                            atomic_torch_save(self.model.state_dict(), path)
+                    log(f"step {self.step}: loss {value:.4f}, val mIoU {res['miou']:.4f} "
+                        f"(best {self.best_score:.4f} at step {self.best_step})")
+                if csv_log is not None:
+                    csv_log.write(row)
+                if self.step % self.checkpoint_every == 0 or last:
+                    self.save_last()
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+        except KeyboardInterrupt:
+            self.save_last()
+            log(f"interrupted at step {self.step}; checkpoint {self._path('last.pt')} "
+                "(continue with --resume)")
+            raise
+        finally:
+            if csv_log is not None:
+                csv_log.close()
+        return {"steps": self.step, "steps_this_run": self.step - start,
+                "final_loss": self.losses[-1] if self.losses else None,
+                "best_val_miou": None if self.best_step is None else self.best_score,
+                "best_step": self.best_step, "val_history": self.history}

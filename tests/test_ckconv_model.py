@@ -1,0 +1,168 @@
+"""ckconv_grid: the IGN raster and voxel specs train a tiny CKConv net via the CLI, label the test
+tiles, write GeoTIFF class maps, and evaluate on the points; plus unit checks of the network
+and the tiled prediction."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import laspy
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+
+from conftest import REPO
+
+TEST_TILES = ["ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz",
+              "ign_lidarhd/test/test_data_77055_627755_LA93_IGN69.laz"]
+TINY = {"hidden": 8, "blocks": 1, "kernel": {"hidden": 8, "layers": 2}, "crop": 24, "batch_size": 2,
+        "cond_dim": 4, "registers": 2}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _spec(folder: Path, lidar_data: Path, which: str, **model) -> Path:
+    spec = yaml.safe_load((REPO / "specs" / f"ign_ckconv_{which}.yaml").read_text())
+    spec.update(data_root=str(lidar_data), output="out")
+    spec["inputs"] = {"train": ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz",
+                                "ign_lidarhd/train/mnx_corse.laz"], "test": TEST_TILES}
+    m = spec["steps"][0]["model"]
+    m.update({k: v for k, v in TINY.items() if k != "kernel"}, **model)
+    m["kernel"].update(TINY["kernel"])
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def raster_run(tmp_path_factory, lidar_data):
+    spec = _spec(tmp_path_factory.mktemp("raster"), lidar_data, "raster", cell_size=2.0)
+    res = cli("run", spec, "--limit-steps", "3", "--quiet")
+    assert res.returncode == 0, res.stderr
+    return spec.parent / "out"
+
+
+def test_raster_spec_writes_laz_geotiff_and_report(raster_run, lidar_data, tmp_path):
+    meta = json.loads((raster_run / "model.bundle" / "bundle.json").read_text())
+    assert meta["model"]["type"] == "ckconv_grid" and meta["summary"]["steps"] == 3
+    assert (raster_run / "model.bundle" / "ckconv_grid.pt").is_file()
+    report = json.loads((raster_run / "evaluation" / "report.json").read_text())
+    assert 0 <= report["miou"] <= 1 and report["num_points"] > 50_000
+    for tile in TEST_TILES:
+        stem = Path(tile).stem
+        src = laspy.read(lidar_data / tile)
+        out = laspy.read(raster_run / "predictions" / f"{stem}.laz")
+        assert len(out.points) == len(src.points)
+        np.testing.assert_array_equal(out["classification_ref"], src.classification)
+        assert set(np.unique(out.classification)) <= {1, 2, 3, 6, 9, 17}
+        p = np.stack([np.asarray(out[f"prob_{n}"]) for n in report["class_names"]], 1)
+        np.testing.assert_allclose(p.sum(1), 1, atol=1e-4)
+        assert (raster_run / "predictions" / f"{stem}_class.png").is_file()
+        with rasterio.open(raster_run / "predictions" / f"{stem}_class.tif") as tif:
+            assert tif.crs.to_epsg() == 2154 and tif.nodata == 255 and tif.dtypes == ("uint8",)
+            t = tif.transform
+            assert (t.a, t.e) == (2.0, -2.0) and t.c % 2 == 0 and t.f % 2 == 0
+            band = tif.read(1)
+            # raster mode: a point's class is its cell's class in the GeoTIFF
+            x, y = np.asarray(src.x), np.asarray(src.y)
+            rows = (np.floor(t.f / 2) - 1 - np.floor(y / 2)).astype(int)
+            cols = (np.floor(x / 2) - t.c / 2).astype(int)
+            np.testing.assert_array_equal(band[rows, cols], np.asarray(out.classification))
+            assert (band == 255).sum() < band.size
+        with rasterio.open(raster_run / "predictions" / f"{stem}_proba.tif") as tif:
+            assert tif.count == 6 and tif.nodata == -1.0 and tif.crs.to_epsg() == 2154
+
+    # the bundle alone reproduces the run (CLI predict), then evaluate on the points
+    res = cli("predict", "--model", raster_run / "model.bundle", "--input", lidar_data / TEST_TILES[0],
+              "--out", tmp_path / "pred", "--quiet")
+    assert res.returncode == 0, res.stderr
+    again = laspy.read(tmp_path / "pred" / Path(TEST_TILES[0]).name)
+    first = laspy.read(raster_run / "predictions" / Path(TEST_TILES[0]).name)
+    np.testing.assert_array_equal(again.classification, first.classification)
+    assert (tmp_path / "pred" / f"{Path(TEST_TILES[0]).stem}_class.tif").is_file()
+    res = cli("evaluate", "--pred", tmp_path / "pred" / "*.laz", "--ref", lidar_data / TEST_TILES[0],
+              "--out", tmp_path / "eval", "--classes", raster_run / "resolved_spec.yaml", "--quiet")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert rep["num_points"] > 10_000 and 0 <= rep["overall_accuracy"] <= 1
+
+
+def test_voxel_spec_runs_tiny(tmp_path, lidar_data):
+    spec = _spec(tmp_path, lidar_data, "voxel", cell_size=2.0, voxel_height=2.0, levels=6)
+    res = cli("run", spec, "--limit-steps", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    assert 0 <= report["miou"] <= 1
+    for tile in TEST_TILES:
+        stem = Path(tile).stem
+        las = laspy.read(out / "predictions" / f"{stem}.laz")
+        assert len(las.points) == len(laspy.read(lidar_data / tile).points)
+        with rasterio.open(out / "predictions" / f"{stem}_class.tif") as tif:
+            assert tif.crs.to_epsg() == 2154 and tif.transform.c % 2 == 0
+
+
+def test_specs_validate():
+    for which in ("raster", "voxel"):
+        res = cli("validate", REPO / "specs" / f"ign_ckconv_{which}.yaml")
+        assert res.returncode == 0, res.stderr + res.stdout
+    res = cli("validate", REPO / "specs" / "ign_ckconv_raster.yaml", "--set", "train.model.kernel.typo=1")
+    assert res.returncode == 2 and "kernel.typo" in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("data_dim,kernel,film", [(2, "BlockDiagonalLearnableOmegaSIRENKernelND", True),
+                                                  (3, "SIRENKernelND", False)])
+def test_network_shapes_and_gradients(data_dim, kernel, film):
+    from pipeline.models.ckconv_net import CKConvSegNet
+
+    torch.manual_seed(0)
+    net = CKConvSegNet(data_dim, 5, 4, hidden=8, num_blocks=2, kernel_type=kernel, kernel_hidden=8,
+                       L_cache=16, film=film, cond_dim=4, registers=2, omega_blocks=2)
+    shape = (2, 12, 10) + ((6,) if data_dim == 3 else ())
+    x = torch.randn(*shape, 5)
+    mask = torch.rand(shape) > 0.5
+    mask[1] = False                                 # an empty tile must not give NaN (register pooling)
+    y = net(x, mask)
+    assert y.shape == shape + (4,) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if film:   # FiLM starts as the identity (last layer 0): the gradient reaches that layer first
+        last = net.blocks[0].conv.kernel.film_generator.mlp[-1]
+        assert last.weight.grad.abs().sum() > 0
+        with torch.no_grad():
+            last.weight.normal_(0, 0.1)
+        net.zero_grad()
+        net(x, mask).square().mean().backward()
+        assert net.pool.queries.grad.abs().sum() > 0      # then the register pooling learns too
+
+
+def test_tiled_prediction_blends_to_probabilities():
+    from data.classmap import ClassMap
+    from pipeline.models.ckconv_model import CKConvGridModel, _Grid
+
+    cmap = ClassMap.from_config({"a": [1], "b": [2], "c": [3]})
+    model = CKConvGridModel(CKConvGridModel.Config(crop=8, hidden=8, blocks=1, overlap=0.5, batch_size=3), cmap)
+    model._build_net(4)
+    rng = np.random.default_rng(0)
+    mask = rng.random((21, 13)) > 0.3
+    g = _Grid(rng.normal(size=(21, 13, 4)).astype(np.float32), mask, None, np.zeros(0, np.int64), None)
+    p = model.predict_cells(g)
+    assert p.shape == (21, 13, 3) and np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
+    # a grid no larger than a tile is one padded tile: same as running the net on the padded tile
+    small = _Grid(g.x[:8, :6], mask[:8, :6], None, np.zeros(0, np.int64), None)
+    xb = np.zeros((1, 8, 8, 4), np.float32)
+    xb[0, :, :6] = small.x
+    mb = np.zeros((1, 8, 8), bool)
+    mb[0, :, :6] = small.mask
+    with torch.no_grad():
+        ref = model.net(torch.from_numpy(xb), torch.from_numpy(mb)).softmax(-1).numpy()[0, :, :6]
+    np.testing.assert_allclose(model.predict_cells(small), ref, atol=1e-5)

@@ -1,0 +1,81 @@
+"""data.geotiff: class / probability GeoTIFFs round trip through rasterio on a real IGN tile."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from data.classmap import ClassMap
+from data.geotiff import crs_of, write_class_map, write_preview, write_probability_map
+from data.grids import Grid2D, rasterize
+from data.io import read_cloud
+
+TILE = "ign_lidarhd/test/test_data_77055_627760_LA93_IGN69.laz"
+CMAP = ClassMap.from_config({"ground": [2], "vegetation": [3, 4, 5], "building": [6], "water": [9],
+                             "bridge": [17], "other": [1, 64, 67]}, [7, 65, 66])
+
+
+@pytest.fixture(scope="module")
+def tile(lidar_data):
+    cloud = read_cloud(lidar_data / TILE)
+    labels = CMAP.encode(cloud.fields["classification"])
+    return cloud, rasterize(cloud.xyz, cloud.fields, 2.0, labels=labels, label_rule="majority")
+
+
+def test_class_and_probability_maps_round_trip(tile, tmp_path):
+    cloud, r = tile
+    crs = crs_of(cloud)
+    assert crs is not None and crs.to_epsg() == 2154
+    codes = np.where(r.labels >= 0, CMAP.output_codes[np.maximum(r.labels, 0)], -1)
+    path = write_class_map(tmp_path / "c.tif", r.grid, codes, mask=r.mask, crs=crs,
+                           class_names=CMAP.names, class_codes=CMAP.output_codes.tolist())
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(CMAP.num_classes), r.grid.shape).astype(np.float32)
+    ppath = write_probability_map(tmp_path / "p.tif", r.grid, proba, r.mask, crs=crs, class_names=CMAP.names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "p.tif"]       # no temporary files left
+
+    with rasterio.open(path) as src:
+        assert src.crs.to_epsg() == 2154
+        assert src.count == 1 and src.dtypes == ("uint8",) and src.nodata == 255
+        t = src.transform
+        assert (t.a, t.e) == (2.0, -2.0) and t.c % 2.0 == 0 and t.f % 2.0 == 0
+        assert (src.height, src.width) == r.grid.shape
+        band = src.read(1)
+        assert src.tags()["CLASS_6"] == "building"
+        # every point lies inside the cell the transform puts it in (points exactly on a
+        # horizontal cell edge belong to the cell above it here: [y0, y0 + s); rasterio's
+        # rowcol puts them in the row below, so they are left out of this comparison)
+        rows, cols = rasterio.transform.rowcol(t, cloud.xyz[:, 0], cloud.xyz[:, 1], op=np.floor)
+        inner = cloud.xyz[:, 1] % 2.0 != 0
+        assert inner.mean() > 0.9
+        flat = np.asarray(rows) * r.grid.cols + np.asarray(cols)
+        np.testing.assert_array_equal(flat[inner], r.point_cell[inner])
+    expected = np.where(r.mask & (codes >= 0), codes, 255)
+    np.testing.assert_array_equal(band, expected)
+    assert set(np.unique(band)) <= {1, 2, 3, 6, 9, 17, 255} and (band == 255).any() and (band == 2).any()
+
+    with rasterio.open(ppath) as src:
+        assert src.count == CMAP.num_classes and set(src.dtypes) == {"float32"} and src.nodata == -1.0
+        assert src.descriptions == CMAP.names and src.crs.to_epsg() == 2154
+        assert src.transform == rasterio.transform.Affine(*r.grid.transform)
+        bands = src.read()
+    np.testing.assert_array_equal(bands[:, r.mask], proba[r.mask].T)
+    assert (bands[:, ~r.mask] == -1).all()
+
+
+def test_wide_codes_use_uint16_and_no_crs(tmp_path):
+    g = Grid2D(0.5, 10, 20, 2, 3)
+    codes = np.array([[300, 2, -1], [2, 2, 300]])
+    with rasterio.open(write_class_map(tmp_path / "w.tif", g, codes)) as src:
+        assert src.dtypes == ("uint16",) and src.nodata == 65535 and src.crs is None
+        assert src.read(1).tolist() == [[300, 2, 65535], [2, 2, 300]]
+        assert (src.transform.c, src.transform.f) == (5.0, 10.5)
+    with pytest.raises(ValueError):
+        write_class_map(tmp_path / "bad.tif", g, np.zeros((3, 3)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.tif"]
+
+
+def test_preview_png(tile, tmp_path):
+    _, r = tile
+    path = write_preview(tmp_path / "c.png", r.grid, r.labels, r.mask, CMAP.names, CMAP.output_codes.tolist())
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
