@@ -36,7 +36,7 @@ class SamplingConfig:
     radius: float = 10.0              # metres
     max_points: int = 40000           # cap per region (nearest to the centre kept)
     class_balanced: bool = True       # centres: class uniformly, then a point of it
-    test_spacing: float = 0.5         # inference grid spacing as a fraction of the radius
+    test_spacing: float = 1.0         # inference grid spacing as a fraction of the radius
 
     def __post_init__(self) -> None:
         if not self.radius > 0 or self.max_points < 1:

@@ -320,7 +320,8 @@ class KPConvXModel:
 
         def run_block(regions: list[Region], vote: int) -> np.ndarray:
             x, f, b = self._inputs(regions, [feats], None, angle=2 * np.pi * vote / votes)
-            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+            dtype = torch.bfloat16 if cfg.optim.amp_dtype == "bfloat16" else torch.float16
+            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype,
                                                  enabled=cfg.optim.amp and torch.device(device).type == "cuda"):
                 logits = self._forward(x, f, b, device)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()

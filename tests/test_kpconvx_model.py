@@ -1,0 +1,254 @@
+"""kpconvx model component: the IGN spec (small preset, tiny overrides) trains a few steps on
+crops of real files via the CLI, predicts and evaluates a test crop; resume continues from the
+checkpoint step with the same losses as an uninterrupted run; coverage, sampler and
+augmentation unit checks."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import laspy
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+
+TRAIN_CUTS = [("ign_lidarhd/train/792000_6272000-50mx100m-left.laz", 20.0),
+              ("ign_lidarhd/train/mnx_bat.laz", 15.0)]
+TEST_CUT = ("ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz", 15.0)
+TINY = {"preset": "small",
+        "network": {"first_cell": 0.5, "widths": [16, 32], "blocks": [1, 1], "neighbor_limits": [10, 10]},
+        "sampling": {"radius": 8.0, "max_points": 2000}, "batch_size": 2, "steps": 50, "val_every": 2,
+        "votes": 1, "block_points": 20000, "optim": {"warmup_steps": 2}}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def cut(src: Path, dst: Path, size: float) -> int:
+    """Write the lower-left ``size`` x ``size`` m of ``src`` to ``dst``; returns its point count."""
+    from data.io import read_cloud, write_cloud
+
+    c = read_cloud(src)
+    lo = c.xyz[:, :2].min(0)
+    keep = np.flatnonzero(np.all((c.xyz[:, :2] >= lo) & (c.xyz[:, :2] < lo + size), axis=1))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_cloud(c.subset(keep), dst)
+    return len(keep)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, lidar_data):
+    root = tmp_path_factory.mktemp("kpx_data")
+    for i, (src, size) in enumerate(TRAIN_CUTS):
+        cut(lidar_data / src, root / "train" / f"crop{i}.laz", size)
+    cut(lidar_data / TEST_CUT[0], root / "test" / "tile.laz", TEST_CUT[1])
+    return root
+
+
+def tiny_spec(folder: Path, data_root: Path, val: bool = True) -> Path:
+    spec = yaml.safe_load((REPO / "specs" / "ign_kpconvx.yaml").read_text())
+    spec["data_root"] = str(data_root)
+    spec["output"] = "out"
+    spec["inputs"] = {"train": ["train/*.laz"], "test": ["test/*.laz"]}
+    model = spec["steps"][0]["model"]
+    for key, value in TINY.items():
+        if isinstance(value, dict):
+            model.setdefault(key, {}).update(value)
+        else:
+            model[key] = value
+    if not val:
+        spec["steps"][0].pop("val_inputs")
+        spec["steps"] = spec["steps"][:1]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def read_log(work: Path) -> list[dict[str, str]]:
+    with open(work / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory, data_root):
+    spec = tiny_spec(tmp_path_factory.mktemp("kpx_run"), data_root)
+    res = cli("run", spec, "--limit-steps", "3", "--quiet")
+    assert res.returncode == 0, res.stderr
+    return spec.parent / "out"
+
+
+def test_spec_validates():
+    res = cli("validate", REPO / "specs" / "ign_kpconvx.yaml")
+    assert res.returncode == 0, res.stderr + res.stdout
+
+
+def test_run_trains_predicts_and_evaluates(run_out, data_root):
+    bundle = run_out / "model.bundle"
+    assert {"bundle.json", "weights.pt", "kpconvx_model.json"} <= {p.name for p in bundle.iterdir()}
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["model"]["type"] == "kpconvx" and meta["summary"]["steps"] == 3
+    assert meta["summary"]["best_val_miou"] is not None
+    norm = json.loads((bundle / "kpconvx_model.json").read_text())
+    assert norm["feature_columns"] == ["return_ratio", "number_of_returns", "height"]
+    assert len(norm["mean"]) == len(norm["std"]) == 3 and all(s > 0 for s in norm["std"])
+    rows = read_log(run_out / "model.work")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert rows[1]["val_miou"] != "" and rows[0]["val_miou"] == ""           # val_every 2 + last step
+    assert (run_out / "model.work" / "best.pt").is_file()
+    report = json.loads((run_out / "evaluation" / "report.json").read_text())
+    assert 0 <= report["miou"] <= 1
+    out = laspy.read(run_out / "predictions" / "tile.laz")
+    assert len(out.points) == len(laspy.read(data_root / "test" / "tile.laz").points)
+
+
+def test_predict_and_evaluate_cli(run_out, data_root, tmp_path):
+    tile = data_root / "test" / "tile.laz"
+    res = cli("predict", "--model", run_out / "model.bundle", "--input", tile, "--out", tmp_path / "pred",
+              "--quiet")
+    assert res.returncode == 0, res.stderr
+    src, out = laspy.read(tile), laspy.read(tmp_path / "pred" / "tile.laz")
+    assert len(out.points) == len(src.points)                      # every input point labelled
+    assert set(np.unique(out.classification)) <= {1, 2, 3, 6, 9, 17}
+    conf = np.asarray(out["confidence"])
+    assert np.isfinite(conf).all() and (conf > 0).all() and (conf <= 1 + 1e-6).all()
+    np.testing.assert_array_equal(np.asarray(out["classification_ref"]), np.asarray(src.classification))
+    res = cli("evaluate", "--pred", tmp_path / "pred" / "*.laz", "--ref", tile, "--out", tmp_path / "eval",
+              "--classes", run_out / "resolved_spec.yaml", "--quiet")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["num_points"] + report["ignored_points"] == len(src.points)
+
+
+def test_unlabelled_input_and_missing_feature(run_out, data_root):
+    from data.errors import DataError
+    from data.io import read_cloud
+    from pipeline.bundle import load_bundle
+
+    model, class_map, _ = load_bundle(run_out / "model.bundle")
+    cloud = read_cloud(data_root / "test" / "tile.laz")
+    cloud.fields.pop("classification")
+    proba = model.predict_proba(cloud, "cpu")
+    assert proba.shape == (len(cloud), class_map.num_classes) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-4)
+    cloud.fields.pop("number_of_returns")
+    with pytest.raises(DataError, match="number_of_returns"):
+        model.predict_proba(cloud, "cpu")
+
+
+def test_resume_continues_from_checkpoint_and_is_deterministic(tmp_path, data_root):
+    full = tiny_spec(tmp_path / "full", data_root, val=False)
+    part = tiny_spec(tmp_path / "part", data_root, val=False)
+    assert cli("run", full, "--limit-steps", "4", "--quiet").returncode == 0
+    res = cli("run", part, "--limit-steps", "2", "--quiet")              # "interrupted" after 2 steps
+    assert res.returncode == 0, res.stderr
+    work = part.parent / "out" / "model.work"
+    first = read_log(work)
+    assert [int(r["step"]) for r in first] == [1, 2]
+    res = cli("run", part, "--limit-steps", "4", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "resumed from" in res.stderr and "at step 2" in res.stderr
+    resumed = read_log(work)
+    assert [int(r["step"]) for r in resumed] == [1, 2, 3, 4]          # continued at 3, not 1
+    reference = read_log(full.parent / "out" / "model.work")
+    # fixed seed: the same losses as the uninterrupted run, step for step
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]
+    meta = json.loads((part.parent / "out" / "model.bundle" / "bundle.json").read_text())
+    assert meta["summary"]["steps"] == 4
+
+
+# -- unit checks -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", ["sphere", "cylinder"])
+def test_coverage_reaches_every_point(shape):
+    from pipeline.sampling_spheres import SamplingConfig, coverage_centers, predict_coverage
+
+    rng = np.random.default_rng(0)
+    xyz = np.c_[rng.uniform(0, 60, (5000, 2)), rng.uniform(0, 25, 5000)]
+    limit = 2 / np.sqrt(3) if shape == "sphere" else np.sqrt(2)
+    cfg = SamplingConfig(shape=shape, radius=5.0, max_points=10**6, test_spacing=float(limit))
+    seen = np.zeros(len(xyz), np.int64)
+
+    def run_block(regions, vote):
+        for r in regions:
+            d = r.xyz if shape == "sphere" else r.xyz[:, :2]
+            assert (np.linalg.norm(d, axis=1) <= cfg.radius + 1e-4).all()
+            seen[r.index] += 1
+        n = sum(len(r.index) for r in regions)
+        return np.tile(np.array([[0.25, 0.75]], np.float32), (n, 1))
+
+    proba, missing = predict_coverage(xyz, 2, cfg, run_block, votes=2, block_points=3000)
+    assert missing == 0 and (seen > 0).all()
+    np.testing.assert_allclose(proba, np.tile([0.25, 0.75], (len(xyz), 1)), atol=1e-6)
+    assert len(coverage_centers(xyz, cfg)) < len(xyz)
+
+
+def test_coverage_fills_unreached_points_from_nearest():
+    from pipeline.sampling_spheres import SamplingConfig, predict_coverage
+
+    rng = np.random.default_rng(1)
+    xyz = rng.uniform(0, 20, (3000, 3))
+    cfg = SamplingConfig(radius=4.0, max_points=50)                   # cap leaves points unreached
+
+    def run_block(regions, vote):
+        return np.concatenate([np.eye(3, dtype=np.float32)[(r.index % 3)] for r in regions])
+
+    proba, missing = predict_coverage(xyz, 3, cfg, run_block)
+    assert missing > 0
+    assert proba.shape == (3000, 3) and np.allclose(proba.sum(1), 1)
+
+
+def test_class_balanced_centres_draw_rare_classes():
+    from pipeline.sampling_spheres import ClassBalancedCenters
+
+    labels = [np.r_[np.zeros(99_000, np.int64), np.full(10, 3)], np.r_[np.full(990, 1), np.full(5, -1)]]
+    centers = ClassBalancedCenters(labels, num_classes=5, balanced=True)
+    tile, row, cls = centers.draw(30_000, np.random.default_rng(0))
+    freq = np.bincount(cls, minlength=5) / len(cls)
+    np.testing.assert_allclose(freq[[0, 1, 3]], 1 / 3, atol=0.02)      # rare class 3 as often as 0
+    assert freq[2] == freq[4] == 0
+    np.testing.assert_array_equal(np.array([labels[t][r] for t, r in zip(tile, row)]), cls)
+    _, _, cls = ClassBalancedCenters(labels, 5, balanced=False).draw(30_000, np.random.default_rng(0))
+    assert (cls == 3).mean() < 0.01
+
+
+def test_augmentation_keeps_shapes_and_labels():
+    from pipeline.sampling_spheres import AugmentConfig, RegionSampler, SamplingConfig, augment
+
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-10, 10, (2000, 3))
+    labels = rng.integers(0, 4, 2000)
+    region = RegionSampler([xyz], SamplingConfig(radius=6.0, max_points=500)).regions(0, np.zeros((1, 3)))[0]
+    assert 0 < len(region.index) <= 500
+    feats = rng.normal(size=(len(region.index), 3)).astype(np.float32)
+    cfg = AugmentConfig(scale=[0.8, 1.2], jitter=0.0, feature_dropout=1.0)
+    new_xyz, new_feats = augment(region.xyz, feats, cfg, rng)
+    assert new_xyz.shape == region.xyz.shape and new_feats.shape == feats.shape
+    assert new_xyz.dtype == np.float32 and (new_feats == 0).all()       # dropout p=1
+    ratio = np.linalg.norm(new_xyz, axis=1) / np.maximum(np.linalg.norm(region.xyz, axis=1), 1e-9)
+    assert np.ptp(ratio[np.linalg.norm(region.xyz, axis=1) > 1e-3]) < 1e-4   # rigid motion + one scale
+    assert 0.8 - 1e-6 <= ratio.max() <= 1.2 + 1e-6
+    np.testing.assert_array_equal(labels[region.index], labels[region.index])  # rows (labels) untouched
+    np.testing.assert_array_equal(feats, feats)
+    jit, _ = augment(region.xyz, feats, AugmentConfig(rotate_z=False, scale=[1, 1], flip_x=0, jitter=0.01,
+                                                      jitter_clip=0.02), rng)
+    assert np.abs(jit - region.xyz).max() <= 0.02 + 1e-6
+
+
+def test_config_errors_name_the_key(tmp_path, data_root):
+    spec = tiny_spec(tmp_path, data_root)
+    res = cli("validate", spec)
+    assert res.returncode == 0, res.stderr
+    for setting, words in [("train.model.sampling.test_spacing=2.0", "test_spacing"),
+                           ("train.model.network.widths=[12,24]", "groups"),
+                           ("train.model.features=[xyz,colour]", "features"),
+                           ("train.model.optim.lr=0", "lr")]:
+        res = cli("validate", spec, "--set", setting)
+        assert res.returncode == 2 and words in res.stderr, (setting, res.stderr)
