@@ -17,7 +17,7 @@ from data.classmap import ClassMap
 from .inputs import expand_patterns
 from .progress import log
 from .registry import STEPS
-from .schema import SpecError, to_plain
+from .schema import to_plain
 from .spec import LoadedSpec, load_spec
 
 
@@ -51,11 +51,7 @@ class RunContext:
                 patterns.extend([ds] if isinstance(ds, str) else ds)
             else:
                 patterns.append(name)
-        from data.errors import UserError
-        try:
-            return expand_patterns(patterns, self.loaded.data_root, f"{source}: {key}")
-        except UserError as exc:
-            raise SpecError(source, key, str(exc).split(": ", 2)[-1] + f" (data_root = {self.loaded.data_root})") from None
+        return expand_patterns(patterns, self.loaded.data_root, f"{source}: {key}")
 
 
 def resolve_device(device: str | None) -> str:

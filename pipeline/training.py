@@ -78,16 +78,26 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(step), int(stream)])
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW; biases, norm parameters and other 1-D parameters get no weight decay."""
-    decay, no_decay = [], []
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with parameter groups by (weight decay, lr scale).
+
+    Weight decay of a parameter: its ``_weight_decay`` tag if set, else 0 when tagged
+    ``_no_weight_decay`` or 1-D (biases, norms), else ``cfg.weight_decay``. Its lr is
+    ``cfg.lr * _lr_scale`` (tag default 1). The tags are the ones ``ckconv`` sets.
+    """
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+        if hasattr(p, "_weight_decay"):
+            wd = float(p._weight_decay)
+        elif getattr(p, "_no_weight_decay", False) or p.ndim <= 1 or name.endswith(".bias"):
+            wd = 0.0
+        else:
+            wd = cfg.weight_decay
+        groups.setdefault((wd, float(getattr(p, "_lr_scale", 1.0))), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": cfg.lr * scale}
+                              for (wd, scale), ps in groups.items()], lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:

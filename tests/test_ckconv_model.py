@@ -53,6 +53,8 @@ def test_raster_spec_writes_laz_geotiff_and_report(raster_run, lidar_data, tmp_p
     meta = json.loads((raster_run / "model.bundle" / "bundle.json").read_text())
     assert meta["model"]["type"] == "ckconv_grid" and meta["summary"]["steps"] == 3
     assert (raster_run / "model.bundle" / "ckconv_grid.pt").is_file()
+    assert (raster_run / "model.work" / "last.pt").is_file() and (raster_run / "model.work" / "log.csv").is_file()
+    assert meta["model"]["optim"]["lr"] == 0.002 and meta["model"]["optim"]["grad_clip"] == 1.0
     report = json.loads((raster_run / "evaluation" / "report.json").read_text())
     assert 0 <= report["miou"] <= 1 and report["num_points"] > 50_000
     for tile in TEST_TILES:
@@ -166,3 +168,110 @@ def test_tiled_prediction_blends_to_probabilities():
     with torch.no_grad():
         ref = model.net(torch.from_numpy(xb), torch.from_numpy(mb)).softmax(-1).numpy()[0, :, :6]
     np.testing.assert_allclose(model.predict_cells(small), ref, atol=1e-5)
+
+
+# -- training on the shared loop (pipeline.training.Trainer) ----------------------------------
+GRID_TRAIN = ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz", "ign_lidarhd/train/mnx_corse.laz"]
+GRID_VAL = ["ign_lidarhd/train/mnx_corse.laz"]
+
+
+def _fit(lidar_data, work, limit=None, resume=False, seed=0, steps=6, **cfg):
+    from data.classmap import ClassMap
+    from pipeline.models.base import TrainContext
+    from pipeline.models.ckconv_model import CKConvGridModel, KernelConfig
+
+    spec = yaml.safe_load((REPO / "specs" / "ign_ckconv_raster.yaml").read_text())
+    cmap = ClassMap.from_config(spec["classes"], spec["ignore"])
+    options = dict(cell_size=2.0, hidden=8, blocks=1, kernel=KernelConfig(hidden=8, layers=2), crop=12,
+                   batch_size=2, steps=steps, val_every=2, checkpoint_every=100)
+    config = CKConvGridModel.Config(**{**options, **cfg})
+    model = CKConvGridModel(config, cmap)
+    ctx = TrainContext(device="cpu", limit_steps=limit, seed=seed, work_dir=work, resume=resume)
+    summary = model.fit([lidar_data / f for f in GRID_TRAIN], [lidar_data / f for f in GRID_VAL], ctx)
+    return model, summary
+
+
+def _log(work):
+    import csv
+
+    with open(work / "log.csv", newline="") as f:
+        return [(int(r["step"]), r["loss"], r["val_miou"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, lidar_data):
+    work = tmp_path_factory.mktemp("grid_full")
+    model, summary = _fit(lidar_data, work)
+    return work, model, summary
+
+
+def test_trainer_validates_and_keeps_the_best_weights(full_run):
+    work, model, summary = full_run
+    assert summary["steps"] == summary["total_steps"] == 6
+    steps = [h["step"] for h in summary["val_history"]]
+    assert steps == [2, 4, 6]                                   # val_every 2 (point mIoU on val_inputs)
+    best = max(summary["val_history"], key=lambda h: h["miou"])
+    assert summary["best_val_miou"] == best["miou"] and summary["best_step"] == best["step"]
+    assert all(0 <= h["miou"] <= 1 and 0 <= h["overall_accuracy"] <= 1 for h in summary["val_history"])
+    rows = _log(work)
+    assert [r[0] for r in rows] == list(range(1, 7))
+    assert [bool(r[2]) for r in rows] == [False, True] * 3
+    assert (work / "last.pt").is_file() and (work / "best.pt").is_file()
+    kept = torch.load(work / "best.pt", weights_only=True)         # the model holds the best weights
+    for k, v in model.net.state_dict().items():
+        torch.testing.assert_close(v, kept[k], rtol=0, atol=0)
+    last = torch.load(work / "last.pt", weights_only=False)
+    assert last["step"] == 6 and last["best_step"] == summary["best_step"]
+
+
+def test_same_seed_same_losses_other_seed_other_losses(full_run, lidar_data, tmp_path):
+    work, _, _ = full_run
+    _fit(lidar_data, tmp_path / "a", limit=3)
+    assert [r[:2] for r in _log(tmp_path / "a")] == [r[:2] for r in _log(work)[:3]]
+    _fit(lidar_data, tmp_path / "b", limit=3, seed=1)
+    assert [r[1] for r in _log(tmp_path / "b")] != [r[1] for r in _log(work)[:3]]
+
+
+def test_resume_continues_like_the_uninterrupted_run(full_run, lidar_data, tmp_path):
+    work, _, _ = full_run
+    _, first = _fit(lidar_data, tmp_path, limit=4)               # interrupted after step 4
+    assert first["steps"] == 4 and torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 4
+    _, summary = _fit(lidar_data, tmp_path, resume=True)         # --resume: steps 5 and 6 only
+    assert summary["steps"] == 6 and [h["step"] for h in summary["val_history"]] == [2, 4, 6]
+    assert [r[:2] for r in _log(tmp_path)] == [r[:2] for r in _log(work)]
+    ref = torch.load(work / "last.pt", weights_only=False)["model"]
+    got = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    # a checkpoint of other settings is refused
+    from data.errors import UserError
+
+    with pytest.raises(UserError, match="other settings"):
+        _fit(lidar_data, tmp_path, resume=True, hidden=4)
+
+
+def test_optim_block():
+    from data.errors import UserError
+    from pipeline.models.ckconv_model import CKConvGridModel, GridOptimConfig
+    from pipeline.schema import SpecError, parse_component
+    from pipeline.registry import MODELS
+
+    c = parse_component(MODELS, {"type": "ckconv_grid", "optim": {"lr": 0.001}}, "model", "t")
+    assert c.optim == GridOptimConfig(lr=0.001) and c.optim.grad_clip == 1.0 and c.optim.warmup_steps == 100
+    with pytest.raises(SpecError, match="model.lr: unknown key"):   # lr lives in the optim block
+        parse_component(MODELS, {"type": "ckconv_grid", "lr": 0.003}, "model", "t")
+    with pytest.raises(UserError):
+        CKConvGridModel.Config(optim=GridOptimConfig(lr=-1))
+
+
+def test_reference_codes_is_shared():
+    from data.errors import DataError
+    from data.pointcloud import PointCloud
+    from pipeline.models import ckconv_model, kpconvx_model, random_forest
+    from pipeline.models.base import reference_codes
+
+    assert ckconv_model.reference_codes is kpconvx_model.reference_codes is random_forest.reference_codes
+    cloud = PointCloud(np.zeros((3, 3)), {"classification": np.array([1, 2, 3], np.uint8)}, source="a.laz")
+    np.testing.assert_array_equal(reference_codes(cloud), [1, 2, 3])
+    with pytest.raises(DataError, match="classification"):
+        reference_codes(PointCloud(np.zeros((3, 3)), source="b.laz"))

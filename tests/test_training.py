@@ -116,3 +116,24 @@ def test_best_checkpoint_and_signature(tmp_path):
 def test_resume_without_checkpoint_starts_at_zero(tmp_path):
     _, summary = run(tmp_path, 2, resume=True)
     assert summary["steps"] == 2
+
+
+def test_build_optimizer_honours_ckconv_tags():
+    import torch
+    from torch import nn
+
+    from pipeline.training import OptimConfig, build_optimizer
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model[0].weight._lr_scale = 0.5
+    model[2].weight._no_weight_decay = True
+    model[2].bias._weight_decay = 0.3
+    opt = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.05))
+    by_param = {id(p): (g["weight_decay"], g["lr"]) for g in opt.param_groups for p in g["params"]}
+    assert by_param[id(model[0].weight)] == (0.05, 0.05)
+    assert by_param[id(model[0].bias)] == (0.0, 0.1)
+    assert by_param[id(model[1].weight)] == (0.0, 0.1)      # 1-D norm parameter
+    assert by_param[id(model[2].weight)] == (0.0, 0.1)
+    assert by_param[id(model[2].bias)] == (0.3, 0.1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert isinstance(opt, torch.optim.AdamW)

@@ -13,7 +13,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from data.classmap import ClassMap
+from data.errors import DataError
 from data.pointcloud import PointCloud
+
+
+def reference_codes(cloud: PointCloud) -> np.ndarray:
+    """The cloud's reference class codes (``classification``); a clear error when it has none."""
+    if not cloud.has("classification"):
+        raise DataError(cloud.source, "has no 'classification' field; training and validation need "
+                                      "reference labels")
+    return cloud.fields["classification"]
 
 
 @dataclass

@@ -6,8 +6,20 @@ Each cloud becomes a grid (``data.grids``): ``mode: raster`` -> ``[rows, cols]``
 than the top layer fall into it). The network (``ckconv_net.CKConvSegNet``) predicts class
 probabilities per cell/voxel; training draws random ``crop`` x ``crop`` (x all levels)
 windows with random rot90/flips, cross-entropy on labelled cells only (cell label:
-``label_rule`` majority or top-most point; ignored codes and empty cells carry no loss),
-AdamW (``ckconv.param_groups``), linear warm-up then cosine decay.
+``label_rule`` majority or top-most point; ignored codes and empty cells carry no loss).
+
+Optimisation runs on the shared loop (:class:`pipeline.training.Trainer`), options in the
+``optim:`` block (:class:`GridOptimConfig`: the keys of ``pipeline.training.OptimConfig``,
+defaults lr 0.002, weight decay 0.01, 100 warm-up steps, cosine, gradient clipping at 1):
+AdamW with weight-decay groups from the ckconv parameter tags (SIREN, window and shortcut
+parameters carry none; other 1-D parameters neither), linear warm-up then cosine decay,
+mixed precision on CUDA (the kernel networks and the FFT convolution stay float32 inside
+``ckconv``). Step ``s`` draws its crops from ``step_rng(seed, s)``, so a run resumed from
+``OUT/NAME.work/last.pt`` (``run.py run SPEC --resume``) continues exactly as the
+uninterrupted one. With ``val_inputs``, validation every ``val_every`` steps (and after the
+last one) computes the **point** mIoU on those files, each point taking the class of its
+cell/voxel as in prediction, i.e. the measure of the evaluate step; the weights of the best
+validation are kept (``best.pt``), ``log.csv`` holds the losses and validation scores.
 
 Inputs per cell (fixed scalings, no statistics to store): raster ``hag_min/10``,
 ``hag_max/10``, ``hag_mean/10``, ``log1p(count)/3``, ``multi_return``, optional intensity
@@ -34,7 +46,6 @@ voxel of each column.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,8 +58,9 @@ from data.io import read_cloud
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
+from pipeline.training import OptimConfig, Trainer, seed_everything, step_rng
 
-from .base import TrainContext
+from .base import TrainContext, reference_codes
 
 KernelType = Literal["SIRENKernelND", "BlockDiagonalLearnableOmegaSIRENKernelND"]
 
@@ -64,6 +76,16 @@ class KernelConfig:
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 2 or self.omega_0 <= 0 or self.omega_blocks < 1:
             raise UserError("kernel: hidden >= 1, layers >= 2, omega_0 > 0, omega_blocks >= 1 expected")
+
+
+@dataclass
+class GridOptimConfig(OptimConfig):
+    """``pipeline.training.OptimConfig`` with the grid model's defaults (same keys and checks)."""
+
+    lr: float = 0.002
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
 
 
 @dataclass
@@ -99,15 +121,17 @@ class CKConvGridModel:
         crop: int = 64                    # training crop / prediction tile, cells per side
         overlap: float = 0.25             # prediction tile overlap (fraction of crop)
         batch_size: int = 8
-        steps: int = 2000
-        lr: float = 2e-3
-        weight_decay: float = 0.01
-        warmup: int = 100
+        steps: int = 2000                 # optimisation steps (the schedule spans them)
+        optim: GridOptimConfig = field(default_factory=GridOptimConfig)
+        val_every: int = 500              # validate on val_inputs every N steps (and at the end)
+        checkpoint_every: int = 500       # write OUT/NAME.work/last.pt every N steps (and at the end)
         class_weights: bool = True        # inverse-sqrt-frequency cross-entropy weights
         geotiff: bool = True              # write <stem>_class.tif (+ .png) next to predictions
         preview: bool = True
 
         def __post_init__(self) -> None:
+            if self.val_every < 1 or self.checkpoint_every < 1:
+                raise UserError("val_every and checkpoint_every must be >= 1")
             if self.cell_size <= 0 or self.voxel_height <= 0 or self.ground_window <= 0:
                 raise UserError("cell_size, voxel_height and ground_window must be > 0")
             if self.levels < 2 or self.crop < 4 or self.hidden < 1 or self.blocks < 1 or self.batch_size < 1:
@@ -202,81 +226,94 @@ class CKConvGridModel:
             out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
         return out[0], out[1], out[2]
 
+    def _labelled_grids(self, paths: list[Path], what: str) -> list[tuple[_Grid, np.ndarray]]:
+        """``(grid with cell labels, reference class index per point)`` for every file."""
+        out = []
+        for path in progress(paths, f"grids ({what})", unit="file"):
+            cloud = read_cloud(path)
+            labels = self.class_map.encode(reference_codes(cloud), path)
+            out.append((self._grid(cloud, labels), labels))
+        return out
+
+    def _signature(self) -> dict[str, Any]:
+        """What a checkpoint must have been trained with to be resumed (``Trainer.signature``)."""
+        from pipeline.schema import to_plain
+
+        plain = to_plain(self.config)
+        for key in ("steps", "val_every", "checkpoint_every", "geotiff", "preview"):
+            plain.pop(key, None)
+        return {"config": plain, "classes": list(self.class_map.names), "in_dim": self.in_dim}
+
     def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
         import torch
 
-        from ckconv import param_groups
-
         cfg = self.config
-        torch.manual_seed(ctx.seed)
-        rng = np.random.default_rng(ctx.seed)
-        grids = []
-        for path in progress(train, "grids (train)", unit="file"):
-            cloud = read_cloud(path)
-            labels = self.class_map.encode(_classification(cloud), path)
-            grids.append(self._grid(cloud, labels))
-        counts = np.zeros(self.class_map.num_classes, np.int64)
+        C = self.class_map.num_classes
+        seed_everything(ctx.seed)
+        grids = [g for g, _ in self._labelled_grids(train, "train")]
+        counts = np.zeros(C, np.int64)
         for g in grids:
-            lab = g.labels[g.labels >= 0]
-            counts += np.bincount(lab, minlength=self.class_map.num_classes)
+            counts += np.bincount(g.labels[g.labels >= 0], minlength=C)
         if counts.sum() == 0:
             raise UserError("ckconv_grid: the training files hold no labelled cells")
         cells = np.array([max(1, int((g.labels >= 0).sum())) for g in grids], np.float64)
         file_p = cells / cells.sum()
+        vdata = self._labelled_grids(val, "validation") if val else None
+
+        torch.manual_seed(ctx.seed)
         net = self._build_net(grids[0].x.shape[-1]).to(ctx.device)
         weight = None
         if cfg.class_weights:
             w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
             w = w / (w[counts > 0].mean())
             weight = torch.tensor(w, dtype=torch.float32, device=ctx.device)
-        opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay, cfg.lr))
-        steps = cfg.steps if ctx.limit_steps is None else max(1, min(cfg.steps, ctx.limit_steps))
-        warm = min(cfg.warmup, max(1, steps // 10))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+        n_params = sum(p.numel() for p in net.parameters())
         log(f"ckconv_grid ({cfg.mode}): {len(grids)} grids, {int(counts.sum()):,} labelled cells, "
-            f"{sum(p.numel() for p in net.parameters()):,} parameters, {steps} steps on {ctx.device}")
-        net.train()
-        losses = []
-        for step in progress(range(steps), "train", unit="step"):
+            f"{n_params:,} parameters, {cfg.steps} steps x {cfg.batch_size} crops on {ctx.device}")
+
+        def train_step(step: int):
+            rng = step_rng(ctx.seed, step)
             batch = [self._crop(grids[int(rng.choice(len(grids), p=file_p))], rng) for _ in range(cfg.batch_size)]
-            x = torch.from_numpy(np.stack([b[0] for b in batch])).to(ctx.device)
-            m = torch.from_numpy(np.stack([b[1] for b in batch])).to(ctx.device)
-            y = torch.from_numpy(np.stack([b[2] for b in batch])).to(ctx.device)
-            logits = net(x, m)
+            x, m, y = (torch.from_numpy(np.stack([b[i] for b in batch])).to(ctx.device) for i in range(3))
+            logits = net(x, m).float()
             if (y >= 0).any():
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                                         weight=weight, ignore_index=IGNORE)
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1), weight=weight,
+                                                         ignore_index=IGNORE)
             else:
                 loss = logits.sum() * 0.0
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if (step + 1) % 100 == 0:
-                log(f"step {step + 1}/{steps}: loss {np.mean(losses[-100:]):.4f}")
-        net.eval()
-        summary: dict[str, Any] = {"steps": steps, "final_loss": float(np.mean(losses[-20:])),
-                                   "train_cell_counts": dict(zip(self.class_map.names, counts.tolist()))}
-        if not np.isfinite(summary["final_loss"]):
-            raise UserError("ckconv_grid: training diverged (non-finite loss); lower lr")
-        if val:
-            from pipeline.evaluation import confusion_matrix, metrics_from_confusion
+            return loss, {}
 
-            cm = np.zeros((self.class_map.num_classes,) * 2, dtype=np.int64)
-            for path in progress(val, "validation", unit="file"):
-                cloud = read_cloud(path)
-                ref = self.class_map.encode(_classification(cloud), path)
-                cm += confusion_matrix(ref, self.predict_proba(cloud, ctx.device).argmax(1), self.class_map.num_classes)
-            summary["val_miou"] = metrics_from_confusion(cm, self.class_map.names)["miou"]
-            log(f"validation mIoU {summary['val_miou']:.4f}")
-        return summary
+        validate = None
+        if vdata is not None:
+            def validate() -> dict[str, Any]:
+                """Point mIoU: a point takes its cell's (voxel's) class, as in predict_proba."""
+                from pipeline.evaluation import confusion_matrix, metrics_from_confusion
+
+                cm = np.zeros((C, C), np.int64)
+                for g, ref in vdata:
+                    pred = self.predict_cells(g, ctx.device).argmax(-1).reshape(-1)[g.point_index]
+                    cm += confusion_matrix(ref, pred, C)
+                m = metrics_from_confusion(cm, list(self.class_map.names))
+                return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
+
+        trainer = Trainer(net, cfg.optim, cfg.steps, ctx.device, ctx.work_dir, seed=ctx.seed,
+                          limit_steps=ctx.limit_steps, val_every=cfg.val_every,
+                          checkpoint_every=cfg.checkpoint_every, signature=self._signature())
+        result = trainer.fit(train_step, validate, resume=ctx.resume)
+        if trainer.load_best():
+            log(f"kept the weights of step {trainer.best_step} (best validation mIoU {trainer.best_score:.4f})")
+        net.eval()
+        recent = trainer.losses[-20:]
+        return {"steps": result["steps"], "total_steps": cfg.steps,
+                "final_loss": float(np.mean(recent)) if recent else None,
+                "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
+                "val_history": result["val_history"], "parameters": n_params,
+                "train_cell_counts": dict(zip(self.class_map.names, counts.tolist()))}
 
     # -- inference ----------------------------------------------------------------------
     def predict_cells(self, g: _Grid, device: str = "cpu") -> np.ndarray:
-        """Blended softmax ``[*S, C]`` over overlapping ``crop`` tiles (padded at the edges)."""
+        """Blended softmax ``[*S, C]`` over overlapping ``crop`` tiles (padded at the edges);
+        ``optim.amp`` autocast on CUDA, as in training."""
         import torch
 
         cfg, c = self.config, self.config.crop
@@ -296,7 +333,10 @@ class CKConvGridModel:
         wsum = np.zeros(g.mask.shape + (1,), np.float32)
         tiles = [(r, q) for r in starts(rows) for q in starts(cols)]
         net = self.net.to(device).eval()
-        with torch.no_grad():
+        dev = torch.device(device)
+        amp = dict(dtype=torch.bfloat16 if cfg.optim.amp_dtype == "bfloat16" else torch.float16,
+                   enabled=cfg.optim.amp and dev.type == "cuda")
+        with torch.no_grad(), torch.autocast(dev.type, **amp):
             for i in range(0, len(tiles), cfg.batch_size):
                 part = tiles[i:i + cfg.batch_size]
                 xb = np.zeros((len(part), c, c) + g.x.shape[2:], np.float32)
@@ -305,7 +345,8 @@ class CKConvGridModel:
                     h, w = min(c, rows - r), min(c, cols - q)
                     xb[j, :h, :w] = g.x[r:r + h, q:q + w]
                     mb[j, :h, :w] = g.mask[r:r + h, q:q + w]
-                p = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)).softmax(-1).cpu().numpy()
+                logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device))
+                p = logits.float().softmax(-1).cpu().numpy()
                 for j, (r, q) in enumerate(part):
                     h, w = min(c, rows - r), min(c, cols - q)
                     acc[r:r + h, q:q + w] += p[j, :h, :w] * tent[:h, :w, ..., None]
@@ -373,10 +414,4 @@ class CKConvGridModel:
         return model
 
 
-def _classification(cloud: PointCloud) -> np.ndarray:
-    if not cloud.has("classification"):
-        raise DataError(cloud.source, "has no 'classification' field; training and evaluation need reference labels")
-    return cloud.fields["classification"]
-
-
-__all__ = ["CKConvGridModel", "KernelConfig"]
+__all__ = ["CKConvGridModel", "KernelConfig", "GridOptimConfig"]

@@ -48,7 +48,7 @@ from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Regi
                                        SamplingConfig, augment, predict_coverage)
 from pipeline.training import OptimConfig, Trainer, step_rng
 
-from .base import TrainContext
+from .base import TrainContext, reference_codes
 
 FEATURES = ("xyz", "intensity", "returns", "height", "rgb", "nir")
 FeatureName = Literal["xyz", "intensity", "returns", "height", "rgb", "nir"]
@@ -224,9 +224,7 @@ class KPConvXModel:
         xyzs, feats, labels = [], [], []
         for path in progress(paths, f"reading ({what})", unit="file"):
             cloud = read_cloud(path)
-            if not cloud.has("classification"):
-                raise DataError(path, "has no 'classification' field; training and validation need reference labels")
-            labels.append(self.class_map.encode(cloud.fields["classification"], path))
+            labels.append(self.class_map.encode(reference_codes(cloud), path))
             feats.append(point_feature_matrix(cloud, list(self.config.features), self.config.height_cell))
             xyzs.append(np.asarray(cloud.xyz, np.float64))
         return xyzs, feats, labels

@@ -21,7 +21,7 @@ from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 
-from .base import TrainContext
+from .base import TrainContext, reference_codes
 
 
 @dataclass
@@ -90,7 +90,7 @@ class RandomForestModel:
         xs, ys = [], []
         for path in progress(train, "features (train)", unit="file"):
             cloud = read_cloud(path)
-            labels = self.class_map.encode(_classification(cloud), path)
+            labels = self.class_map.encode(reference_codes(cloud), path)
             names, feats = mine(cloud, cfg.features)
             self._check_names(names, path)
             keep = labels != IGNORE
@@ -116,7 +116,7 @@ class RandomForestModel:
             cm = np.zeros((self.class_map.num_classes,) * 2, dtype=np.int64)
             for path in progress(val, "validation", unit="file"):
                 cloud = read_cloud(path)
-                ref = self.class_map.encode(_classification(cloud), path)
+                ref = self.class_map.encode(reference_codes(cloud), path)
                 cm += confusion_matrix(ref, self.predict_proba(cloud).argmax(1), self.class_map.num_classes)
             summary["val_miou"] = metrics_from_confusion(cm, self.class_map.names)["miou"]
             log(f"validation mIoU {summary['val_miou']:.4f}")
@@ -156,12 +156,6 @@ class RandomForestModel:
         if hasattr(model.estimator, "n_jobs"):
             model.estimator.n_jobs = config.n_jobs
         return model
-
-
-def _classification(cloud: PointCloud) -> np.ndarray:
-    if not cloud.has("classification"):
-        raise DataError(cloud.source, "has no 'classification' field; training and evaluation need reference labels")
-    return cloud.fields["classification"]
 
 
 def _balanced_sample(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
