@@ -431,5 +431,6 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     x = np.empty((n, len(names)), np.float32)
     for j, nm in enumerate(names):
         x[:, j] = cols[nm]
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(x).all():  # one cheap pass; the repair is the rare path
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return names, x

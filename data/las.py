@@ -448,14 +448,19 @@ def _laspy_point_format(path: Path, f: BinaryIO) -> laspy.PointFormat:
 def _unpack_fields(arr: np.ndarray, pf: laspy.PointFormat) -> dict[str, np.ndarray]:
     """Every dimension but X/Y/Z as contiguous arrays (bit fields unpacked, vectorised)."""
     sub = laspy_dims.get_sub_fields_dict(pf.id)
+    composed_cache: dict[str, np.ndarray] = {}
     fields: dict[str, np.ndarray] = {}
     for name in pf.dimension_names:
         if name in ("X", "Y", "Z"):
             continue
         if name in sub:
             composed, sf = sub[name]
+            if composed not in composed_cache:  # one strided gather per packed byte, not per bit field
+                composed_cache[composed] = np.ascontiguousarray(arr[composed])
             shift = (sf.mask & -sf.mask).bit_length() - 1
-            fields[name] = ((arr[composed] & sf.mask) >> shift).astype(np.uint8)
+            values = composed_cache[composed] & np.array(sf.mask, composed_cache[composed].dtype)
+            values >>= shift
+            fields[name] = values.astype(np.uint8, copy=False)
         else:
             fields[name] = np.ascontiguousarray(arr[name])
     return fields
@@ -485,9 +490,10 @@ def read_las(path: str | os.PathLike) -> PointCloud:
     if len(arr) != h.point_count:
         raise DataError(path, f"truncated or corrupt {kind}: decoded {len(arr)} points, header "
                               f"says {h.point_count}")
-    raw_xyz = np.empty((len(arr), 3), np.int32)
-    raw_xyz[:, 0], raw_xyz[:, 1], raw_xyz[:, 2] = arr["X"], arr["Y"], arr["Z"]
-    xyz = raw_xyz * h.scales + h.offsets
+    # X, Y, Z are the first 12 bytes of every record: one strided [N, 3] int32 view, one copy.
+    raw_xyz = np.ndarray((len(arr), 3), dtype="<i4", buffer=arr, strides=(arr.itemsize, 4)).copy()
+    xyz = np.multiply(raw_xyz, h.scales)
+    xyz += h.offsets
     vlrs = [v for v in h.vlrs if (v.user_id, v.record_id) != LASZIP_ID]
     eb = h.find_vlr(EXTRA_BYTES_ID)
     eb_structs = {}
