@@ -1,6 +1,6 @@
 """Benchmark: geometric feature step vs the bare scipy cKDTree k-NN baseline, on 1M real points.
 
-Data: the four real IGN LiDAR HD 1 km tiles of ``/work/shared/data/lidar/ign_lidarhd_1km``
+Data: the four real IGN LiDAR HD 1 km tiles of ``../shared/data/lidar/ign_lidarhd_1km`` (or ``$LIDARSEG_DATA/ign_lidarhd_1km``)
 (1,027,078 points in all) concatenated in file-name order and cut to the first 1,000,000
 points (tiles are kilometres apart, so neighbourhoods never mix tiles).
 
@@ -18,6 +18,7 @@ import glob
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from data.features import compute_features  # noqa: E402
 from data.neighbors import knn  # noqa: E402
 from data.pointcloud import PointCloud  # noqa: E402
 
-DATA = "/work/shared/data/lidar/ign_lidarhd_1km/*.laz"
+DATA = str(Path(os.environ.get("LIDARSEG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "lidar")) / "ign_lidarhd_1km" / "*.laz")
 
 
 def load(n: int) -> PointCloud:

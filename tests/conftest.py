@@ -15,3 +15,14 @@ def lidar_data() -> Path:
     if not (DATA / "ign_lidarhd").is_dir():
         pytest.fail(f"sample data not found at {DATA} (set LIDARSEG_DATA)")
     return DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI boxes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

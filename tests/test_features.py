@@ -5,6 +5,8 @@ import glob
 
 import numpy as np
 import pytest
+
+from conftest import DATA
 from scipy.spatial import cKDTree
 
 from data.features import (COVARIANCE_FEATURES, FEATURE_NAMES, compute_features,
@@ -12,7 +14,7 @@ from data.features import (COVARIANCE_FEATURES, FEATURE_NAMES, compute_features,
                            symmetric_eigen3)
 from data.pointcloud import PointCloud
 
-TEST_TILES = sorted(glob.glob("/work/shared/data/lidar/ign_lidarhd/test/*.laz"))
+TEST_TILES = sorted(glob.glob(str(DATA / "ign_lidarhd/test/*.laz")))
 
 
 def knn_idx(xyz, k):
@@ -191,7 +193,7 @@ def test_point_features_and_names():
     assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 12 + 6 + 6
 
 
-@pytest.mark.skipif(not TEST_TILES, reason="real IGN test tiles not available")
+@pytest.mark.usefixtures("lidar_data")
 def test_compute_features_on_real_tile():
     import laspy
     las = laspy.read(TEST_TILES[0])

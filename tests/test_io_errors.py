@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import DATA
+
 from data.atomic import atomic_path
 from data.errors import DataError
 from data.io import read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 
 REPO = Path(__file__).resolve().parents[1]
-LAZ = Path("/work/shared/data/lidar/ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz")
-LAZ_FMT1 = Path("/work/shared/data/lidar/ign_lidarhd/train/St_Barth_RGAF09_UTM20N_IGN_1988_SB_subset_100m.laz")
-needs_data = pytest.mark.skipif(not LAZ.exists(), reason="real LiDAR data not available")
+LAZ = DATA / "ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz"
+LAZ_FMT1 = DATA / "ign_lidarhd/train/St_Barth_RGAF09_UTM20N_IGN_1988_SB_subset_100m.laz"
+needs_data = pytest.mark.usefixtures("lidar_data")  # fails (not skips) without the data
 
 _CHILD = r"""
 import json, sys

@@ -9,20 +9,21 @@ import laspy
 import numpy as np
 import pytest
 
+from conftest import DATA
+
 from laspy.vlrs.vlrlist import VLRList
 
 from data.errors import DataError
 from data.io import LasMeta, read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 
-DATA = Path("/work/shared/data/lidar")
 TEST_TILES = sorted((DATA / "ign_lidarhd/test").glob("*.laz"))
 TRAIN = [DATA / "ign_lidarhd/train" / n for n in
          ("St_Barth_RGAF09_UTM20N_IGN_1988_SB_subset_100m.laz",   # LAS 1.2, format 1, no CRS
           "mnx_crop_3.laz",                                        # format 6, 12 extra dims
           "mnx_corse.laz")]                                        # format 8, extra dims
-REAL = [p for p in TEST_TILES + TRAIN if p.exists()]
-needs_data = pytest.mark.skipif(not REAL, reason="real LiDAR data not available")
+REAL = TEST_TILES + TRAIN
+needs_data = pytest.mark.usefixtures("lidar_data")  # fails (not skips) without the data
 
 META_FIELDS = ("version", "point_format", "vlrs", "evlrs", "global_encoding", "file_source_id",
                "uuid", "system_identifier", "generating_software", "creation_date",

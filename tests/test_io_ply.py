@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import DATA
+
 from data.io import PlyMeta, read_cloud, read_header_info, write_cloud
 from data.ply import write_ply
 from data.pointcloud import PointCloud
 
-LAZ = Path("/work/shared/data/lidar/ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz")
+LAZ = DATA / "ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz"
 FORMATS = ["ascii", "binary_little_endian", "binary_big_endian"]
 
 
@@ -93,7 +95,7 @@ def test_ply_extra_properties(tmp_path: Path) -> None:
     assert np.array_equal(again.fields["pred"], extra["pred"])
 
 
-@pytest.mark.skipif(not LAZ.exists(), reason="real LiDAR data not available")
+@pytest.mark.usefixtures("lidar_data")
 def test_las_to_ply_and_back(tmp_path: Path) -> None:
     cloud = read_cloud(LAZ)
     write_cloud(cloud, tmp_path / "tile.ply")

@@ -11,13 +11,7 @@ from kpconvx import KPConvXLayer, kernel_aggregate, shell_kernel_points
 from kpconvx.layer import BN_EPS, LEAKY_SLOPE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI boxes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- reference

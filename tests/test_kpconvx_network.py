@@ -6,19 +6,10 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("data.neighbors")
-pytest.importorskip("data.sampling")
-
-from kpconvx import KPConvXConfig, KPConvXSegNet, build_hierarchy  # noqa: E402
+from kpconvx import KPConvXConfig, KPConvXSegNet, build_hierarchy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on busy CI boxes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cloud(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
