@@ -199,13 +199,17 @@ def _min_by_sort(zmin: np.ndarray, keys: np.ndarray, z: np.ndarray) -> None:
     zmin[ks[first]] = np.minimum.reduceat(np.asarray(z, dtype=np.float64)[order], first)
 
 
-def _point_values(fields: Mapping[str, np.ndarray] | None, n: int) -> dict[str, np.ndarray]:
+def _point_values(fields: Mapping[str, np.ndarray] | None,
+                  point_values: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Per-point values averaged per cell: LAS-derived ones, then the caller's ``point_values``."""
     fields = fields or {}
     out = {}
     if "intensity" in fields:
         out["intensity"] = np.asarray(fields["intensity"], dtype=np.float64)
     if "number_of_returns" in fields:
         out["multi_return"] = (np.asarray(fields["number_of_returns"]) > 1).astype(np.float64)
+    for name, v in (point_values or {}).items():
+        out[name] = np.asarray(v, dtype=np.float64)
     return out
 
 
@@ -227,14 +231,11 @@ def rasterize(xyz: np.ndarray, fields: Mapping[str, np.ndarray] | None = None, c
               point_values: Mapping[str, np.ndarray] | None = None, grid: Grid2D | None = None) -> Raster:
     """2-D raster of per-cell features (see the module docstring)."""
     xyz = _check(xyz, labels)
-    n = len(xyz)
     grid = grid or Grid2D.around(xyz, cell_size)
     key = grid.flat_index(xyz)
     ncells = grid.rows * grid.cols
     hag = xyz[:, 2] - ground_estimate(grid, key, xyz[:, 2], ground_window)
-    vals = _point_values(fields, n)
-    for name, v in (point_values or {}).items():
-        vals[name] = np.asarray(v, dtype=np.float64)
+    vals = _point_values(fields, point_values)
     agg = cell_aggregate(key, ncells, xyz[:, 2], {"hag": hag, **vals}, labels, label_rule, {"hag": hag})
     cols = {"hag_min": agg["min_hag"], "hag_max": agg["max_hag"], "hag_mean": agg["mean_hag"],
             "count": agg["count"].astype(np.float64)}
@@ -255,7 +256,6 @@ def voxelize(xyz: np.ndarray, fields: Mapping[str, np.ndarray] | None = None, ce
         raise ValueError(f"voxel_height must be > 0, got {voxel_height}")
     if vertical not in ("ground", "absolute"):
         raise ValueError(f"vertical must be 'ground' or 'absolute', got {vertical!r}")
-    n = len(xyz)
     grid = grid or Grid2D.around(xyz, cell_size)
     cell = grid.flat_index(xyz)
     hag = xyz[:, 2] - ground_estimate(grid, cell, xyz[:, 2], ground_window)
@@ -272,9 +272,7 @@ def voxelize(xyz: np.ndarray, fields: Mapping[str, np.ndarray] | None = None, ce
     lev = np.clip(lev, 0, levels - 1)
     key = cell * levels + lev
     nvox = grid.rows * grid.cols * levels
-    vals = _point_values(fields, n)
-    for name, v in (point_values or {}).items():
-        vals[name] = np.asarray(v, dtype=np.float64)
+    vals = _point_values(fields, point_values)
     agg = cell_aggregate(key, nvox, xyz[:, 2], {"hag": hag, **vals}, labels, label_rule)
     cols = {"count": agg["count"].astype(np.float64), "hag_mean": agg["mean_hag"]}
     cols.update({name: agg[f"mean_{name}"] for name in vals})

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from data.errors import UserError
 
 __all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassBalancedCenters",
-           "augment", "coverage_centers", "iter_blocks", "predict_coverage"]
+           "augment", "rotation_z", "coverage_centers", "iter_blocks", "predict_coverage"]
 
 
 @dataclass
@@ -130,6 +130,12 @@ class ClassBalancedCenters:
         return self.tile_of[pick], self.row_of[pick], self.labels[pick]
 
 
+def rotation_z(angle: float) -> np.ndarray:
+    """``[3, 3]`` float64 rotation by ``angle`` radians about the vertical axis."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
 def augment(xyz: np.ndarray, features: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
             geometric_columns: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random rotation about z, scaling, flips, jitter (coordinates) and feature dropout.
@@ -140,9 +146,7 @@ def augment(xyz: np.ndarray, features: np.ndarray, cfg: AugmentConfig, rng: np.r
     xyz = np.asarray(xyz, np.float32)
     m = np.eye(3, dtype=np.float64)
     if cfg.rotate_z:
-        a = rng.uniform(0, 2 * np.pi)
-        c, s = np.cos(a), np.sin(a)
-        m = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ m
+        m = rotation_z(rng.uniform(0, 2 * np.pi)) @ m
     m = m * rng.uniform(cfg.scale[0], cfg.scale[1])
     if rng.random() < cfg.flip_x:
         m[:, 0] *= -1

@@ -33,7 +33,7 @@ from data.errors import UserError
 from pipeline.progress import log, progress
 
 __all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "lr_factor", "Trainer",
-           "CsvLog", "atomic_torch_save"]
+           "CsvLog", "atomic_torch_save", "amp_autocast"]
 
 
 @dataclass
@@ -65,6 +65,13 @@ class OptimConfig:
             raise UserError("optim.min_lr_ratio must be in [0, 1] and optim.step_gamma in (0, 1]")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise UserError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+def amp_autocast(cfg: OptimConfig, device: str | torch.device) -> torch.autocast:
+    """``torch.autocast`` as ``cfg`` asks: ``cfg.amp_dtype``, enabled only when ``cfg.amp`` and on CUDA."""
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16,
+                          enabled=bool(cfg.amp and dev.type == "cuda"))
 
 
 def seed_everything(seed: int) -> None:
@@ -139,8 +146,8 @@ class CsvLog:
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
             self.tb = SummaryWriter(str(self.path.parent / "tensorboard"))
-        except Exception:  # noqa: BLE001 - optional
-            self.tb = None
+        except Exception:  # noqa: BLE001 - optional; self.tb stays None
+            pass
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as f:

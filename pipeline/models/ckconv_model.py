@@ -58,7 +58,7 @@ from data.io import read_cloud
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
-from pipeline.training import OptimConfig, Trainer, seed_everything, step_rng
+from pipeline.training import OptimConfig, Trainer, amp_autocast, seed_everything, step_rng
 
 from .base import TrainContext, reference_codes
 
@@ -333,10 +333,7 @@ class CKConvGridModel:
         wsum = np.zeros(g.mask.shape + (1,), np.float32)
         tiles = [(r, q) for r in starts(rows) for q in starts(cols)]
         net = self.net.to(device).eval()
-        dev = torch.device(device)
-        amp = dict(dtype=torch.bfloat16 if cfg.optim.amp_dtype == "bfloat16" else torch.float16,
-                   enabled=cfg.optim.amp and dev.type == "cuda")
-        with torch.no_grad(), torch.autocast(dev.type, **amp):
+        with torch.no_grad(), amp_autocast(cfg.optim, device):
             for i in range(0, len(tiles), cfg.batch_size):
                 part = tiles[i:i + cfg.batch_size]
                 xb = np.zeros((len(part), c, c) + g.x.shape[2:], np.float32)

@@ -45,8 +45,8 @@ from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
-                                       SamplingConfig, augment, predict_coverage)
-from pipeline.training import OptimConfig, Trainer, step_rng
+                                       SamplingConfig, augment, predict_coverage, rotation_z)
+from pipeline.training import OptimConfig, Trainer, amp_autocast, step_rng
 
 from .base import TrainContext, reference_codes
 
@@ -203,8 +203,7 @@ class KPConvXModel:
             if rng is not None:
                 xyz, pf = augment(r.xyz, pf, cfg.augment, rng)
             else:
-                c, s = np.cos(angle), np.sin(angle)
-                xyz = r.xyz @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], np.float32).T
+                xyz = r.xyz @ rotation_z(angle).astype(np.float32).T
             geo = [np.ones((len(xyz), 1), np.float32)]
             if "xyz" in cfg.features:
                 geo.append(xyz / cfg.sampling.radius)
@@ -318,9 +317,7 @@ class KPConvXModel:
 
         def run_block(regions: list[Region], vote: int) -> np.ndarray:
             x, f, b = self._inputs(regions, [feats], None, angle=2 * np.pi * vote / votes)
-            dtype = torch.bfloat16 if cfg.optim.amp_dtype == "bfloat16" else torch.float16
-            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype,
-                                                 enabled=cfg.optim.amp and torch.device(device).type == "cuda"):
+            with torch.no_grad(), amp_autocast(cfg.optim, device):
                 logits = self._forward(x, f, b, device)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
