@@ -378,6 +378,30 @@ def point_features(fields: Mapping[str, np.ndarray],
 # everything
 # ----------------------------------------------------------------------------------------------
 
+class _background:
+    """Run ``fn`` in a daemon thread; ``result()`` joins it and returns (or raises) its outcome."""
+
+    def __init__(self, fn):
+        import threading
+
+        self._out: list = []
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._out.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._out.append((False, exc))
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._out[0]
+        if not ok:
+            raise value
+        return value
+
+
 def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequence[float] = (),
                      height_cells: Sequence[float] = (2.0, 10.0), intensity: bool = True,
                      returns: bool = True, workers: int = -1, radius_max_neighbors: int = 64,
@@ -401,6 +425,13 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
                           returns=returns, fields=cloud.fields.keys())
     cols: dict[str, np.ndarray] = {}
     local = xyz - (xyz.mean(0) if n else 0.0)
+    # Height features need no neighbours: they run in a second thread (NumPy releases the GIL
+    # in sorts and reductions) while the covariance features run here, after the threaded
+    # k-NN query so as not to compete with it.
+    def start_heights():
+        return _background(lambda: [height_features(xyz, c) for c in height_cells]) if height_cells else None
+
+    heights = None
     if (k or radii) and n:
         tree = cKDTree(local, balanced_tree=False)  # faster build (sliding midpoint), same queries
         ks = sorted({int(v) for v in k})
@@ -408,6 +439,7 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
             kmax = min(ks[-1], n)
             _, idx = tree.query(local, k=kmax, workers=workers)
             idx = np.asarray(idx, dtype=np.int64).reshape(n, kmax)
+            heights = start_heights()
             for kk in ks:
                 res = covariance_features(local, idx[:, :kk], min_neighbors)
                 cols.update({f"k{kk}_{f}": v for f, v in res.items()})
@@ -423,14 +455,15 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
             cols.update({f"k{int(kk)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
         for r in radii:
             cols.update({f"r{_fmt(r)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
-    for c in height_cells:
-        res = height_features(xyz, c)
+    if heights is None:
+        heights = start_heights()
+    for c, res in zip(height_cells, heights.result() if heights is not None else []):
         cols.update({f"{f}_c{_fmt(c)}": v for f, v in res.items()})
     wanted = [nm for nm in names if nm in POINT_FEATURES]
     cols.update(point_features(cloud.fields, wanted))
     x = np.empty((n, len(names)), np.float32)
-    for j, nm in enumerate(names):
-        x[:, j] = cols[nm]
+    for start in range(0, n if names else 0, 1 << 16):  # row blocks: cache-friendly, unlike whole-column writes
+        x[start:start + (1 << 16)] = np.stack([cols[nm][start:start + (1 << 16)] for nm in names], axis=1)
     if not np.isfinite(x).all():  # one cheap pass; the repair is the rare path
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return names, x
