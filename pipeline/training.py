@@ -32,7 +32,7 @@ from torch import nn
 from data.errors import UserError
 from pipeline.progress import log, progress
 
-__all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "lr_factor", "Trainer",
+__all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "class_weights", "lr_factor", "Trainer",
            "CsvLog", "atomic_torch_save", "amp_autocast"]
 
 
@@ -105,6 +105,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         groups.setdefault((wd, float(getattr(p, "_lr_scale", 1.0))), []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": cfg.lr * scale}
                               for (wd, scale), ps in groups.items()], lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """Cross-entropy class weights ``w_c = (1 / freq_c) ** power``, normalised to mean 1 over the
+    classes present in ``counts`` ``[C]``; absent classes get 1 (they have no targets)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.ones(len(counts))
+    present = counts > 0
+    w[present] = (counts.sum() / counts[present]) ** power
+    w[present] /= w[present].mean()
+    return w
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:

@@ -137,3 +137,17 @@ def test_build_optimizer_honours_ckconv_tags():
     assert by_param[id(model[2].bias)] == (0.3, 0.1)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_class_weights_formula():
+    import numpy as np
+
+    from pipeline.training import class_weights
+
+    counts = np.array([100, 0, 25, 4])
+    w = class_weights(counts, 0.5)
+    ref = np.array([1 / 10, 1.0, 1 / 5, 1 / 2])        # 1/sqrt(count), up to a common factor
+    ref[[0, 2, 3]] /= ref[[0, 2, 3]].mean()
+    np.testing.assert_allclose(w, ref, rtol=1e-12)
+    assert w[1] == 1.0
+    np.testing.assert_allclose(class_weights(counts, 1.0)[[0, 2, 3]].mean(), 1.0)

@@ -58,7 +58,7 @@ from data.io import read_cloud
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
-from pipeline.training import OptimConfig, Trainer, amp_autocast, seed_everything, step_rng
+from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, seed_everything, step_rng
 
 from .base import TrainContext, reference_codes
 
@@ -264,9 +264,7 @@ class CKConvGridModel:
         net = self._build_net(grids[0].x.shape[-1]).to(ctx.device)
         weight = None
         if cfg.class_weights:
-            w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
-            w = w / (w[counts > 0].mean())
-            weight = torch.tensor(w, dtype=torch.float32, device=ctx.device)
+            weight = torch.tensor(class_weights(counts, 0.5), dtype=torch.float32, device=ctx.device)
         n_params = sum(p.numel() for p in net.parameters())
         log(f"ckconv_grid ({cfg.mode}): {len(grids)} grids, {int(counts.sum()):,} labelled cells, "
             f"{n_params:,} parameters, {cfg.steps} steps x {cfg.batch_size} crops on {ctx.device}")

@@ -46,7 +46,7 @@ from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
                                        SamplingConfig, augment, predict_coverage, rotation_z)
-from pipeline.training import OptimConfig, Trainer, amp_autocast, step_rng
+from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, step_rng
 
 from .base import TrainContext, reference_codes
 
@@ -254,11 +254,7 @@ class KPConvXModel:
         self.class_counts = counts.tolist()
         weights = None
         if cfg.loss.class_weights != "none":
-            freq = counts / max(counts.sum(), 1)
-            w = np.ones(C)
-            present = counts > 0
-            w[present] = (1.0 / freq[present]) ** (1.0 if cfg.loss.class_weights == "inverse" else 0.5)
-            w[present] /= w[present].mean()
+            w = class_weights(counts, 1.0 if cfg.loss.class_weights == "inverse" else 0.5)
             weights = torch.tensor(w, dtype=torch.float32, device=ctx.device)
         centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
         sampler = RegionSampler(xyzs, cfg.sampling)
