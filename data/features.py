@@ -378,30 +378,6 @@ def point_features(fields: Mapping[str, np.ndarray],
 # everything
 # ----------------------------------------------------------------------------------------------
 
-class _background:
-    """Run ``fn`` in a daemon thread; ``result()`` joins it and returns (or raises) its outcome."""
-
-    def __init__(self, fn):
-        import threading
-
-        self._out: list = []
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._out.append((True, fn()))
-        except BaseException as exc:  # re-raised in the caller's thread
-            self._out.append((False, exc))
-
-    def result(self):
-        self._thread.join()
-        ok, value = self._out[0]
-        if not ok:
-            raise value
-        return value
-
-
 def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequence[float] = (),
                      height_cells: Sequence[float] = (2.0, 10.0), intensity: bool = True,
                      returns: bool = True, workers: int = -1, radius_max_neighbors: int = 64,
@@ -428,10 +404,12 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     # Height features need no neighbours: they run in a second thread (NumPy releases the GIL
     # in sorts and reductions) while the covariance features run here, after the threaded
     # k-NN query so as not to compete with it.
-    def start_heights():
-        return _background(lambda: [height_features(xyz, c) for c in height_cells]) if height_cells else None
-
+    pool = ThreadPoolExecutor(max_workers=1)
     heights = None
+
+    def start_heights():
+        return pool.submit(lambda: [height_features(xyz, c) for c in height_cells])
+
     if (k or radii) and n:
         tree = cKDTree(local, balanced_tree=False)  # faster build (sliding midpoint), same queries
         ks = sorted({int(v) for v in k})
@@ -457,7 +435,11 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
             cols.update({f"r{_fmt(r)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
     if heights is None:
         heights = start_heights()
-    for c, res in zip(height_cells, heights.result() if heights is not None else []):
+    try:
+        height_results = heights.result()
+    finally:
+        pool.shutdown()
+    for c, res in zip(height_cells, height_results):
         cols.update({f"{f}_c{_fmt(c)}": v for f, v in res.items()})
     wanted = [nm for nm in names if nm in POINT_FEATURES]
     cols.update(point_features(cloud.fields, wanted))
