@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--probabilities", action="store_true", help="also write prob_<class> extra dimensions")
     p.add_argument("--format", choices=["same", "las", "laz"], default="same", help="output format")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a prediction option of the model (e.g. votes=1 for kpconvx; repeatable)")
     _common(p)
 
     p = sub.add_parser("evaluate", help="compare predicted clouds with reference labels",
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.predict import predict_files
             from pipeline.runner import resolve_device
 
-            model, class_map, _ = load_bundle(args.model)
+            model, class_map, _ = load_bundle(args.model, args.overrides)
             inputs = expand_patterns(args.input, None, "--input")
             pairs = predict_files(model, class_map, inputs, Path(args.out), device=resolve_device(args.device),
                                   probabilities=args.probabilities, fmt=args.format)

@@ -5,7 +5,8 @@
    ``torch.nn.Linear(D, D)`` forward+backward on the same points as the yardstick
    (ratio = layer time / linear time).
 2. Network forward (eval, no grad) and training step (forward+backward) on N points of a
-   synthetic room scene, hierarchy build timed separately; peak memory from
+   synthetic room scene, hierarchy build timed separately (on CPU also with the torch grid
+   search, the GPU path, as the baseline of the cKDTree path used there); peak memory from
    ``torch.cuda.max_memory_allocated`` (CUDA) or the process's peak RSS (CPU, VmHWM
    reset through /proc/self/clear_refs).
 
@@ -154,6 +155,15 @@ def bench_network(dev: torch.device, n: int, repeat: int, preset: str, amp: bool
     mean_nb = [round(float((nb < p.shape[0]).sum(1).float().mean()), 1)
                for nb, p in zip(H.neighbors, H.points)]
     print(f"stage points {sizes}, mean neighbours {mean_nb}")
+    if dev.type == "cpu":  # baseline: the torch grid search (the GPU path) on the CPU
+        import data.neighbors as nbmod
+        nbmod.TORCH_CPU_GRID = True
+        try:
+            tg = _timeit(lambda: build_hierarchy(pts, batch, cfg), dev, repeat)
+        finally:
+            nbmod.TORCH_CPU_GRID = False
+        print(f"hierarchy build: cKDTree {th * 1e3:.0f} ms, torch grid search {tg * 1e3:.0f} ms "
+              f"(cKDTree {tg / th:.1f}x faster)")
 
     net.eval()
 

@@ -43,8 +43,8 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["Grid2D", "Raster", "Voxels", "rasterize", "voxelize", "RASTER_FEATURES", "VOXEL_FEATURES",
-           "LABEL_RULES", "cell_aggregate", "ground_estimate"]
+__all__ = ["Grid2D", "Raster", "Voxels", "Groups", "rasterize", "voxelize", "RASTER_FEATURES",
+           "VOXEL_FEATURES", "LABEL_RULES", "cell_aggregate", "ground_estimate"]
 
 RASTER_FEATURES = ("hag_min", "hag_max", "hag_mean", "count", "intensity", "multi_return")
 VOXEL_FEATURES = ("count", "hag_mean", "intensity", "multi_return")
@@ -127,13 +127,37 @@ class Voxels:
 # generic per-cell aggregation
 # ----------------------------------------------------------------------------------------------
 
+class Groups:
+    """Points grouped by an integer key, from one stable sort (shared by every per-cell statistic).
+
+    ``order`` [N] sorts the points by key; ``first`` [G] is where each group starts in that
+    order; ``cells`` [G] the key of each group (ascending); ``inv`` [N] each point's group.
+    """
+
+    def __init__(self, keys: np.ndarray):
+        keys = np.asarray(keys, dtype=np.int64)
+        self.order = np.argsort(keys, kind="stable")
+        ks = keys[self.order]
+        start = np.r_[True, ks[1:] != ks[:-1]] if len(ks) else np.zeros(0, bool)
+        self.first = np.flatnonzero(start)
+        self.cells = ks[self.first]
+        self.inv = np.empty(len(keys), np.int64)
+        self.inv[self.order] = np.cumsum(start) - 1
+
+    def reduce(self, fn: np.ufunc, values: np.ndarray) -> np.ndarray:
+        """``fn.reduceat`` of ``values`` [N] per group -> [G]."""
+        return fn.reduceat(np.asarray(values, dtype=np.float64)[self.order], self.first)
+
+
 def cell_aggregate(keys: np.ndarray, ncells: int, z: np.ndarray, means: Mapping[str, np.ndarray],
                    labels: np.ndarray | None = None, label_rule: str = "majority",
-                   minmax: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                   minmax: Mapping[str, np.ndarray] | None = None,
+                   groups: Groups | None = None) -> dict[str, np.ndarray]:
     """Per-cell statistics of points with flat cell index ``keys`` (``0 <= key < ncells``).
 
     Returns ``count`` [ncells] int64, ``mean_<name>`` (NaN where empty), ``min_<name>`` /
     ``max_<name>`` for ``minmax`` arrays and ``labels`` (int64, -1 = none) when given.
+    ``groups``: ``Groups(keys)`` if the caller already has it (saves a sort).
     """
     keys = np.asarray(keys, dtype=np.int64)
     count = np.bincount(keys, minlength=ncells).astype(np.int64)
@@ -143,34 +167,33 @@ def cell_aggregate(keys: np.ndarray, ncells: int, z: np.ndarray, means: Mapping[
         for name, v in means.items():
             s = np.bincount(keys, weights=np.asarray(v, dtype=np.float64), minlength=ncells)
             out[f"mean_{name}"] = np.where(occupied, s / np.maximum(count, 1), np.nan)
-    if minmax:
-        order = np.argsort(keys, kind="stable")
-        ks = keys[order]
-        first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if len(ks) else np.zeros(0, np.int64)
-        cells = ks[first]
-        for name, v in minmax.items():
-            vs = np.asarray(v, dtype=np.float64)[order]
-            lo = np.full(ncells, np.nan)
-            hi = np.full(ncells, np.nan)
-            if len(vs):
-                lo[cells] = np.minimum.reduceat(vs, first)
-                hi[cells] = np.maximum.reduceat(vs, first)
-            out[f"min_{name}"], out[f"max_{name}"] = lo, hi
+    if labels is not None and label_rule not in LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
+    need_groups = bool(minmax) or (labels is not None and label_rule == "majority")
+    if need_groups and groups is None and len(keys):
+        groups = Groups(keys)
+    for name, v in (minmax or {}).items():
+        lo = np.full(ncells, np.nan)
+        hi = np.full(ncells, np.nan)
+        if len(keys):
+            lo[groups.cells] = groups.reduce(np.minimum, v)
+            hi[groups.cells] = groups.reduce(np.maximum, v)
+        out[f"min_{name}"], out[f"max_{name}"] = lo, hi
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
-        if label_rule not in LABEL_RULES:
-            raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
         lab = np.full(ncells, -1, dtype=np.int64)
         ok = labels >= 0
         if ok.any():
-            k, y = keys[ok], labels[ok]
+            y = labels[ok]
             if label_rule == "majority":
                 nc = int(y.max()) + 1
-                # only occupied cells: compact the keys so the table is [cells, classes]
-                cells, inv = np.unique(k, return_inverse=True)
-                table = np.bincount(inv * nc + y, minlength=len(cells) * nc).reshape(len(cells), nc)
-                lab[cells] = table.argmax(1)          # ties -> lowest class index
+                # occupied cells only: the table is [cells, classes], not [ncells, classes]
+                g = len(groups.cells)
+                table = np.bincount(groups.inv[ok] * nc + y, minlength=g * nc).reshape(g, nc)
+                has = table.any(1)
+                lab[groups.cells[has]] = table[has].argmax(1)          # ties -> lowest class index
             else:
+                k = keys[ok]
                 zz = np.asarray(z, dtype=np.float64)[ok]
                 order = np.lexsort((zz, k))            # by cell, then z; stable for equal z
                 ks = k[order]
@@ -180,23 +203,20 @@ def cell_aggregate(keys: np.ndarray, ncells: int, z: np.ndarray, means: Mapping[
     return out
 
 
-def ground_estimate(grid: Grid2D, point_cell: np.ndarray, z: np.ndarray, window: float) -> np.ndarray:
-    """[N] local ground height: min z over occupied cells within a ``window`` m square."""
+def ground_estimate(grid: Grid2D, point_cell: np.ndarray, z: np.ndarray, window: float,
+                    groups: Groups | None = None) -> np.ndarray:
+    """[N] local ground height: min z over occupied cells within a ``window`` m square.
+
+    ``groups``: ``Groups(point_cell)`` if the caller already has it (saves a sort).
+    """
     from scipy.ndimage import minimum_filter
 
-    ncells = grid.rows * grid.cols
-    zmin = np.full(ncells, np.inf)
-    _min_by_sort(zmin, np.asarray(point_cell, dtype=np.int64), z)
+    groups = groups or Groups(point_cell)
+    zmin = np.full(grid.rows * grid.cols, np.inf)
+    zmin[groups.cells] = groups.reduce(np.minimum, z)
     size = max(1, int(round(window / grid.cell_size)) | 1)      # odd number of cells
     ground = minimum_filter(zmin.reshape(grid.shape), size=size, mode="constant", cval=np.inf)
     return ground.reshape(-1)[point_cell]
-
-
-def _min_by_sort(zmin: np.ndarray, keys: np.ndarray, z: np.ndarray) -> None:
-    order = np.argsort(keys, kind="stable")
-    ks = keys[order]
-    first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-    zmin[ks[first]] = np.minimum.reduceat(np.asarray(z, dtype=np.float64)[order], first)
 
 
 def _point_values(fields: Mapping[str, np.ndarray] | None,
@@ -234,9 +254,11 @@ def rasterize(xyz: np.ndarray, fields: Mapping[str, np.ndarray] | None = None, c
     grid = grid or Grid2D.around(xyz, cell_size)
     key = grid.flat_index(xyz)
     ncells = grid.rows * grid.cols
-    hag = xyz[:, 2] - ground_estimate(grid, key, xyz[:, 2], ground_window)
+    groups = Groups(key)                                     # the one sort of the raster
+    hag = xyz[:, 2] - ground_estimate(grid, key, xyz[:, 2], ground_window, groups)
     vals = _point_values(fields, point_values)
-    agg = cell_aggregate(key, ncells, xyz[:, 2], {"hag": hag, **vals}, labels, label_rule, {"hag": hag})
+    agg = cell_aggregate(key, ncells, xyz[:, 2], {"hag": hag, **vals}, labels, label_rule, {"hag": hag},
+                         groups)
     cols = {"hag_min": agg["min_hag"], "hag_max": agg["max_hag"], "hag_mean": agg["mean_hag"],
             "count": agg["count"].astype(np.float64)}
     cols.update({name: agg[f"mean_{name}"] for name in vals})

@@ -2,8 +2,8 @@
 
 Both functions accept NumPy arrays or torch tensors and return the same kind they were given.
 
-- NumPy path: ``scipy.spatial.cKDTree`` (built once per batch element, queried with
-  ``workers=-1``).
+- NumPy path: ``scipy.spatial.cKDTree`` (one tree for all batch elements, moved apart;
+  queried with ``workers=-1``).
 - Torch path: an exact uniform-grid ("voxel hash") search that runs on the tensor's device,
   fully vectorised (no Python loop over points) and chunked to bound memory. No ``[N, N]``
   matrix is ever formed, so it scales to millions of points on a GPU.
@@ -32,6 +32,10 @@ Torch grid search, in short (``N`` points, ``M`` queries, cell size ``h``):
    searched again with ``h`` doubled, until all are certified or ``h`` exceeds the extent of
    the data (then the block covers everything and the result is exact by construction).
 
+On the CPU, torch tensors are searched with ``cKDTree`` too (converted in and out; about 5x
+faster there than the grid search, which is written for accelerators), unless
+:data:`TORCH_CPU_GRID` is set (the tests use it to check the grid search on CPU).
+
 Padding convention: missing neighbours get index ``len(points)`` (the "shadow" point, so
 ``points_padded = cat([points, any_row])`` can be gathered directly) and distance ``inf``.
 """
@@ -57,6 +61,10 @@ MAX_CANDIDATES = 1 << 23
 MAX_CANDIDATES_CPU = 1 << 20
 
 
+#: Run the torch grid search for CPU tensors too (default: cKDTree for them).
+TORCH_CPU_GRID = False
+
+
 def _budget(device: "torch.device") -> int:
     return MAX_CANDIDATES_CPU if device.type == "cpu" else MAX_CANDIDATES
 #: Offsets of the 27 cells of a 3x3x3 block, [27, 3].
@@ -65,6 +73,19 @@ _OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij
 
 def _is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _grid_path(points: Any) -> bool:
+    """True: search with the torch grid; False: cKDTree (NumPy input, or CPU tensors)."""
+    return _is_torch(points) and (points.device.type != "cpu" or TORCH_CPU_GRID)
+
+
+def _as_np(x: Any, dtype: Any = None) -> Any:
+    if x is None:
+        return None
+    if _is_torch(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
 
 
 def _check(points: Any, queries: Any) -> None:
@@ -109,11 +130,14 @@ def knn(points: Any, queries: Any, k: int, *, points_batch: Any = None,
     k = int(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if _is_torch(points):
+    if _grid_path(points):
         d2, idx = _torch_search(points, queries, k, None, points_batch, queries_batch)
         return d2.sqrt(), idx
-    return _np_search(np.asarray(points, dtype=np.float64), np.asarray(queries, dtype=np.float64),
-                      k, None, points_batch, queries_batch)
+    dist, idx = _np_search(_as_np(points, np.float64), _as_np(queries, np.float64), k, None,
+                           _as_np(points_batch), _as_np(queries_batch))
+    if _is_torch(points):
+        return torch.from_numpy(dist).to(points.dtype), torch.from_numpy(idx)
+    return dist, idx
 
 
 def radius_neighbors(points: Any, queries: Any, radius: float, max_neighbors: int, *,
@@ -138,11 +162,12 @@ def radius_neighbors(points: Any, queries: Any, radius: float, max_neighbors: in
     max_neighbors = int(max_neighbors)
     if max_neighbors < 1:
         raise ValueError(f"max_neighbors must be >= 1, got {max_neighbors}")
-    if _is_torch(points):
+    if _grid_path(points):
         return _torch_search(points, queries, max_neighbors, float(radius), points_batch,
                              queries_batch)[1]
-    return _np_search(np.asarray(points, dtype=np.float64), np.asarray(queries, dtype=np.float64),
-                      max_neighbors, float(radius), points_batch, queries_batch)[1]
+    idx = _np_search(_as_np(points, np.float64), _as_np(queries, np.float64), max_neighbors,
+                     float(radius), _as_np(points_batch), _as_np(queries_batch))[1]
+    return torch.from_numpy(idx) if _is_torch(points) else idx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,23 +187,24 @@ def _tree_query(tree: cKDTree, queries: np.ndarray, k: int, radius: float | None
 
 def _np_search(points: np.ndarray, queries: np.ndarray, k: int, radius: float | None,
                points_batch: Any, queries_batch: Any) -> tuple[np.ndarray, np.ndarray]:
+    """cKDTree search. Batches share one tree: batch ``b`` is moved by ``b * D`` along x, with
+    ``D`` three times the data's extent (plus ``2 radius``), so a query's in-batch neighbours
+    all come before any other batch's points; those are then cut (padding)."""
     n, m = len(points), len(queries)
+    if n == 0:
+        return np.full((m, k), np.inf), np.full((m, k), n, dtype=np.int64)
     if points_batch is None:
-        if n == 0:
-            return np.full((m, k), np.inf), np.full((m, k), n, dtype=np.int64)
         return _tree_query(cKDTree(points), queries, k, radius, n)
-    pb, qb = np.asarray(points_batch), np.asarray(queries_batch)
-    dist = np.full((m, k), np.inf)
-    idx = np.full((m, k), n, dtype=np.int64)
-    for b in np.unique(qb):  # loop over batch elements (few), never over points
-        qsel = np.flatnonzero(qb == b)
-        psel = np.flatnonzero(pb == b)
-        if len(psel) == 0:
-            continue
-        d, i = _tree_query(cKDTree(points[psel]), queries[qsel], k, radius, n)
-        valid = i < n
-        i[valid] = psel[i[valid]]
-        dist[qsel], idx[qsel] = d, i
+    pb, qb = np.asarray(points_batch, np.int64), np.asarray(queries_batch, np.int64)
+    lo = np.minimum(points.min(0), queries.min(0)) if m else points.min(0)
+    hi = np.maximum(points.max(0), queries.max(0)) if m else points.max(0)
+    step = 3.0 * float((hi - lo).max()) + 2.0 * (radius or 0.0) + 1.0
+    p, q = points - lo, queries - lo
+    p[:, 0] += pb * step
+    q[:, 0] += qb * step
+    dist, idx = _tree_query(cKDTree(p), q, k, radius, n)
+    cross = (idx < n) & (pb[np.minimum(idx, n - 1)] != qb[:, None])
+    idx[cross], dist[cross] = n, np.inf
     return dist, idx
 
 

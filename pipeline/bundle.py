@@ -71,9 +71,15 @@ def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, 
     return path
 
 
-def load_bundle(path: str | Path) -> tuple[Any, ClassMap, dict[str, Any]]:
-    """-> (model, class map, bundle.json contents). Clear errors for a missing or foreign bundle."""
+def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, ClassMap, dict[str, Any]]:
+    """-> (model, class map, bundle.json contents). Clear errors for a missing or foreign bundle.
+
+    ``overrides``: ``key=VALUE`` assignments (``run.py predict --set``) of the model's
+    prediction-time options, the dotted keys its class lists in ``predict_options`` (e.g.
+    ``votes`` for KPConvX); other keys would no longer match the trained weights and are errors.
+    """
     from . import models  # noqa: F401  (registers model types)
+    from .spec import apply_override
 
     path = Path(path)
     meta_path = path / "bundle.json"
@@ -90,9 +96,22 @@ def load_bundle(path: str | Path) -> tuple[Any, ClassMap, dict[str, Any]]:
                         f"(reads {FORMAT_VERSION}); update the project")
     try:
         class_map = ClassMap.from_config(meta["class_map"]["classes"], meta["class_map"].get("ignore", ()))
-        config = parse_component(MODELS, meta["model"], "model", str(meta_path))
-    except (KeyError, SpecError) as exc:
-        raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+        model_cfg = meta["model"]
+        if overrides:
+            allowed = tuple(getattr(MODELS.get(model_cfg.get("type"), str(meta_path)).target, "predict_options", ()))
+            model_cfg = json.loads(json.dumps(model_cfg))
+            for assignment in overrides:
+                key = assignment.split("=", 1)[0].strip()
+                if key not in allowed:
+                    raise UserError(f"--set {key}: not a prediction option of a {model_cfg.get('type')} model "
+                                    f"(these are: {', '.join(allowed) or 'none'})")
+                apply_override(model_cfg, assignment, "--set")
+        config = parse_component(MODELS, model_cfg, "model", str(meta_path))
+    except SpecError as exc:
+        what = "prediction options (--set)" if overrides else "broken bundle metadata"
+        raise UserError(f"{meta_path}: {what}: {exc}") from None
+    except KeyError as exc:
+        raise UserError(f"{meta_path}: broken bundle metadata: missing {exc}") from None
     here = _versions()
     changed = {k: (v, here[k]) for k, v in meta.get("versions", {}).items()
                if k in here and k != "python" and v.split("+")[0] != here[k].split("+")[0]}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -88,17 +88,24 @@ class RegionSampler:
         self.trees = [cKDTree(np.asarray(x[:, :dims], dtype=np.float64)) for x in tiles_xyz]
 
     def regions(self, tile: int, centers: np.ndarray) -> list[Region]:
-        """Regions around ``centers [m, 3]`` of one tile (nearest ``max_points`` kept)."""
+        """Regions around ``centers [m, 3]`` of one tile.
+
+        A region holds the points within ``radius`` of its centre (ascending row order); one
+        with more than ``max_points`` keeps the ``max_points`` nearest. Memory is that of the
+        members (a ball query, not a ``[m, max_points]`` k-NN table).
+        """
         dims = 3 if self.cfg.shape == "sphere" else 2
-        tree = self.trees[tile]
-        k = min(self.cfg.max_points, tree.n)
-        r = float(np.nextafter(self.cfg.radius, np.inf))
-        _, idx = tree.query(np.asarray(centers, np.float64)[:, :dims], k=k, distance_upper_bound=r, workers=-1)
-        idx = np.asarray(idx).reshape(len(centers), k)
+        centers = np.asarray(centers, np.float64).reshape(-1, 3)
+        xyz = self.xyz[tile]
+        members = self.trees[tile].query_ball_point(centers[:, :dims], float(np.nextafter(self.cfg.radius, np.inf)),
+                                                    workers=-1, return_sorted=True)
         out = []
-        for c, row in zip(centers, idx):
-            row = row[row < tree.n].astype(np.int64)
-            out.append(Region(tile, row, (self.xyz[tile][row] - c).astype(np.float32), np.asarray(c, np.float64)))
+        for c, row in zip(centers, members):
+            row = np.asarray(row, np.int64)
+            if len(row) > self.cfg.max_points:
+                d2 = ((xyz[row, :dims] - c[:dims]) ** 2).sum(1)
+                row = np.sort(row[np.argpartition(d2, self.cfg.max_points - 1)[:self.cfg.max_points]])
+            out.append(Region(tile, row, (xyz[row] - c).astype(np.float32), c.copy()))
         return out
 
 
@@ -181,7 +188,7 @@ def coverage_centers(xyz: np.ndarray, cfg: SamplingConfig, offset: float = 0.0) 
     return centers
 
 
-def iter_blocks(regions: list[Region], block_points: int) -> Iterator[list[Region]]:
+def iter_blocks(regions: Iterable[Region], block_points: int) -> Iterator[list[Region]]:
     """Consecutive groups of regions holding at most ``block_points`` points (at least one)."""
     block: list[Region] = []
     total = 0
@@ -197,12 +204,14 @@ def iter_blocks(regions: list[Region], block_points: int) -> Iterator[list[Regio
 
 def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
                      run_block: Callable[[list[Region], int], np.ndarray], *, votes: int = 1,
-                     block_points: int = 200_000, progress: Callable = lambda it, **kw: it
-                     ) -> tuple[np.ndarray, int]:
+                     block_points: int = 200_000, progress: Callable = lambda it, **kw: it,
+                     chunk: int = 64) -> tuple[np.ndarray, int]:
     """Average per-point probabilities over overlapping regions covering ``xyz``.
 
     ``run_block(regions, vote) -> [sum of region sizes, num_classes]`` probabilities, rows in
     the order of the regions' points. Returns ``(proba [N, C] float32, unreached count)``.
+    Regions are built ``chunk`` centres at a time as the blocks consume them, so memory is
+    ``N x (C + 1)`` accumulators, the KD-tree and about one block of regions, whatever ``N``.
     """
     n = len(xyz)
     acc = np.zeros((n, num_classes), np.float32)
@@ -210,10 +219,10 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     sampler = RegionSampler([xyz], cfg)
     for vote in range(votes):
         centers = coverage_centers(xyz, cfg, offset=0.5 * vote / votes if votes > 1 else 0.0)
-        regions = sampler.regions(0, centers)
-        regions = [r for r in regions if len(r.index)]
-        blocks = list(iter_blocks(regions, block_points))
-        for block in progress(blocks, desc=f"regions (vote {vote + 1}/{votes})", total=len(blocks)):
+        starts = range(0, len(centers), chunk)
+        chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
+        regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))
+        for block in iter_blocks(regions, block_points):
             proba = run_block(block, vote)
             idx = np.concatenate([r.index for r in block])
             # scatter-add in O(block) (np.add.at is slow; bincount over N would be O(N) per block)

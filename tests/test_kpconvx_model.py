@@ -127,6 +127,25 @@ def test_predict_and_evaluate_cli(run_out, data_root, tmp_path):
     assert report["num_points"] + report["ignored_points"] == len(src.points)
 
 
+def test_predict_options_override_the_bundle(run_out, data_root, tmp_path):
+    from data.errors import UserError
+    from pipeline.bundle import load_bundle
+
+    model, _, _ = load_bundle(run_out / "model.bundle", ["votes=2", "sampling.test_spacing=0.5"])
+    assert model.config.votes == 2 and model.config.sampling.test_spacing == 0.5
+    for assignment, words in [("preset=full", "not a prediction option"), ("votes=0", "votes"),
+                              ("sampling.test_spacing=5", "test_spacing")]:
+        with pytest.raises(UserError, match=words):
+            load_bundle(run_out / "model.bundle", [assignment])
+    res = cli("predict", "--model", run_out / "model.bundle", "--input", data_root / "test" / "tile.laz",
+              "--out", tmp_path / "pred", "--set", "block_points=2000", "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = cli("predict", "--model", run_out / "model.bundle", "--input", data_root / "test" / "tile.laz",
+              "--out", tmp_path / "bad", "--set", "network.widths=[8]")
+    assert res.returncode == 2 and "network.widths" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_unlabelled_input_and_missing_feature(run_out, data_root):
     from data.errors import DataError
     from data.io import read_cloud
@@ -252,3 +271,50 @@ def test_config_errors_name_the_key(tmp_path, data_root):
                            ("train.model.optim.lr=0", "lr")]:
         res = cli("validate", spec, "--set", setting)
         assert res.returncode == 2 and words in res.stderr, (setting, res.stderr)
+
+
+@pytest.mark.parametrize("shape", ["sphere", "cylinder"])
+def test_regions_are_the_ball_capped_at_the_nearest(shape):
+    from pipeline.sampling_spheres import RegionSampler, SamplingConfig
+
+    rng = np.random.default_rng(3)
+    xyz = rng.uniform(0, 20, (4000, 3))
+    centers = rng.uniform(0, 20, (6, 3))
+    dims = 3 if shape == "sphere" else 2
+    for cap in (10**6, 40):
+        regions = RegionSampler([xyz], SamplingConfig(shape=shape, radius=4.0, max_points=cap)).regions(0, centers)
+        for c, r in zip(centers, regions):
+            d = np.linalg.norm(xyz[:, :dims] - c[:dims], axis=1)
+            ball = np.flatnonzero(d <= 4.0)
+            expect = ball if len(ball) <= cap else np.sort(ball[np.argsort(d[ball], kind="stable")[:cap]])
+            np.testing.assert_array_equal(r.index, expect)
+            np.testing.assert_allclose(r.xyz, xyz[expect] - c, atol=1e-5)
+
+
+def test_coverage_memory_is_one_block_not_all_regions():
+    """Regions are built as blocks consume them: peak memory far below all regions' members."""
+    import tracemalloc
+
+    from pipeline.sampling_spheres import SamplingConfig, predict_coverage
+
+    rng = np.random.default_rng(0)
+    xyz = np.c_[rng.uniform(0, 80, (30_000, 2)), rng.uniform(0, 10, 30_000)]
+    cfg = SamplingConfig(radius=5.0, max_points=2000, test_spacing=0.3)     # ~100 regions per point
+    total = 0
+
+    def run_block(regions, vote):
+        nonlocal total
+        m = sum(len(r.index) for r in regions)
+        assert m <= 20_000 or len(regions) == 1
+        total += m
+        return np.full((m, 2), 0.5, np.float32)
+
+    tracemalloc.start()
+    try:
+        proba, missing = predict_coverage(xyz, 2, cfg, run_block, block_points=20_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert missing == 0 and np.allclose(proba, 0.5)
+    all_regions = total * 20            # int64 row + float32 xyz per member
+    assert total > 50 * len(xyz) and peak < 0.15 * all_regions, (peak, all_regions)

@@ -38,6 +38,30 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def grid_search_on_cpu(monkeypatch):
+    """The torch tests below check the grid search (the GPU algorithm), here on CPU tensors."""
+    monkeypatch.setattr(nbmod, "TORCH_CPU_GRID", True)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_cpu_tensors_use_the_kdtree_with_the_grid_results(rng, monkeypatch, batched):
+    p = rng.uniform(0, 10, (3000, 3)).astype(np.float32)
+    q = rng.uniform(0, 10, (500, 3)).astype(np.float32)
+    pb, qb = (rng.integers(0, 3, 3000), rng.integers(0, 3, 500)) if batched else (None, None)
+    grid_d, grid_i = knn(as_t(p), as_t(q), 8, points_batch=as_t(pb), queries_batch=as_t(qb))
+    grid_r = radius_neighbors(as_t(p), as_t(q), 0.8, 12, points_batch=as_t(pb), queries_batch=as_t(qb))
+    monkeypatch.setattr(nbmod, "TORCH_CPU_GRID", False)
+    calls = []
+    monkeypatch.setattr(nbmod, "_torch_search", lambda *a: calls.append(a))
+    d, i = knn(as_t(p), as_t(q), 8, points_batch=as_t(pb), queries_batch=as_t(qb))
+    r = radius_neighbors(as_t(p), as_t(q), 0.8, 12, points_batch=as_t(pb), queries_batch=as_t(qb))
+    assert not calls                                              # cKDTree, not the grid
+    assert d.dtype == torch.float32 and i.dtype == torch.int64 and r.dtype == torch.int64
+    torch.testing.assert_close(d, grid_d, rtol=1e-5, atol=1e-5)
+    assert torch.equal(i, grid_i) and torch.equal(r, grid_r)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("n,m,k", [(500, 300, 16), (40, 60, 50), (1, 5, 3), (2000, 200, 1)])
 def test_knn_matches_brute_force(rng, backend, n, m, k):

@@ -6,6 +6,8 @@ import yaml
 from pipeline.schema import SpecError
 from pipeline.spec import load_spec
 
+from conftest import REPO
+
 BASE = {
     "name": "t",
     "classes": {"ground": [2], "building": 6},
@@ -94,3 +96,12 @@ def test_step_references_are_checked(tmp_path):
     data = json.loads(json.dumps(BASE))
     data["steps"][1]["model"] = "other"
     assert "neither a train step" in spec_error(tmp_path, data)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("*.yaml")))
+def test_every_shipped_spec_is_valid_and_finds_its_inputs(name, lidar_data):
+    from pipeline.inputs import expand_patterns
+
+    loaded = load_spec(REPO / "specs" / name, [f"data_root={lidar_data}"])
+    for group, patterns in loaded.spec.inputs.items():
+        assert expand_patterns(patterns, loaded.data_root, f"inputs.{group}"), (name, group)

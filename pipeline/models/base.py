@@ -40,6 +40,8 @@ class TrainContext:
 class PointModel(Protocol):
     config: Any
     class_map: ClassMap
+    #: dotted Config keys that ``run.py predict --set KEY=VALUE`` may change on a trained bundle
+    predict_options: tuple[str, ...]
 
     def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
         """Train on the files in ``train``; returns a summary (shown and stored in the bundle)."""

@@ -101,6 +101,9 @@ class _Grid:
 
 @MODELS.register("ckconv_grid")
 class CKConvGridModel:
+    #: Config keys ``run.py predict --set`` may change on a trained bundle.
+    predict_options = ("crop", "overlap", "geotiff", "preview")
+
     @dataclass
     class Config:
         mode: Literal["raster", "voxel"] = "raster"

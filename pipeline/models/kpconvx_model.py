@@ -135,6 +135,9 @@ def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: fl
 
 @MODELS.register("kpconvx")
 class KPConvXModel:
+    #: Config keys ``run.py predict --set`` may change on a trained bundle.
+    predict_options = ("votes", "block_points", "sampling.test_spacing")
+
     @dataclass
     class Config:
         preset: Literal["small", "full"] = "small"
@@ -319,7 +322,7 @@ class KPConvXModel:
 
         return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
                                 block_points=cfg.block_points,
-                                progress=lambda it, desc, total: progress(it, desc, total=total, unit="block"))
+                                progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
 
     def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
         if self.net is None:

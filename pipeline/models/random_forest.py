@@ -58,6 +58,9 @@ def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
 
 @MODELS.register("random_forest")
 class RandomForestModel:
+    #: Config keys ``run.py predict --set`` may change on a trained bundle.
+    predict_options = ("n_jobs",)
+
     @dataclass
     class Config:
         features: FeatureConfig = field(default_factory=FeatureConfig)
