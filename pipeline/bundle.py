@@ -97,21 +97,24 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         class_map = ClassMap.from_config(meta["class_map"]["classes"], meta["class_map"].get("ignore", ()))
         model_cfg = meta["model"]
-        if overrides:
-            allowed = tuple(getattr(MODELS.get(model_cfg.get("type"), str(meta_path)).target, "predict_options", ()))
-            model_cfg = json.loads(json.dumps(model_cfg))
-            for assignment in overrides:
-                key = assignment.split("=", 1)[0].strip()
-                if key not in allowed:
-                    raise UserError(f"--set {key}: not a prediction option of a {model_cfg.get('type')} model "
-                                    f"(these are: {', '.join(allowed) or 'none'})")
-                apply_override(model_cfg, assignment, "--set")
+        entry = MODELS.get(model_cfg.get("type"), str(meta_path), "model.type")
+    except (KeyError, AttributeError, SpecError) as exc:
+        raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+    if overrides:
+        allowed = tuple(getattr(entry.target, "predict_options", ()))
+        model_cfg = json.loads(json.dumps(model_cfg))
+        for assignment in overrides:
+            key = assignment.split("=", 1)[0].strip()
+            if key not in allowed:
+                raise UserError(f"{path}: --set {key}: not a prediction option of a {entry.name} model "
+                                f"(these are: {', '.join(allowed) or 'none'})")
+            apply_override(model_cfg, assignment, str(path))
+    try:
         config = parse_component(MODELS, model_cfg, "model", str(meta_path))
     except SpecError as exc:
-        what = "prediction options (--set)" if overrides else "broken bundle metadata"
-        raise UserError(f"{meta_path}: {what}: {exc}") from None
-    except KeyError as exc:
-        raise UserError(f"{meta_path}: broken bundle metadata: missing {exc}") from None
+        if overrides:
+            raise UserError(f"{path}: --set {' --set '.join(overrides)}: {exc}") from None
+        raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
     here = _versions()
     changed = {k: (v, here[k]) for k, v in meta.get("versions", {}).items()
                if k in here and k != "python" and v.split("+")[0] != here[k].split("+")[0]}
