@@ -127,3 +127,24 @@ def test_unknown_class_code_in_training_data(tmp_path, lidar_data):
     assert res.returncode == 2
     assert "mnx_corse.laz" in res.stderr and "65" in res.stderr and "not in the class map" in res.stderr
     assert not (tmp_path / "o" / "model.bundle").exists()
+
+
+def test_broken_bundle_metadata_and_predict_options(run_out, tmp_path):
+    import json
+    import shutil
+
+    from data.errors import UserError
+    from pipeline.bundle import load_bundle
+
+    model, _, _ = load_bundle(run_out / "model.bundle", ["n_jobs=1"])
+    assert model.config.n_jobs == 1
+    with pytest.raises(UserError, match="not a prediction option of a random_forest model"):
+        load_bundle(run_out / "model.bundle", ["n_estimators=3"])
+    for drop, words in [("model", "broken bundle metadata: 'model'"), ("class_map", "broken bundle metadata")]:
+        broken = tmp_path / f"no_{drop}.bundle"
+        shutil.copytree(run_out / "model.bundle", broken)
+        meta = json.loads((broken / "bundle.json").read_text())
+        del meta[drop]
+        (broken / "bundle.json").write_text(json.dumps(meta))
+        with pytest.raises(UserError, match=words):
+            load_bundle(broken)
