@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.atomic import atomic_path
 from data.errors import UserError
 from pipeline.progress import log, progress
 
@@ -67,11 +67,17 @@ class OptimConfig:
             raise UserError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 
 
+def _amp_dtype(cfg: OptimConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+
+
+def _amp_enabled(cfg: OptimConfig, device: str | torch.device) -> bool:
+    return bool(cfg.amp and torch.device(device).type == "cuda")
+
+
 def amp_autocast(cfg: OptimConfig, device: str | torch.device) -> torch.autocast:
     """``torch.autocast`` as ``cfg`` asks: ``cfg.amp_dtype``, enabled only when ``cfg.amp`` and on CUDA."""
-    dev = torch.device(device)
-    return torch.autocast(dev.type, dtype=torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16,
-                          enabled=bool(cfg.amp and dev.type == "cuda"))
+    return torch.autocast(torch.device(device).type, dtype=_amp_dtype(cfg), enabled=_amp_enabled(cfg, device))
 
 
 def seed_everything(seed: int) -> None:
@@ -132,9 +138,8 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class CsvLog:
@@ -203,9 +208,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
-        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        # loss scaling only for float16 autocast (bfloat16 has float32's range)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=_amp_enabled(cfg, self.device)
+                                           and _amp_dtype(cfg) == torch.float16)
         self.step = 0
         self.best_score = -math.inf
         self.best_step: int | None = None
@@ -249,11 +254,12 @@ class Trainer:
         return True
 
     def load_best(self) -> bool:
-        """Put the best validated weights into the model (False when there are none)."""
+        """Put the best validated weights into the model, saying so (False when there are none)."""
         path = self._path("best.pt")
         if self.best_step is None or path is None or not path.is_file():
             return False
         self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        log(f"kept the weights of step {self.best_step} (best validation mIoU {self.best_score:.4f})")
         return True
 
     # -- the loop ----------------------------------------------------------------------
@@ -272,7 +278,7 @@ class Trainer:
             for step in bar:
                 self.model.train()
                 torch.manual_seed((self.seed * 1_000_003 + step) % 2**63)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                with amp_autocast(self.cfg, self.device):
                     loss, info = train_step(step)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss.item()} at step {step + 1}; "

@@ -301,8 +301,7 @@ class CKConvGridModel:
                           limit_steps=ctx.limit_steps, val_every=cfg.val_every,
                           checkpoint_every=cfg.checkpoint_every, signature=self._signature())
         result = trainer.fit(train_step, validate, resume=ctx.resume)
-        if trainer.load_best():
-            log(f"kept the weights of step {trainer.best_step} (best validation mIoU {trainer.best_score:.4f})")
+        trainer.load_best()
         net.eval()
         recent = trainer.losses[-20:]
         return {"steps": result["steps"], "total_steps": cfg.steps,

@@ -298,8 +298,7 @@ class KPConvXModel:
                           limit_steps=ctx.limit_steps, val_every=cfg.val_every,
                           checkpoint_every=cfg.checkpoint_every, signature=self._signature())
         result = trainer.fit(train_step, validate, resume=ctx.resume)
-        if trainer.load_best():
-            log(f"kept the weights of step {trainer.best_step} (best validation mIoU {trainer.best_score:.4f})")
+        trainer.load_best()
         self.net.eval()
         return {"steps": result["steps"], "total_steps": cfg.total_steps, "final_loss": result["final_loss"],
                 "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
