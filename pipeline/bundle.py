@@ -12,6 +12,7 @@ leaves a half bundle.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -102,7 +103,7 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
     if overrides:
         allowed = tuple(getattr(entry.target, "predict_options", ()))
-        model_cfg = json.loads(json.dumps(model_cfg))
+        model_cfg = copy.deepcopy(model_cfg)
         for assignment in overrides:
             key = assignment.split("=", 1)[0].strip()
             if key not in allowed:
@@ -121,6 +122,5 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if changed:
         log(f"warning: {path.name} was written with " + ", ".join(f"{k} {a} (here {b})" for k, (a, b) in changed.items())
             + "; predictions may differ slightly")
-    entry = MODELS.for_config(config)
     model = entry.target.load(config, class_map, path)
     return model, class_map, meta

@@ -71,6 +71,7 @@ def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: 
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:
         raise DataError(inputs[stems.index(dup.pop())], "two inputs share this file stem; outputs would collide")
+    grid_hook = getattr(model, "write_grid_outputs", None)   # grid models: GeoTIFF class maps
     done = []
     for path in progress(inputs, "predict", unit="file"):
         cloud = read_cloud(path)
@@ -81,7 +82,6 @@ def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: 
         target = output_path(path, out_dir, fmt)
         write_cloud(labelled, target, extra=extras)
         log(f"{path.name}: {len(cloud):,} points -> {target}")
-        grid_hook = getattr(model, "write_grid_outputs", None)   # grid models: GeoTIFF class maps
         if grid_hook is not None:
             for written in grid_hook(cloud, out_dir, path.stem, probabilities=probabilities, device=device):
                 log(f"{path.name}: -> {written}")
