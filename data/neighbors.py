@@ -133,11 +133,7 @@ def knn(points: Any, queries: Any, k: int, *, points_batch: Any = None,
     if _grid_path(points):
         d2, idx = _torch_search(points, queries, k, None, points_batch, queries_batch)
         return d2.sqrt(), idx
-    dist, idx = _np_search(_as_np(points, np.float64), _as_np(queries, np.float64), k, None,
-                           _as_np(points_batch), _as_np(queries_batch))
-    if _is_torch(points):
-        return torch.from_numpy(dist).to(points.dtype), torch.from_numpy(idx)
-    return dist, idx
+    return _kdtree_search(points, queries, k, None, points_batch, queries_batch)
 
 
 def radius_neighbors(points: Any, queries: Any, radius: float, max_neighbors: int, *,
@@ -165,9 +161,7 @@ def radius_neighbors(points: Any, queries: Any, radius: float, max_neighbors: in
     if _grid_path(points):
         return _torch_search(points, queries, max_neighbors, float(radius), points_batch,
                              queries_batch)[1]
-    idx = _np_search(_as_np(points, np.float64), _as_np(queries, np.float64), max_neighbors,
-                     float(radius), _as_np(points_batch), _as_np(queries_batch))[1]
-    return torch.from_numpy(idx) if _is_torch(points) else idx
+    return _kdtree_search(points, queries, max_neighbors, float(radius), points_batch, queries_batch)[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +176,17 @@ def _tree_query(tree: cKDTree, queries: np.ndarray, k: int, radius: float | None
     dist = np.asarray(dist, dtype=np.float64).reshape(len(queries), k)
     idx = np.asarray(idx, dtype=np.int64).reshape(len(queries), k)
     idx[idx >= tree.n] = n_total
+    return dist, idx
+
+
+def _kdtree_search(points: Any, queries: Any, k: int, radius: float | None, points_batch: Any,
+                   queries_batch: Any) -> tuple[Any, Any]:
+    """:func:`_np_search` on arrays or (CPU) tensors; results of the input's kind (torch distances
+    in the points' dtype)."""
+    dist, idx = _np_search(_as_np(points, np.float64), _as_np(queries, np.float64), k, radius,
+                           _as_np(points_batch), _as_np(queries_batch))
+    if _is_torch(points):
+        return torch.from_numpy(dist).to(points.dtype), torch.from_numpy(idx)
     return dist, idx
 
 
