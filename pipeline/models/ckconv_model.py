@@ -99,6 +99,14 @@ class _Grid:
     raw: Any                  # data.grids.Raster / Voxels
 
 
+def _window(a: np.ndarray, r: int, q: int, c: int, fill: Any) -> np.ndarray:
+    """``a[r:r+c, q:q+c]`` as a ``[c, c, *a.shape[2:]]`` array, padded with ``fill`` past the edges."""
+    out = np.full((c, c) + a.shape[2:], fill, a.dtype)
+    win = a[r:r + c, q:q + c]
+    out[:win.shape[0], :win.shape[1]] = win
+    return out
+
+
 @MODELS.register("ckconv_grid")
 class CKConvGridModel:
     #: Config keys ``run.py predict --set`` may change on a trained bundle.
@@ -214,13 +222,8 @@ class CKConvGridModel:
         rows, cols = g.mask.shape[:2]
         r0 = int(rng.integers(0, rows - c + 1)) if rows > c else 0
         c0 = int(rng.integers(0, cols - c + 1)) if cols > c else 0
-        x = np.zeros((c, c) + g.x.shape[2:], np.float32)
-        m = np.zeros((c, c) + g.mask.shape[2:], bool)
-        y = np.full((c, c) + g.mask.shape[2:], IGNORE, np.int64)
-        h, w = min(c, rows), min(c, cols)
-        x[:h, :w] = g.x[r0:r0 + h, c0:c0 + w]
-        m[:h, :w] = g.mask[r0:r0 + h, c0:c0 + w]
-        y[:h, :w] = g.labels[r0:r0 + h, c0:c0 + w]
+        x, m = _window(g.x, r0, c0, c, 0.0), _window(g.mask, r0, c0, c, False)
+        y = _window(g.labels, r0, c0, c, IGNORE)
         k = int(rng.integers(4))
         flip = bool(rng.integers(2))
         out = []
@@ -336,12 +339,8 @@ class CKConvGridModel:
         with torch.no_grad(), amp_autocast(cfg.optim, device):
             for i in range(0, len(tiles), cfg.batch_size):
                 part = tiles[i:i + cfg.batch_size]
-                xb = np.zeros((len(part), c, c) + g.x.shape[2:], np.float32)
-                mb = np.zeros((len(part), c, c) + g.mask.shape[2:], bool)
-                for j, (r, q) in enumerate(part):
-                    h, w = min(c, rows - r), min(c, cols - q)
-                    xb[j, :h, :w] = g.x[r:r + h, q:q + w]
-                    mb[j, :h, :w] = g.mask[r:r + h, q:q + w]
+                xb = np.stack([_window(g.x, r, q, c, 0.0) for r, q in part])
+                mb = np.stack([_window(g.mask, r, q, c, False) for r, q in part])
                 logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device))
                 p = logits.float().softmax(-1).cpu().numpy()
                 for j, (r, q) in enumerate(part):
