@@ -55,6 +55,9 @@ FeatureName = Literal["xyz", "intensity", "returns", "height", "rgb", "nir"]
 #: Point fields each feature needs.
 _NEEDS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_number", "number_of_returns"),
           "height": (), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+#: Standardised input columns each feature adds (xyz adds geometric columns instead).
+_COLUMNS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_ratio", "number_of_returns"),
+            "height": ("height",), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
 
 
 @dataclass
@@ -101,11 +104,7 @@ def resolve_network(preset: str, overrides: NetworkOverrides):
 def feature_columns(features: list[str]) -> tuple[list[str], list[str]]:
     """-> (geometric columns: constant + xyz, standardised point-feature columns)."""
     geo = ["one"] + (["x", "y", "z"] if "xyz" in features else [])
-    pts: list[str] = []
-    for f in features:
-        pts += {"xyz": [], "intensity": ["intensity"], "returns": ["return_ratio", "number_of_returns"],
-                "height": ["height"], "rgb": ["red", "green", "blue"], "nir": ["nir"]}[f]
-    return geo, pts
+    return geo, [col for f in features for col in _COLUMNS[f]]
 
 
 def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: float) -> np.ndarray:
