@@ -18,7 +18,6 @@ import glob
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -31,8 +30,9 @@ from scipy.spatial import cKDTree  # noqa: E402
 from data.features import compute_features  # noqa: E402
 from data.neighbors import knn  # noqa: E402
 from data.pointcloud import PointCloud  # noqa: E402
+from data.sample_data import SAMPLE_DATA  # noqa: E402
 
-DATA = str(Path(os.environ.get("LIDARSEG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "lidar")) / "ign_lidarhd_1km" / "*.laz")
+DATA = str(SAMPLE_DATA / "ign_lidarhd_1km" / "*.laz")
 
 
 def load(n: int) -> PointCloud:

@@ -9,7 +9,6 @@ points/s and the overhead ratio (ours / laspy time; target < 1.20 for LAZ).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -20,8 +19,7 @@ import laspy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.io import read_cloud, write_cloud  # noqa: E402
-
-DATA = Path(os.environ.get("LIDARSEG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "lidar"))
+from data.sample_data import SAMPLE_DATA as DATA  # noqa: E402
 
 
 def median_time(fn, repeat: int) -> float:

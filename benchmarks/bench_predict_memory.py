@@ -31,8 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from data.io import read_cloud, read_header_info, write_cloud  # noqa: E402
 from data.pointcloud import PointCloud  # noqa: E402
-
-DATA = Path(os.environ.get("LIDARSEG_DATA", REPO.parent / "shared" / "data" / "lidar"))
+from data.sample_data import SAMPLE_DATA as DATA  # noqa: E402
 
 
 def build_tile(path: Path, points: int) -> int:
@@ -86,7 +85,7 @@ def main() -> None:
     pred_wall, pred_rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", args.bundle,
                                      "--input", str(tile), "--out", str(work / "pred"), "--device", args.device,
                                      "--set", f"votes={args.votes}", "--quiet"])
-    print(f"\n| | wall | points/s | peak RSS |\n|---|---|---|---|")
+    print("\n| | wall | points/s | peak RSS |\n|---|---|---|---|")
     print(f"| baseline: read_cloud alone | {read_wall:.1f} s | {n / read_wall:.3g} | {read_rss:.2f} GB |")
     print(f"| run.py predict (votes={args.votes}, {args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
           f"{pred_rss:.2f} GB |")

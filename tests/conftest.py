@@ -1,13 +1,13 @@
 """Shared fixtures: paths of the real IGN LiDAR HD sample data (never copied into the repo)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from data.sample_data import SAMPLE_DATA as DATA
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LIDARSEG_DATA", REPO.parent / "shared" / "data" / "lidar")).resolve()
 
 
 @pytest.fixture(scope="session")
