@@ -5,6 +5,7 @@
     python run.py predict --model BUNDLE --input PATH_OR_GLOB [...] --out DIR [--device ...]
     python run.py evaluate --pred PATH_OR_GLOB [...] --ref PATH_OR_GLOB [...] --out DIR [--classes SPEC]
     python run.py validate SPEC
+    python run.py inspect PATH_OR_GLOB [...] [--classes SPEC] [--out DIR]
 
 User errors (bad spec, unreadable file, missing field) print one paragraph naming the file
 and key, and exit with status 2.
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spec file or model bundle whose class map to use (default: one class per code)")
     _common(p)
 
+    p = sub.add_parser("inspect", help="audit point-cloud files: fields, CRS, density, class histogram, warnings",
+                       description="Per-file audit printed as Markdown; --out also writes inspect.md, "
+                                   "inspect.json and class_shares.png.")
+    p.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="files, folders or globs")
+    p.add_argument("--classes", metavar="SPEC",
+                   help="spec (its class map, per-input overrides and train/predict roles) or model bundle")
+    p.add_argument("--out", help="folder for inspect.md, inspect.json and class_shares.png")
+    _common(p)
+
     p = sub.add_parser("validate", help="check a spec without running it")
     p.add_argument("spec")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -82,6 +92,42 @@ def _class_map_from(path: str):
         raise UserError(f"{p}: classes: {exc}") from None
 
 
+def _inspect(args) -> None:
+    from pipeline.audit import audit_file, report_markdown, warnings_for, write_audit
+    from pipeline.inputs import expand_patterns
+    from pipeline.progress import progress
+
+    files = expand_patterns(args.paths, None, "inspect")
+    class_map, maps, roles = None, {}, {}
+    if args.classes:
+        from pipeline.spec import read_spec_file
+
+        p = Path(args.classes)
+        if p.is_file() and "steps" in read_spec_file(p):
+            from pipeline.runner import RunContext
+            from pipeline.spec import load_spec
+
+            loaded = load_spec(p)
+            ctx = RunContext(loaded, loaded.output_dir())
+            class_map = loaded.class_map
+            for i, step in enumerate(loaded.spec.steps):
+                kind = type(step).component_type
+                if kind in ("train", "predict"):
+                    for item in ctx.resolve_labelled(step.inputs, f"steps[{i}].inputs"):
+                        roles.setdefault(item.path, "train" if kind == "train" else "predict")
+                        if kind == "train":
+                            maps[item.path] = item.class_map
+        else:
+            class_map = _class_map_from(args.classes)
+    audits = [audit_file(f, maps.get(f, class_map), roles.get(f, ""))
+              for f in progress(files, "inspect", unit="file")]
+    warnings = warnings_for(audits, class_map)
+    print(report_markdown(audits, warnings, class_map), end="")
+    if args.out:
+        write_audit(audits, warnings, class_map, Path(args.out))
+        print(f"\naudit written to {Path(args.out).resolve()} (inspect.md, inspect.json, class_shares.png)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from data.errors import UserError
@@ -100,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_spec(args.spec, args.overrides)
             print(f"{loaded.path}: valid ({len(loaded.spec.steps)} steps, "
                   f"{loaded.class_map.num_classes} classes)")
+        elif args.command == "inspect":
+            _inspect(args)
         elif args.command == "predict":
             from pipeline.bundle import load_bundle
             from pipeline.inputs import expand_patterns

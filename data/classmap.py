@@ -13,7 +13,8 @@ an error (it usually means the class map does not fit the data).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +30,9 @@ class ClassMap:
     names: tuple[str, ...]
     codes: tuple[tuple[int, ...], ...]   # codes[i] = input codes of class i; codes[i][0] is written back
     ignore: tuple[int, ...] = ()
+    #: a map derived by :meth:`with_overrides` for one survey may leave a class without codes
+    #: (it then labels no point of that survey); a spec's own map may not
+    allow_empty: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -37,7 +41,7 @@ class ClassMap:
             raise UserError(f"class map: duplicate class names in {list(self.names)}")
         seen: dict[int, str] = {}
         for name, codes in zip(self.names, self.codes):
-            if not codes:
+            if not codes and not self.allow_empty:
                 raise UserError(f"class map: class {name!r} has no input codes")
             for code in codes:
                 if not (0 <= int(code) <= _MAX_CODE):
@@ -58,6 +62,34 @@ class ClassMap:
 
     def to_config(self) -> dict[str, Any]:
         return {"classes": {n: list(c) for n, c in zip(self.names, self.codes)}, "ignore": list(self.ignore)}
+
+    def with_overrides(self, classes: Mapping[str, Sequence[int]] | None = None,
+                       ignore: Sequence[int] = ()) -> "ClassMap":
+        """This map with some codes moved, for the files of one survey.
+
+        ``classes`` maps class names of this map to codes that mean that class in the survey
+        (each code is taken out of the class or ignore list that held it); ``ignore`` lists
+        codes to leave out there (e.g. code 1 where it means "not classified yet"). Class
+        names, order and the codes written back are unchanged. Raises ``UserError`` for an
+        unknown class name or a code that is both moved and ignored.
+        """
+        classes = dict(classes or {})
+        ignore = [int(c) for c in ignore]
+        for name in classes:
+            if name not in self.names:
+                hint = difflib.get_close_matches(str(name), self.names, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else f" (classes: {', '.join(self.names)})"
+                raise UserError(f"classes.{name}: not a class of the class map{extra}")
+        moved = {int(c): name for name, codes in classes.items() for c in codes}
+        both = sorted(set(moved) & set(ignore))
+        if both:
+            raise UserError(f"code(s) {both} are both ignored and moved to a class")
+        taken = set(moved) | set(ignore)
+        codes = tuple(tuple(c for c in own if c not in taken)
+                      + tuple(sorted(c for c, n in moved.items() if n == name))
+                      for name, own in zip(self.names, self.codes))
+        kept_ignore = tuple(c for c in self.ignore if c not in taken) + tuple(sorted(set(ignore)))
+        return ClassMap(self.names, codes, kept_ignore, allow_empty=True)
 
     @classmethod
     def identity(cls, codes: Sequence[int]) -> "ClassMap":

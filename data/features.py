@@ -24,7 +24,8 @@ from scipy.spatial import cKDTree
 from data.pointcloud import PointCloud
 
 __all__ = [
-    "COVARIANCE_FEATURES", "HEIGHT_FEATURES", "POINT_FEATURES", "FEATURE_NAMES",
+    "COVARIANCE_FEATURES", "HEIGHT_FEATURES", "POINT_FEATURES", "FEATURE_NAMES", "GROUND_FEATURE",
+    "ground_surface", "height_above_ground",
     "feature_names", "covariance_features", "symmetric_eigen3", "height_features",
     "point_features", "compute_features",
 ]
@@ -36,6 +37,8 @@ COVARIANCE_FEATURES: tuple[str, ...] = (
 )
 #: Keys of :func:`height_features` (each suffixed by the cell size, e.g. ``'hag_c2.0'``).
 HEIGHT_FEATURES: tuple[str, ...] = ("hag", "hag3", "zrange")
+#: Column of :func:`height_above_ground` (height above the morphological DTM).
+GROUND_FEATURE = "hag_ground"
 #: Names :func:`point_features` knows, with the LAS fields each needs.
 POINT_FEATURES: dict[str, tuple[str, ...]] = {
     "intensity": ("intensity",),
@@ -59,7 +62,9 @@ def _fmt(v: float) -> str:
 
 def feature_names(*, k: Sequence[int] = (16,), radii: Sequence[float] = (),
                   height_cells: Sequence[float] = (2.0, 10.0), intensity: bool = True,
-                  returns: bool = True, fields: Iterable[str] | None = None) -> list[str]:
+                  returns: bool = True, fields: Iterable[str] | None = None,
+                  ground_cell: float | None = None, coarse_cells: Sequence[float] = (),
+                  coarse_k: int = 16) -> list[str]:
     """Column names :func:`compute_features` produces for these options, in order.
 
     ``fields`` is the set of available LAS fields; when given, point features whose fields are
@@ -70,8 +75,12 @@ def feature_names(*, k: Sequence[int] = (16,), radii: Sequence[float] = (),
         names += [f"k{int(kk)}_{f}" for f in COVARIANCE_FEATURES]
     for r in radii:
         names += [f"r{_fmt(r)}_{f}" for f in COVARIANCE_FEATURES]
+    for g in coarse_cells:
+        names += [f"g{_fmt(g)}_k{int(coarse_k)}_{f}" for f in COVARIANCE_FEATURES]
     for c in height_cells:
         names += [f"{f}_c{_fmt(c)}" for f in HEIGHT_FEATURES]
+    if ground_cell is not None:
+        names.append(GROUND_FEATURE)
     wanted = (["intensity"] if intensity else []) + (list(_RETURN_FEATURES) if returns else [])
     avail = None if fields is None else set(fields)
     names += [n for n in wanted if avail is None or all(f in avail for f in POINT_FEATURES[n])]
@@ -331,6 +340,78 @@ def height_features(xyz: np.ndarray, cell_size: float = 2.0) -> dict[str, np.nda
             "zrange": (zmax - zmin)[inv].astype(np.float32)}
 
 
+def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0, slope: float = 0.3,
+                   dh0: float = 0.3, dh_max: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """A digital terrain model by a progressive morphological filter (Zhang et al. 2003).
+
+    1. ``S`` = lowest ``z`` per ``cell`` x ``cell`` grid cell (empty cells take the nearest
+       occupied cell's value);
+    2. for windows of ``w = 3, 5, 9, 17, ...`` cells up to ``max_window`` metres:
+       ``O = opening_w(S)`` (grey erosion then dilation); a cell whose ``S - O`` exceeds
+       ``dh = min(dh0 + slope * (w - w_prev) * cell, dh_max)`` is not ground (a roof, a canopy,
+       a bridge deck smaller than the window); ``S = O``;
+    3. the DTM is the linear interpolation (Delaunay, nearest outside the hull) of the lowest
+       ``z`` of the occupied ground cells, at every cell centre.
+
+    Returns ``(dtm [rows, cols] float64, origin [2])``: cell ``(i, j)`` spans
+    ``origin + (i, j) * cell`` to ``+ cell`` in (x, y).
+    """
+    from scipy import ndimage
+    from scipy.interpolate import LinearNDInterpolator
+
+    xyz = np.asarray(xyz, dtype=np.float64)
+    origin = np.floor(xyz[:, :2].min(0) / cell) * cell
+    ij = np.floor((xyz[:, :2] - origin) / cell).astype(np.int64)
+    shape = tuple(int(v) for v in ij.max(0) + 1)
+    flat = ij[:, 0] * shape[1] + ij[:, 1]
+    zmin = np.full(shape[0] * shape[1], np.inf)
+    np.minimum.at(zmin, flat, xyz[:, 2])
+    zmin = zmin.reshape(shape)
+    occupied = np.isfinite(zmin)
+    near = ndimage.distance_transform_edt(~occupied, return_distances=False, return_indices=True)
+    surf = zmin[tuple(near)]
+    ground = occupied.copy()
+    w_prev, w = 1, 3
+    while (w - 2) * cell <= max_window or w == 3:
+        opened = ndimage.grey_opening(surf, size=(w, w), mode="nearest")
+        dh = min(dh0 + slope * (w - w_prev) * cell, dh_max)
+        ground &= (surf - opened) <= dh
+        surf = opened
+        w_prev, w = w, 2 * w - 1
+    gi, gj = np.nonzero(ground)
+    if len(gi) == 0:  # nothing survived (tiny or odd cloud): the lowest points are the ground
+        gi, gj = np.nonzero(occupied)
+    values = zmin[gi, gj]
+    ci, cj = np.mgrid[0:shape[0], 0:shape[1]]
+    if len(gi) >= 3 and np.ptp(gi) > 0 and np.ptp(gj) > 0:
+        try:
+            dtm = LinearNDInterpolator(np.c_[gi, gj].astype(np.float64), values)(ci, cj)
+        except Exception:  # a degenerate (collinear) set of ground cells: nearest below
+            dtm = np.full(shape, np.nan)
+    else:
+        dtm = np.full(shape, np.nan)
+    hole = ~np.isfinite(dtm)
+    if hole.any():
+        mark = np.ones(shape, bool)
+        mark[gi, gj] = False
+        idx = ndimage.distance_transform_edt(mark, return_distances=False, return_indices=True)
+        dtm[hole] = zmin[idx[0][hole], idx[1][hole]]
+    return dtm, origin
+
+
+def height_above_ground(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0) -> np.ndarray:
+    """``[N]`` float32 ``z - DTM(x, y)``: :func:`ground_surface` read bilinearly at each point."""
+    from scipy import ndimage
+
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if len(xyz) == 0:
+        return np.zeros(0, np.float32)
+    dtm, origin = ground_surface(xyz, cell, max_window)
+    coords = ((xyz[:, :2] - origin) / cell - 0.5).T                  # cell centres at integer coords
+    ground = ndimage.map_coordinates(dtm, coords, order=1, mode="nearest")
+    return (xyz[:, 2] - ground).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # point (attribute) features
 # ----------------------------------------------------------------------------------------------
@@ -378,10 +459,27 @@ def point_features(fields: Mapping[str, np.ndarray],
 # everything
 # ----------------------------------------------------------------------------------------------
 
+def _coarse_features(local: np.ndarray, cell: float, k: int, min_neighbors: int, workers: int,
+                     n: int) -> dict[str, np.ndarray]:
+    """Covariance features of a ``cell`` m grid subsampling, per original point (its cell's)."""
+    from data.sampling import grid_subsample
+
+    if n == 0:
+        return {}
+    sub = grid_subsample(local, float(cell))
+    pts, inv = np.asarray(sub["points"], np.float64), np.asarray(sub["inverse"])
+    kk = min(int(k), len(pts))
+    _, idx = cKDTree(pts, balanced_tree=False).query(pts, k=kk, workers=workers)
+    res = covariance_features(pts, np.asarray(idx, np.int64).reshape(len(pts), kk), min_neighbors)
+    return {f"g{_fmt(cell)}_k{int(k)}_{f}": v[inv] for f, v in res.items()}
+
+
 def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequence[float] = (),
                      height_cells: Sequence[float] = (2.0, 10.0), intensity: bool = True,
                      returns: bool = True, workers: int = -1, radius_max_neighbors: int = 64,
-                     min_neighbors: int = 3) -> tuple[list[str], np.ndarray]:
+                     min_neighbors: int = 3, ground_cell: float | None = None,
+                     ground_window: float = 24.0, coarse_cells: Sequence[float] = (),
+                     coarse_k: int = 16) -> tuple[list[str], np.ndarray]:
     """All features of a cloud as one ``[N, F]`` float32 matrix.
 
     ``workers`` is passed to the ``cKDTree`` queries. One ``cKDTree`` is built (on coordinates centred on their mean, for precision;
@@ -390,7 +488,12 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     sorted result), and each radius scale is one capped ball query
     (``radius_max_neighbors`` nearest points within ``r``). Column order is
     :func:`feature_names` with the cloud's fields; point features whose LAS fields are missing
-    are skipped. Any non-finite value is replaced by 0 (none is expected).
+    are skipped. With ``ground_cell``, column :data:`GROUND_FEATURE` is the height above a
+    morphological DTM (:func:`height_above_ground`). Each ``coarse_cells`` scale ``g`` adds the
+    covariance features of the ``coarse_k`` nearest cell barycentres of a ``g`` m grid
+    subsampling (``data.sampling.grid_subsample``), given to every point of the cell: context
+    over several metres (a roof's plane, a crown) at the cost of one small k-NN query. Any
+    non-finite value is replaced by 0 (none is expected).
 
     Returns:
         ``(names, X)`` with ``X [N, len(names)]`` float32.
@@ -398,7 +501,8 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     xyz = np.asarray(cloud.xyz, dtype=np.float64)
     n = len(xyz)
     names = feature_names(k=k, radii=radii, height_cells=height_cells, intensity=intensity,
-                          returns=returns, fields=cloud.fields.keys())
+                          returns=returns, fields=cloud.fields.keys(), ground_cell=ground_cell,
+                          coarse_cells=coarse_cells, coarse_k=coarse_k)
     cols: dict[str, np.ndarray] = {}
     local = xyz - (xyz.mean(0) if n else 0.0)
     # Height features need no neighbours: they run in a second thread (NumPy releases the GIL
@@ -408,7 +512,12 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     heights = None
 
     def start_heights():
-        return pool.submit(lambda: [height_features(xyz, c) for c in height_cells])
+        def work():
+            res = [height_features(xyz, c) for c in height_cells]
+            if ground_cell is not None:
+                res.append({GROUND_FEATURE: height_above_ground(xyz, ground_cell, ground_window)})
+            return res
+        return pool.submit(work)
 
     if (k or radii) and n:
         tree = cKDTree(local, balanced_tree=False)  # faster build (sliding midpoint), same queries
@@ -428,11 +537,15 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
             idx = np.asarray(idx, dtype=np.int64).reshape(n, m)
             res = covariance_features(local, idx, min_neighbors)
             cols.update({f"r{_fmt(r)}_{f}": v for f, v in res.items()})
-    elif not n:
+    for g in coarse_cells:
+        cols.update(_coarse_features(local, g, coarse_k, min_neighbors, workers, n))
+    if not n:
         for kk in k:
             cols.update({f"k{int(kk)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
         for r in radii:
             cols.update({f"r{_fmt(r)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
+        for g in coarse_cells:
+            cols.update({f"g{_fmt(g)}_k{int(coarse_k)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
     if heights is None:
         heights = start_heights()
     try:
@@ -441,6 +554,8 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
         pool.shutdown()
     for c, res in zip(height_cells, height_results):
         cols.update({f"{f}_c{_fmt(c)}": v for f, v in res.items()})
+    if ground_cell is not None:
+        cols.update(height_results[-1])
     wanted = [nm for nm in names if nm in POINT_FEATURES]
     cols.update(point_features(cloud.fields, wanted))
     x = np.empty((n, len(names)), np.float32)

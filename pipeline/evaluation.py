@@ -146,11 +146,13 @@ def pair_files(preds: list[Path], refs: list[Path] | None) -> list[tuple[Path, P
 
 
 def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassMap | None,
-                   out_dir: Path) -> dict[str, Any]:
+                   out_dir: Path, ref_maps: list[ClassMap] | None = None) -> dict[str, Any]:
     """Metrics over all points of all (prediction, reference) pairs; writes the report files.
 
     ``refs=None`` takes the reference from each prediction's ``classification_ref``
-    dimension. ``class_map=None`` makes one class per reference code found.
+    dimension. ``class_map=None`` makes one class per reference code found. ``ref_maps``
+    (one per prediction) reads each reference with its survey's class map (a spec input
+    entry's ``ignore``/``classes``); predictions are always read with ``class_map``.
     """
     pairs = pair_files(preds, refs)
     codes_pred, codes_ref, sources = [], [], []
@@ -177,8 +179,8 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
     num = class_map.num_classes
     cm = np.zeros((num, num), dtype=np.int64)
     ignored = 0
-    for pc, rc, (pred_path, ref_path) in zip(codes_pred, codes_ref, sources):
-        ref_lab = class_map.encode(rc, ref_path)
+    for i, (pc, rc, (pred_path, ref_path)) in enumerate(zip(codes_pred, codes_ref, sources)):
+        ref_lab = (ref_maps[i] if ref_maps is not None else class_map).encode(rc, ref_path)
         pred_lab = class_map.encode(pc, pred_path)
         valid = ref_lab != IGNORE
         ignored += int((~valid).sum())

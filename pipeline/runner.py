@@ -13,7 +13,9 @@ import yaml
 
 from data.atomic import atomic_path
 from data.classmap import ClassMap
+from data.errors import UserError
 
+from .datasets import InputEntry, LabelledFile
 from .inputs import expand_patterns
 from .progress import log
 from .registry import STEPS
@@ -39,19 +41,44 @@ class RunContext:
     def seed(self) -> int:
         return self.loaded.spec.seed
 
-    def resolve_inputs(self, value: str | list[str], key: str) -> list[Path]:
-        """A dataset name from ``inputs`` or glob(s) -> files (relative globs against data_root)."""
+    def resolve_labelled(self, value: str | list[str], key: str) -> list[LabelledFile]:
+        """A dataset name from ``inputs`` or glob(s) -> files with their class maps.
+
+        Relative globs resolve against ``data_root``. A file matched by an entry with
+        ``ignore``/``classes`` gets the spec's class map with those changes; a file matched by
+        two entries with different changes is an error naming both.
+        """
         spec = self.loaded.spec
         source = str(self.loaded.path)
         names = [value] if isinstance(value, str) else list(value)
-        patterns: list[str] = []
+        items: list[tuple[str | InputEntry, str]] = []
         for name in names:
             if name in spec.inputs:
                 ds = spec.inputs[name]
-                patterns.extend([ds] if isinstance(ds, str) else ds)
+                ds = [ds] if isinstance(ds, str) else ds
+                items.extend((item, f"inputs.{name}[{i}]") for i, item in enumerate(ds))
             else:
-                patterns.append(name)
-        return expand_patterns(patterns, self.loaded.data_root, f"{source}: {key}")
+                items.append((name, key))
+        chosen: dict[Path, tuple[ClassMap, str, InputEntry | None]] = {}
+        for item, where in items:
+            entry = item if isinstance(item, InputEntry) else None
+            patterns = entry.patterns if entry else [item]
+            cmap = self.class_map.with_overrides(entry.classes, entry.ignore) if entry else self.class_map
+            for path in expand_patterns(patterns, self.loaded.data_root, f"{source}: {where}"):
+                if path in chosen:
+                    prev_map, prev_where, prev_entry = chosen[path]
+                    if prev_entry is None and entry is not None:
+                        chosen[path] = (cmap, where, entry)      # the entry with changes wins
+                    elif entry is not None and prev_map != cmap:
+                        raise UserError(f"{source}: {where}: {path.name} is also matched by {prev_where} "
+                                        "with other class-map changes; give each file one entry")
+                    continue
+                chosen[path] = (cmap, where, entry)
+        return [LabelledFile(p, m) for p, (m, _, _) in chosen.items()]
+
+    def resolve_inputs(self, value: str | list[str], key: str) -> list[Path]:
+        """A dataset name from ``inputs`` or glob(s) -> files (relative globs against data_root)."""
+        return [f.path for f in self.resolve_labelled(value, key)]
 
 
 def resolve_device(device: str | None) -> str:

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from data.errors import UserError
 
 __all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassBalancedCenters",
-           "augment", "rotation_z", "coverage_centers", "iter_blocks", "predict_coverage"]
+           "augment", "rotation_z", "sampled_class_counts", "coverage_centers", "iter_blocks", "predict_coverage"]
 
 
 @dataclass
@@ -135,6 +135,20 @@ class ClassBalancedCenters:
         else:
             pick = rng.integers(0, len(self.labels), n)
         return self.tile_of[pick], self.row_of[pick], self.labels[pick]
+
+
+def sampled_class_counts(centers: "ClassBalancedCenters", sampler: RegionSampler, tiles_labels: list[np.ndarray],
+                         num_classes: int, seed: int, regions: int = 256) -> np.ndarray:
+    """``[C]`` class counts of the labelled points in ``regions`` training regions drawn as
+    training draws them (own random stream): the class shares the network trains on."""
+    rng = np.random.default_rng([seed, 0x5EE1])
+    tiles, rows, _ = centers.draw(regions, rng)
+    counts = np.zeros(num_classes, np.float64)
+    for t, r in zip(tiles, rows):
+        region = sampler.regions(int(t), sampler.xyz[int(t)][r][None])[0]
+        y = tiles_labels[region.tile][region.index]
+        counts += np.bincount(y[(y >= 0) & (y < num_classes)], minlength=num_classes)
+    return counts
 
 
 def rotation_z(angle: float) -> np.ndarray:

@@ -60,6 +60,16 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _same_shape(tp: Any, data: Any) -> bool:
+    """Whether ``tp`` is a container type of the same kind as ``data`` (list or mapping)."""
+    origin = get_origin(tp)
+    if isinstance(data, (list, tuple)):
+        return origin in (list, tuple)
+    if isinstance(data, dict):
+        return origin is dict or dataclasses.is_dataclass(tp)
+    return False
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -93,9 +103,14 @@ def parse(tp: Any, data: Any, key: str = "", source: str = "spec") -> Any:
             try:
                 return parse(option, data, key, source)
             except SpecError as exc:
-                errors.append(exc)
+                errors.append((option, exc))
+        # the option of the data's own shape (a list for a list, a mapping for a mapping) has
+        # the message that names the inner key
+        shaped = [exc for option, exc in errors if _same_shape(option, data)]
+        if len(shaped) == 1:
+            raise shaped[0]
         if len(errors) == 1:
-            raise errors[0]
+            raise errors[0][1]
         raise SpecError(source, key, f"expected {_describe(tp)}, got {_short(data)}")
     if origin is Literal:
         if data not in get_args(tp):

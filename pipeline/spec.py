@@ -9,6 +9,8 @@ Top-level keys (``Spec``)::
     classes: {ground: [2], vegetation: [3, 4, 5]}   # class map: class -> input codes
     ignore: [7, 65, 66]          # codes left out of training and metrics
     inputs: {train: [train/*.laz], test: [test/*.laz]}   # named datasets (globs)
+    # an input item may carry class-map changes for its files (pipeline.datasets):
+    #   - {files: survey_b/*.laz, ignore: [1]}
     steps: [{type: train, ...}, {type: predict, ...}, {type: evaluate, ...}]
 
 ``--set a.b.c=VALUE`` sets a key by dotted path (VALUE parsed as YAML; list items by index).
@@ -28,6 +30,7 @@ import yaml
 from data.classmap import ClassMap
 from data.errors import UserError
 
+from .datasets import InputEntry
 from .registry import STEPS
 from .schema import Component, SpecError, parse
 
@@ -36,7 +39,7 @@ from .schema import Component, SpecError, parse
 class Spec:
     classes: dict[str, list[int] | int]
     steps: list[Component(STEPS)]
-    inputs: dict[str, list[str] | str] = field(default_factory=dict)
+    inputs: dict[str, list[str | InputEntry] | str] = field(default_factory=dict)
     name: str = "run"
     ignore: list[int] = field(default_factory=list)
     output: str | None = None
@@ -150,7 +153,14 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         apply_override(data, assignment, str(path))
     spec = parse(Spec, data, "", str(path))
     loaded = LoadedSpec(spec, path, data)
-    loaded.class_map  # validate the class map now
+    class_map = loaded.class_map  # validate the class map now
+    for name, items in spec.inputs.items():
+        for i, item in enumerate(items if isinstance(items, list) else [items]):
+            if isinstance(item, InputEntry):
+                try:
+                    class_map.with_overrides(item.classes, item.ignore)
+                except UserError as exc:
+                    raise SpecError(str(path), f"inputs.{name}[{i}]", str(exc)) from None
     for i, step in enumerate(spec.steps):
         check = getattr(STEPS.for_config(step).target, "check", None)
         if check:

@@ -187,7 +187,10 @@ def _fit(lidar_data, work, limit=None, resume=False, seed=0, steps=6, **cfg):
     config = CKConvGridModel.Config(**{**options, **cfg})
     model = CKConvGridModel(config, cmap)
     ctx = TrainContext(device="cpu", limit_steps=limit, seed=seed, work_dir=work, resume=resume)
-    summary = model.fit([lidar_data / f for f in GRID_TRAIN], [lidar_data / f for f in GRID_VAL], ctx)
+    from pipeline.datasets import LabelledFile
+
+    summary = model.fit([LabelledFile(lidar_data / f, cmap) for f in GRID_TRAIN],
+                        [LabelledFile(lidar_data / f, cmap) for f in GRID_VAL], ctx)
     return model, summary
 
 
@@ -264,13 +267,11 @@ def test_optim_block():
         CKConvGridModel.Config(optim=GridOptimConfig(lr=-1))
 
 
-def test_reference_codes_is_shared():
+def test_reference_codes_names_the_file():
     from data.errors import DataError
     from data.pointcloud import PointCloud
-    from pipeline.models import ckconv_model, kpconvx_model, random_forest
-    from pipeline.models.base import reference_codes
+    from pipeline.datasets import reference_codes
 
-    assert ckconv_model.reference_codes is kpconvx_model.reference_codes is random_forest.reference_codes
     cloud = PointCloud(np.zeros((3, 3)), {"classification": np.array([1, 2, 3], np.uint8)}, source="a.laz")
     np.testing.assert_array_equal(reference_codes(cloud), [1, 2, 3])
     with pytest.raises(DataError, match="classification"):

@@ -64,7 +64,7 @@ def tiny_spec(folder: Path, data_root: Path, val: bool = True) -> Path:
         else:
             model[key] = value
     if not val:
-        spec["steps"][0].pop("val_inputs")
+        spec["steps"][0].pop("val_split")
         spec["steps"] = spec["steps"][:1]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.yaml"
@@ -97,8 +97,9 @@ def test_run_trains_predicts_and_evaluates(run_out, data_root):
     assert meta["model"]["type"] == "kpconvx" and meta["summary"]["steps"] == 3
     assert meta["summary"]["best_val_miou"] is not None
     norm = json.loads((bundle / "kpconvx_model.json").read_text())
-    assert norm["feature_columns"] == ["return_ratio", "number_of_returns", "height"]
-    assert len(norm["mean"]) == len(norm["std"]) == 3 and all(s > 0 for s in norm["std"])
+    assert norm["feature_columns"] == ["return_ratio", "number_of_returns", "height", "hag_ground"]
+    assert len(norm["logit_bias"]) == 6 and all(np.isfinite(norm["logit_bias"]))   # prior correction stored
+    assert len(norm["mean"]) == len(norm["std"]) == 4 and all(s > 0 for s in norm["std"])
     rows = read_log(run_out / "model.work")
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert rows[1]["val_miou"] != "" and rows[0]["val_miou"] == ""           # val_every 2 + last step

@@ -30,7 +30,7 @@ def small_spec(tmp_path_factory, lidar_data):
     spec["inputs"] = {"train": ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz",
                                 "ign_lidarhd/train/mnx_corse.laz"],
                       "test": [TEST_TILE]}
-    spec["steps"][0]["model"].update(n_estimators=8, samples_per_class=1500)
+    spec["steps"][0]["model"].update(n_estimators=8, max_samples=6000)
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -100,8 +100,24 @@ def test_step_references_are_checked(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("*.yaml")))
 def test_every_shipped_spec_is_valid_and_finds_its_inputs(name, lidar_data):
-    from pipeline.inputs import expand_patterns
+    from pipeline.runner import RunContext
 
     loaded = load_spec(REPO / "specs" / name, [f"data_root={lidar_data}"])
-    for group, patterns in loaded.spec.inputs.items():
-        assert expand_patterns(patterns, loaded.data_root, f"inputs.{group}"), (name, group)
+    ctx = RunContext(loaded, loaded.output_dir())
+    for group in loaded.spec.inputs:
+        assert ctx.resolve_labelled(group, f"inputs.{group}"), (name, group)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("*.yaml")))
+def test_no_shipped_spec_validates_on_the_files_it_scores(name, lidar_data):
+    """Checkpoint and setting selection never sees the test tiles: validation is a split."""
+    from pipeline.runner import RunContext
+
+    loaded = load_spec(REPO / "specs" / name, [f"data_root={lidar_data}"])
+    ctx = RunContext(loaded, loaded.output_dir())
+    scored = {p for s in loaded.spec.steps if type(s).component_type == "predict"
+              for p in ctx.resolve_inputs(s.inputs, "predict")}
+    for step in loaded.spec.steps:
+        if type(step).component_type == "train":
+            assert step.val_split is not None and step.val_inputs is None, name
+            assert not scored & {f.path for f in ctx.resolve_labelled(step.inputs, "train")}, name

@@ -13,16 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from data.classmap import ClassMap
-from data.errors import DataError
 from data.pointcloud import PointCloud
-
-
-def reference_codes(cloud: PointCloud) -> np.ndarray:
-    """The cloud's reference class codes (``classification``); a clear error when it has none."""
-    if not cloud.has("classification"):
-        raise DataError(cloud.source, "has no 'classification' field; training and validation need "
-                                      "reference labels")
-    return cloud.fields["classification"]
+from pipeline.datasets import LabelledFile
 
 
 @dataclass
@@ -43,8 +35,10 @@ class PointModel(Protocol):
     #: dotted Config keys that ``run.py predict --set KEY=VALUE`` may change on a trained bundle
     predict_options: tuple[str, ...]
 
-    def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
-        """Train on the files in ``train``; returns a summary (shown and stored in the bundle)."""
+    def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
+        """Train on ``train`` (each item's ``read()`` gives a cloud and its labels, ``IGNORE``
+        where a point is not to be learnt), validate on ``val``; returns a summary (shown and
+        stored in the bundle)."""
 
     def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
         """``[N, num_classes]`` float32 probabilities for every point of ``cloud``, input order."""

@@ -54,13 +54,15 @@ import numpy as np
 
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
-from data.io import read_cloud
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, seed_everything, step_rng
 
-from .base import TrainContext, reference_codes
+from pipeline.datasets import LabelledFile
+from pipeline.priors import prior_log_ratio
+
+from .base import TrainContext
 
 KernelType = Literal["SIRENKernelND", "BlockDiagonalLearnableOmegaSIRENKernelND"]
 
@@ -137,6 +139,7 @@ class CKConvGridModel:
         val_every: int = 500              # validate on val_inputs every N steps (and at the end)
         checkpoint_every: int = 500       # write OUT/NAME.work/last.pt every N steps (and at the end)
         class_weights: bool = True        # inverse-sqrt-frequency cross-entropy weights
+        prior_correction: bool = True     # logits += log(p_train / p_seen) at inference (pipeline.priors)
         geotiff: bool = True              # write <stem>_class.tif (+ .png) next to predictions
         preview: bool = True
 
@@ -159,6 +162,7 @@ class CKConvGridModel:
         self.class_map = class_map
         self.net = None
         self.in_dim: int | None = None
+        self.logit_bias: np.ndarray | None = None   # [C] prior correction added to the logits
         self._last: tuple | None = None   # (cloud id, grid2d, class idx [r,c], proba [r,c,C], mask [r,c])
 
     # -- grids --------------------------------------------------------------------------
@@ -232,12 +236,11 @@ class CKConvGridModel:
             out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
         return out[0], out[1], out[2]
 
-    def _labelled_grids(self, paths: list[Path], what: str) -> list[tuple[_Grid, np.ndarray]]:
+    def _labelled_grids(self, items: list[LabelledFile], what: str) -> list[tuple[_Grid, np.ndarray]]:
         """``(grid with cell labels, reference class index per point)`` for every file."""
         out = []
-        for path in progress(paths, f"grids ({what})", unit="file"):
-            cloud = read_cloud(path)
-            labels = self.class_map.encode(reference_codes(cloud), path)
+        for item in progress(items, f"grids ({what})", unit="file"):
+            cloud, labels = item.read()
             out.append((self._grid(cloud, labels), labels))
         return out
 
@@ -250,7 +253,7 @@ class CKConvGridModel:
             plain.pop(key, None)
         return {"config": plain, "classes": list(self.class_map.names), "in_dim": self.in_dim}
 
-    def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
+    def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
         import torch
 
         cfg = self.config
@@ -269,8 +272,12 @@ class CKConvGridModel:
         torch.manual_seed(ctx.seed)
         net = self._build_net(grids[0].x.shape[-1]).to(ctx.device)
         weight = None
+        seen = counts.astype(np.float64)       # crops are drawn by file size: the cells' own shares
         if cfg.class_weights:
-            weight = torch.tensor(class_weights(counts, 0.5), dtype=torch.float32, device=ctx.device)
+            w = class_weights(counts, 0.5)
+            weight = torch.tensor(w, dtype=torch.float32, device=ctx.device)
+            seen = seen * w
+        self.logit_bias = prior_log_ratio(counts, seen) if cfg.prior_correction else None
         n_params = sum(p.numel() for p in net.parameters())
         log(f"ckconv_grid ({cfg.mode}): {len(grids)} grids, {int(counts.sum()):,} labelled cells, "
             f"{n_params:,} parameters, {cfg.steps} steps x {cfg.batch_size} crops on {ctx.device}")
@@ -341,8 +348,10 @@ class CKConvGridModel:
                 part = tiles[i:i + cfg.batch_size]
                 xb = np.stack([_window(g.x, r, q, c, 0.0) for r, q in part])
                 mb = np.stack([_window(g.mask, r, q, c, False) for r, q in part])
-                logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device))
-                p = logits.float().softmax(-1).cpu().numpy()
+                logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)).float()
+                if self.logit_bias is not None:
+                    logits = logits + torch.from_numpy(self.logit_bias).to(logits.device)
+                p = logits.softmax(-1).cpu().numpy()
                 for j, (r, q) in enumerate(part):
                     h, w = min(c, rows - r), min(c, cols - q)
                     acc[r:r + h, q:q + w] += p[j, :h, :w] * tent[:h, :w, ..., None]
@@ -396,8 +405,9 @@ class CKConvGridModel:
     def save(self, folder: Path) -> None:
         import torch
 
-        torch.save({"in_dim": self.in_dim, "state_dict": {k: v.cpu() for k, v in self.net.state_dict().items()}},
-                   folder / "ckconv_grid.pt")
+        bias = None if self.logit_bias is None else torch.from_numpy(np.asarray(self.logit_bias, np.float32))
+        torch.save({"in_dim": self.in_dim, "state_dict": {k: v.cpu() for k, v in self.net.state_dict().items()},
+                    "logit_bias": bias}, folder / "ckconv_grid.pt")
 
     @classmethod
     def load(cls, config: "CKConvGridModel.Config", class_map: ClassMap, folder: Path) -> "CKConvGridModel":
@@ -406,6 +416,8 @@ class CKConvGridModel:
         model = cls(config, class_map)
         state = torch.load(folder / "ckconv_grid.pt", map_location="cpu", weights_only=True)
         model._build_net(int(state["in_dim"])).load_state_dict(state["state_dict"])
+        bias = state.get("logit_bias")
+        model.logit_bias = None if bias is None else bias.numpy().astype(np.float32)
         model.net.eval()
         return model
 

@@ -18,6 +18,8 @@ Input features per point (``features``):
 - ``intensity``: ``log1p(intensity)/log(65536)``;
 - ``returns``: ``return_number/number_of_returns`` and ``min(number_of_returns, 5)/5``;
 - ``height``: height above the lowest point of the 3x3 block of ``height_cell`` cells;
+- ``ground``: height above a morphological ground model (``data.features.height_above_ground``,
+  1 m cells, 24 m largest object), robust to buildings and bridges;
 - ``rgb`` / ``nir``: colour / near infrared divided by 65535 (every input file must have
   them: training and prediction fail clearly otherwise).
 
@@ -40,24 +42,27 @@ import numpy as np
 
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
-from data.io import read_cloud
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
-                                       SamplingConfig, augment, predict_coverage, rotation_z)
+                                       SamplingConfig, augment, predict_coverage, rotation_z,
+                                       sampled_class_counts)
 from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, step_rng
 
-from .base import TrainContext, reference_codes
+from pipeline.datasets import LabelledFile
+from pipeline.priors import prior_log_ratio
 
-FEATURES = ("xyz", "intensity", "returns", "height", "rgb", "nir")
-FeatureName = Literal["xyz", "intensity", "returns", "height", "rgb", "nir"]
+from .base import TrainContext
+
+FEATURES = ("xyz", "intensity", "returns", "height", "ground", "rgb", "nir")
+FeatureName = Literal["xyz", "intensity", "returns", "height", "ground", "rgb", "nir"]
 #: Point fields each feature needs.
 _NEEDS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_number", "number_of_returns"),
-          "height": (), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+          "height": (), "ground": (), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
 #: Standardised input columns each feature adds (xyz adds geometric columns instead).
 _COLUMNS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_ratio", "number_of_returns"),
-            "height": ("height",), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+            "height": ("height",), "ground": ("hag_ground",), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
 
 
 @dataclass
@@ -84,6 +89,10 @@ class NetworkOverrides:
 class LossConfig:
     class_weights: Literal["none", "inverse", "sqrt_inverse"] = "sqrt_inverse"   # from training counts
     label_smoothing: float = 0.0
+    #: add log(p_train / p_seen) to the logits at inference (pipeline.priors), p_seen being the
+    #: class shares of the points the network trained on (class-balanced centres) times the
+    #: class weights: the posterior under the training data's own priors
+    prior_correction: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
@@ -109,7 +118,7 @@ def feature_columns(features: list[str]) -> tuple[list[str], list[str]]:
 
 def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: float) -> np.ndarray:
     """``[N, F]`` float32 unstandardised point features (columns of :func:`feature_columns`)."""
-    from data.features import height_features, point_features
+    from data.features import height_above_ground, height_features, point_features
 
     cols: list[np.ndarray] = []
     for f in features:
@@ -124,6 +133,8 @@ def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: fl
             cols += [pf["return_ratio"], pf["number_of_returns"]]
         elif f == "height":
             cols.append(height_features(cloud.xyz, height_cell)["hag3"])
+        elif f == "ground":
+            cols.append(height_above_ground(cloud.xyz))
         elif f in ("rgb", "nir"):
             for name in _NEEDS[f]:
                 cols.append(np.asarray(cloud.fields[name], np.float32) / 65535.0)
@@ -182,6 +193,7 @@ class KPConvXModel:
         self.mean = np.zeros(len(self.pt_cols), np.float32)
         self.std = np.ones(len(self.pt_cols), np.float32)
         self.class_counts: list[int] | None = None
+        self.logit_bias: np.ndarray | None = None      # [C] prior correction added to the logits
         self.net: Any = None
         self._device: str | None = None
 
@@ -221,11 +233,11 @@ class KPConvXModel:
                         torch.from_numpy(batch).to(device))
 
     # -- training -----------------------------------------------------------------------
-    def _load_labelled(self, paths: list[Path], what: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    def _load_labelled(self, items: list[LabelledFile], what: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         xyzs, feats, labels = [], [], []
-        for path in progress(paths, f"reading ({what})", unit="file"):
-            cloud = read_cloud(path)
-            labels.append(self.class_map.encode(reference_codes(cloud), path))
+        for item in progress(items, f"reading ({what})", unit="file"):
+            cloud, y = item.read()
+            labels.append(y)
             feats.append(point_feature_matrix(cloud, list(self.config.features), self.config.height_cell))
             xyzs.append(np.asarray(cloud.xyz, np.float64))
         return xyzs, feats, labels
@@ -239,7 +251,7 @@ class KPConvXModel:
             plain.pop(key, None)
         return {"config": plain, "classes": list(self.class_map.names)}
 
-    def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
+    def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
         import torch
 
         from pipeline.training import seed_everything
@@ -261,6 +273,13 @@ class KPConvXModel:
         centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
         sampler = RegionSampler(xyzs, cfg.sampling)
         vdata = self._load_labelled(val, "validation") if val else None
+        if cfg.loss.prior_correction:
+            seen = sampled_class_counts(centers, sampler, labels, C, ctx.seed)
+            if weights is not None:
+                seen = seen * w
+            self.logit_bias = prior_log_ratio(counts, seen)
+            log("prior correction (logits += log p_train/p_seen): "
+                + ", ".join(f"{n} {b:+.2f}" for n, b in zip(self.class_map.names, self.logit_bias)))
 
         torch.manual_seed(ctx.seed)
         self.net = self._build_net().to(ctx.device)
@@ -316,7 +335,10 @@ class KPConvXModel:
             x, f, b = self._inputs(regions, [feats], None, angle=2 * np.pi * vote / votes)
             with torch.no_grad(), amp_autocast(cfg.optim, device):
                 logits = self._forward(x, f, b, device)
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            logits = logits.float()
+            if self.logit_bias is not None:
+                logits = logits + torch.from_numpy(self.logit_bias).to(logits.device)
+            return torch.softmax(logits, dim=1).cpu().numpy()
 
         return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
                                 block_points=cfg.block_points,
@@ -345,7 +367,8 @@ class KPConvXModel:
                             for k, v in dataclasses.asdict(self.net_cfg).items()},
                 "in_channels": self.in_channels, "num_classes": self.class_map.num_classes,
                 "geometric_columns": self.geo_cols, "feature_columns": self.pt_cols,
-                "mean": self.mean.tolist(), "std": self.std.tolist(), "class_counts": self.class_counts}
+                "mean": self.mean.tolist(), "std": self.std.tolist(), "class_counts": self.class_counts,
+                "logit_bias": None if self.logit_bias is None else self.logit_bias.tolist()}
         (Path(folder) / "kpconvx_model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
@@ -363,6 +386,8 @@ class KPConvXModel:
         model.mean = np.asarray(meta["mean"], np.float32)
         model.std = np.asarray(meta["std"], np.float32)
         model.class_counts = meta.get("class_counts")
+        bias = meta.get("logit_bias")
+        model.logit_bias = None if bias is None else np.asarray(bias, np.float32)
         model.net = model._build_net()
         state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         model.net.load_state_dict(state)

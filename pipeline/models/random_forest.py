@@ -1,27 +1,35 @@
 """Baseline: a scikit-learn random forest on mined geometric features.
 
 Features per point (``data.features.compute_features``): covariance shape features at
-several k-NN scales, height above local minima, intensity and return features. Training
-draws at most ``samples_per_class`` points of each class from all training files
-(class-balanced), so training time does not grow with the data.
+several k-NN (and optional radius) scales, height above local minima and above a
+morphological ground model, intensity and return features.
+
+Training draws a bounded sample of the labelled points, so training time does not grow with
+the data: ``sampling: proportional`` (default) draws ``max_samples`` points uniformly, which
+keeps the classes' training priors; ``sampling: balanced`` draws at most
+``samples_per_class`` points of each class and, with ``prior_correction``, rescales the
+predicted probabilities by ``prior_train / prior_sample`` (renormalised), which undoes the
+flattened priors of the sample (and of ``balanced`` class weights) at prediction time.
 """
 from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
-from data.io import read_cloud
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 
-from .base import TrainContext, reference_codes
+from pipeline.datasets import LabelledFile
+from pipeline.priors import prior_log_ratio
+
+from .base import TrainContext
 
 
 @dataclass
@@ -34,12 +42,21 @@ class FeatureConfig:
     intensity: bool = False       # raw intensity differs between sensors and surveys
     returns: bool = True
     normals: bool = False         # normal_x/y/z depend on orientation; verticality is kept
+    ground: bool = True           # height above a morphological ground model ('hag_ground')
+    ground_cell: float = 1.0      # metres, its grid
+    ground_window: float = 24.0   # metres, the largest object (building) it removes
+    coarse_cells: list[float] = field(default_factory=list)   # metres: context scales (grid subsampling)
+    coarse_k: int = 16
 
     def __post_init__(self) -> None:
         if any(k < 3 for k in self.k):
             raise UserError(f"features.k: every k must be >= 3, got {self.k}")
-        if any(r <= 0 for r in self.radii) or any(c <= 0 for c in self.height_cells):
+        if any(not r > 0 for r in self.radii) or any(not c > 0 for c in self.height_cells):
             raise UserError("features.radii / features.height_cells: sizes must be > 0")
+        if not (self.ground_cell > 0 and self.ground_window > 0):
+            raise UserError("features.ground_cell / features.ground_window must be > 0")
+        if any(not g > 0 for g in self.coarse_cells) or self.coarse_k < 3:
+            raise UserError("features.coarse_cells must be > 0 and features.coarse_k >= 3")
         if not (self.k or self.radii):
             raise UserError("features: give at least one k or radius")
 
@@ -49,7 +66,9 @@ def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
 
     names, values = compute_features(cloud, k=tuple(cfg.k), radii=tuple(cfg.radii),
                                      height_cells=tuple(cfg.height_cells), intensity=cfg.intensity,
-                                     returns=cfg.returns)
+                                     returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
+                                     ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
+                                     coarse_k=cfg.coarse_k)
     if cfg.normals:
         return names, values
     keep = [i for i, name in enumerate(names) if "_normal_" not in name]
@@ -68,13 +87,16 @@ class RandomForestModel:
         max_depth: int | None = 24
         min_samples_leaf: int = 2
         max_features: float = 0.3
-        samples_per_class: int = 30000
-        balanced: bool = True          # class_weight='balanced_subsample' on the sampled points
+        sampling: Literal["proportional", "balanced"] = "proportional"
+        max_samples: int = 200_000     # proportional: points drawn uniformly from all labelled points
+        samples_per_class: int = 30000  # balanced: points drawn per class
+        balanced: bool = False         # class_weight='balanced_subsample' on the sampled points
+        prior_correction: bool = True  # undo the sample's (and class weights') priors at prediction
         n_jobs: int = -1
 
         def __post_init__(self) -> None:
-            if self.n_estimators < 1 or self.samples_per_class < 1:
-                raise UserError("n_estimators and samples_per_class must be >= 1")
+            if self.n_estimators < 1 or self.samples_per_class < 1 or self.max_samples < 1:
+                raise UserError("n_estimators, max_samples and samples_per_class must be >= 1")
             if not 0 < self.max_features <= 1:
                 raise UserError(f"max_features must be in (0, 1], got {self.max_features}")
 
@@ -83,46 +105,63 @@ class RandomForestModel:
         self.class_map = class_map
         self.feature_names: list[str] | None = None
         self.estimator: Any = None
+        self.prior_ratio: np.ndarray | None = None   # [C] prior_train / prior_sample
 
     # -- training ---------------------------------------------------------------------
-    def fit(self, train: list[Path], val: list[Path], ctx: TrainContext) -> dict[str, Any]:
+    def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
         from sklearn.ensemble import RandomForestClassifier
 
         cfg = self.config
+        C = self.class_map.num_classes
         rng = np.random.default_rng(ctx.seed)
         xs, ys = [], []
-        for path in progress(train, "features (train)", unit="file"):
-            cloud = read_cloud(path)
-            labels = self.class_map.encode(reference_codes(cloud), path)
+        for item in progress(train, "features (train)", unit="file"):
+            cloud, labels = item.read()
             names, feats = mine(cloud, cfg.features)
-            self._check_names(names, path)
+            self._check_names(names, item.path)
             keep = labels != IGNORE
             xs.append(feats[keep])
             ys.append(labels[keep])
         x, y = np.concatenate(xs), np.concatenate(ys)
-        idx = _balanced_sample(y, cfg.samples_per_class, rng)
+        if not len(y):
+            raise UserError("random_forest: the training files hold no labelled point (every code is ignored?)")
+        if cfg.sampling == "balanced":
+            idx = _balanced_sample(y, cfg.samples_per_class, rng)
+        else:
+            idx = np.sort(rng.permutation(len(y))[:cfg.max_samples])
         n_trees = cfg.n_estimators if ctx.limit_steps is None else max(1, min(cfg.n_estimators, ctx.limit_steps))
-        log(f"random forest: {n_trees} trees on {len(idx):,} of {len(y):,} labelled points, "
-            f"{x.shape[1]} features")
+        log(f"random forest: {n_trees} trees on {len(idx):,} of {len(y):,} labelled points "
+            f"({cfg.sampling} sample), {x.shape[1]} features")
         self.estimator = RandomForestClassifier(
             n_estimators=n_trees, max_depth=cfg.max_depth, min_samples_leaf=cfg.min_samples_leaf,
             max_features=cfg.max_features, n_jobs=cfg.n_jobs, random_state=ctx.seed,
             class_weight="balanced_subsample" if cfg.balanced else None)
         self.estimator.fit(x[idx], y[idx])
-        present = np.bincount(y, minlength=self.class_map.num_classes)
+        present = np.bincount(y, minlength=C)
+        seen = np.bincount(y[idx], minlength=C).astype(np.float64)
+        if cfg.balanced:   # balanced_subsample weights each class to the same total, as a balanced sample
+            seen = (seen > 0).astype(np.float64)
+        self.prior_ratio = np.exp(prior_log_ratio(present, seen)) if cfg.prior_correction else None
+        importances = sorted(zip(self.feature_names, self.estimator.feature_importances_.tolist()),
+                             key=lambda t: -t[1])
+        log("most important features: " + ", ".join(f"{n} {v:.3f}" for n, v in importances[:8]))
         summary: dict[str, Any] = {"train_points": int(len(y)), "sampled_points": int(len(idx)), "trees": n_trees,
                                    "features": self.feature_names,
+                                   "feature_importances": {n: round(v, 5) for n, v in importances},
                                    "train_class_counts": dict(zip(self.class_map.names, present.tolist()))}
         if val:
             from pipeline.evaluation import confusion_matrix, metrics_from_confusion
 
-            cm = np.zeros((self.class_map.num_classes,) * 2, dtype=np.int64)
-            for path in progress(val, "validation", unit="file"):
-                cloud = read_cloud(path)
-                ref = self.class_map.encode(reference_codes(cloud), path)
-                cm += confusion_matrix(ref, self.predict_proba(cloud).argmax(1), self.class_map.num_classes)
-            summary["val_miou"] = metrics_from_confusion(cm, self.class_map.names)["miou"]
-            log(f"validation mIoU {summary['val_miou']:.4f}")
+            cm = np.zeros((C, C), dtype=np.int64)
+            for item in progress(val, "validation", unit="file"):
+                cloud, ref = item.read()
+                if (ref != IGNORE).any():
+                    cm += confusion_matrix(ref, self.predict_proba(cloud).argmax(1), C)
+            m = metrics_from_confusion(cm, self.class_map.names)
+            summary["val_miou"] = m["miou"]
+            summary["val_iou"] = {n: round(v["iou"], 4) for n, v in m["per_class"].items() if v["support"]}
+            log(f"validation mIoU {m['miou']:.4f} (" + ", ".join(f"{n} {v:.3f}" for n, v in summary['val_iou'].items())
+                + ")")
         return summary
 
     def _check_names(self, names: list[str], path: object) -> None:
@@ -142,12 +181,16 @@ class RandomForestModel:
         for start in range(0, len(cloud), chunk):
             part = self.estimator.predict_proba(feats[start:start + chunk])
             proba[start:start + chunk][:, self.estimator.classes_] = part
+        if self.prior_ratio is not None:
+            proba *= self.prior_ratio
+            proba /= np.maximum(proba.sum(1, keepdims=True), 1e-12)
         return proba
 
     # -- bundle -------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         with open(folder / "random_forest.pkl", "wb") as f:
-            pickle.dump({"estimator": self.estimator, "feature_names": self.feature_names}, f,
+            pickle.dump({"estimator": self.estimator, "feature_names": self.feature_names,
+                         "prior_ratio": None if self.prior_ratio is None else self.prior_ratio.tolist()}, f,
                         protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
@@ -156,6 +199,8 @@ class RandomForestModel:
         with open(folder / "random_forest.pkl", "rb") as f:
             state = pickle.load(f)
         model.estimator, model.feature_names = state["estimator"], state["feature_names"]
+        ratio = state.get("prior_ratio")
+        model.prior_ratio = None if ratio is None else np.asarray(ratio, np.float32)
         if hasattr(model.estimator, "n_jobs"):
             model.estimator.n_jobs = config.n_jobs
         return model

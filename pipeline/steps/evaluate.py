@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.evaluation import evaluate_files
 from pipeline.registry import STEPS
@@ -30,5 +31,15 @@ class EvaluateStep:
                             f"predict step {cfg.predictions!r} must run before this step")
         pairs = ctx.predictions[cfg.predictions]
         preds = [out for _, out in pairs]
-        refs = ctx.resolve_inputs(cfg.reference, f"{key}.reference") if cfg.reference else None
-        evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output)
+        if cfg.reference:
+            labelled = ctx.resolve_labelled(cfg.reference, f"{key}.reference")
+            refs = [f.path for f in labelled]
+            by_stem = {f.path.stem: f.class_map for f in labelled}
+            maps = [by_stem.get(p.stem, ctx.class_map) for p in preds]
+        else:
+            refs = None
+            step = next(s for s in ctx.loaded.spec.steps
+                        if type(s).component_type == "predict" and s.name == cfg.predictions)
+            by_input = {f.path: f.class_map for f in ctx.resolve_labelled(step.inputs, f"{key}.predictions")}
+            maps = [by_input.get(Path(src).resolve(), ctx.class_map) for src, _ in pairs]
+        evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps)

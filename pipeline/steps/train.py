@@ -1,16 +1,32 @@
-"""``type: train``: fit a model component and write ``OUT/NAME.bundle``."""
+"""``type: train``: fit a model component and write ``OUT/NAME.bundle``.
+
+Validation data is either ``val_inputs`` (other files) or ``val_split`` (blocks carved out
+of the training files, :class:`pipeline.datasets.ValSplit`); never both. A validation file
+that a predict step of the same spec also labels is reported as a warning, since a model
+picked on it is then scored on the data that chose it.
+"""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from pipeline.bundle import save_bundle
+from pipeline.datasets import ValSplit, split_files
 from pipeline.models import base
 from pipeline.progress import log
 from pipeline.registry import MODELS, STEPS
 from pipeline.schema import Component, SpecError
 
 from .. import models as _models  # noqa: F401  (registers model types)
+
+
+def _summary_line(summary: dict) -> str:
+    """A short human summary of a training (the full summary is in the bundle's bundle.json)."""
+    parts = []
+    for key, fmt in (("steps", "{} steps"), ("trees", "{} trees"), ("best_val_miou", "best val mIoU {:.4f}"),
+                     ("val_miou", "val mIoU {:.4f}"), ("best_step", "at step {}")):
+        if summary.get(key) is not None:
+            parts.append(fmt.format(summary[key]))
+    return ", ".join(parts)
 
 
 @STEPS.register("train")
@@ -20,26 +36,41 @@ class TrainStep:
         model: Component(MODELS)
         inputs: str | list[str] = "train"           # dataset name(s) from 'inputs', or globs
         val_inputs: str | list[str] | None = None   # held-out files for validation mIoU
+        val_split: ValSplit | None = None           # or: validation blocks carved out of 'inputs'
         name: str = "model"                         # bundle: OUT/NAME.bundle
 
     @staticmethod
     def check(cfg: "TrainStep.Config", loaded, key: str) -> None:
         if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
             raise SpecError(str(loaded.path), f"{key}.name", f"{cfg.name!r} is not a plain file name")
+        if cfg.val_inputs and cfg.val_split is not None:
+            raise SpecError(str(loaded.path), f"{key}.val_split",
+                            "give either val_inputs (other files) or val_split (blocks of the training files)")
 
     @staticmethod
     def run(cfg: "TrainStep.Config", ctx, key: str) -> None:
-        train = ctx.resolve_inputs(cfg.inputs, f"{key}.inputs")
-        val = ctx.resolve_inputs(cfg.val_inputs, f"{key}.val_inputs") if cfg.val_inputs else []
+        train = ctx.resolve_labelled(cfg.inputs, f"{key}.inputs")
+        if cfg.val_split is not None:
+            train, val = split_files(train, cfg.val_split)
+        else:
+            val = ctx.resolve_labelled(cfg.val_inputs, f"{key}.val_inputs") if cfg.val_inputs else []
+        predicted = {p for s in ctx.loaded.spec.steps if type(s).component_type == "predict"
+                     for p in ctx.resolve_inputs(s.inputs, key)}
+        leaked = sorted({f.path.name for f in val if f.path in predicted and cfg.val_split is None})
+        if leaked:
+            log(f"warning: {key}: validation file(s) {', '.join(leaked)} are also labelled by a predict step; "
+                "the weights are then picked on the data that scores them (use val_split)")
         entry = MODELS.for_config(cfg.model)
         model = entry.target(cfg.model, ctx.class_map)
         work = ctx.out_dir / f"{cfg.name}.work"
         tctx = base.TrainContext(device=ctx.device, limit_steps=ctx.limit_steps, seed=ctx.seed, work_dir=work,
                                  resume=ctx.resume)
-        log(f"training {entry.name} on {len(train)} file(s)" + (f", validating on {len(val)}" if val else ""))
+        how = (f", validating on {cfg.val_split.fraction:.0%} of their points in {cfg.val_split.block:g} m blocks"
+               if cfg.val_split is not None else (f", validating on {len(val)}" if val else ""))
+        log(f"training {entry.name} on {len(train)} file(s){how}")
         summary = model.fit(train, val, tctx)
-        summary["train_files"] = [p.name for p in train]
-        summary["val_files"] = [p.name for p in val]
+        summary["train_files"] = [f.label for f in train]
+        summary["val_files"] = [f.label for f in val]
         path = save_bundle(ctx.out_dir / f"{cfg.name}.bundle", model, ctx.class_map, summary)
         ctx.bundles[cfg.name] = path
-        log(f"bundle -> {path}  ({json.dumps({k: v for k, v in summary.items() if 'val' in k})})")
+        log(f"bundle -> {path}" + (f"  ({line})" if (line := _summary_line(summary)) else ""))
