@@ -32,8 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a spec value by dotted path, VALUE parsed as YAML (repeatable)")
     p.add_argument("--out", help="output folder (default: the spec's 'output')")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--limit-steps", type=int, metavar="N", help="cap the optimisation steps of every training step")
+    p.add_argument("--limit-steps", type=int, metavar="N",
+                   help="a trial: every training step runs N optimisation steps, its schedule (warm-up "
+                        "included) scaled to N")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop every training step after step N with a checkpoint (schedule unchanged; "
+                        "continue with --resume)")
     p.add_argument("--resume", action="store_true", help="resume training from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again from step 0 where the output folder holds an earlier training's checkpoint")
     _common(p)
 
     p = sub.add_parser("predict", help="label point clouds with a trained model bundle",
@@ -135,15 +142,22 @@ def main(argv: list[str] | None = None) -> int:
 
     set_quiet(args.quiet)
     try:
+        from data.atomic import check_folder_target
+
+        if getattr(args, "out", None):
+            check_folder_target(args.out, "--out")
         if args.command == "run":
             from pipeline.runner import run_spec
 
-            ctx = run_spec(args.spec, args.overrides, args.out, args.device, args.limit_steps, args.resume)
+            ctx = run_spec(args.spec, args.overrides, args.out, args.device, args.limit_steps, args.resume,
+                           args.stop_after, args.overwrite)
             print(f"done: outputs in {ctx.out_dir}")
         elif args.command == "validate":
+            from pipeline.runner import check_inputs
             from pipeline.spec import load_spec
 
             loaded = load_spec(args.spec, args.overrides)
+            check_inputs(loaded)
             print(f"{loaded.path}: valid ({len(loaded.spec.steps)} steps, "
                   f"{loaded.class_map.num_classes} classes)")
         elif args.command == "inspect":
@@ -154,21 +168,22 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.predict import predict_files
             from pipeline.runner import resolve_device
 
-            model, class_map, _ = load_bundle(args.model, args.overrides)
+            device = resolve_device(args.device)
+            model, class_map, meta = load_bundle(args.model, args.overrides)
             inputs = expand_patterns(args.input, None, "--input")
-            pairs = predict_files(model, class_map, inputs, Path(args.out), device=resolve_device(args.device),
-                                  probabilities=args.probabilities, fmt=args.format)
+            pairs = predict_files(model, class_map, inputs, Path(args.out), device=device,
+                                  probabilities=args.probabilities, fmt=args.format,
+                                  train_density=meta.get("summary", {}).get("train_density"))
             print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}")
         elif args.command == "evaluate":
-            from pipeline.evaluation import evaluate_files
+            from pipeline.evaluation import evaluate_files, summary_line
             from pipeline.inputs import expand_patterns
 
             preds = expand_patterns(args.pred, None, "--pred")
             refs = expand_patterns(args.ref, None, "--ref") if args.ref else None
             class_map = _class_map_from(args.classes) if args.classes else None
             report = evaluate_files(preds, refs, class_map, Path(args.out))
-            print(f"OA {report['overall_accuracy']:.4f}  mIoU {report['miou']:.4f}  kappa {report['kappa']:.4f}  "
-                  f"({report['num_points']:,} points) -> {Path(args.out).resolve()}")
+            print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

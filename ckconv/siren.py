@@ -209,22 +209,21 @@ class SIRENKernelND(nn.Module):
         """Evaluate the kernel for an input with spatial size ``seq_lens`` (s_0, .., s_{D-1}).
 
         Returns ``(kernel, grid)``: kernel ``[1, *K, out_dim]`` (``[B, *K, out_dim]`` with
-        conditioning ``[B, cond_dim]``), float32, ``K_i = 2*s_i - 1`` for the default double
+        conditioning ``[B, cond_dim]``; without conditioning a FiLM kernel behaves as the plain
+        SIREN), float32, ``K_i = 2*s_i - 1`` for the default double
         grid; grid ``[1, *K, data_dim]``. ``spacing``/``grid_type``/``causal``: see
         :func:`ckconv.grid.make_grid`.
         """
         seq_lens = tuple(int(s) for s in per_axis(seq_lens, self.data_dim, "seq_lens"))
-        if (conditioning is None) != (self.film_generator is None):
-            raise ValueError(
-                "conditioning must be given exactly when the kernel network has film_cfg"
-            )
+        if conditioning is not None and self.film_generator is None:
+            raise ValueError("conditioning was given, but the kernel network has no film_cfg")
         self.apply_constraints_()
         device = self.out_linear.weight.device
         with torch.autocast(device_type=device.type, enabled=False):
             grid = self.grid(seq_lens, spacing=spacing, grid_type=grid_type, causal=causal)
             assert grid.dtype == torch.float32, "kernel grids must be float32"
-            films = None
-            if self.film_generator is not None:
+            films = None   # conditioning None: the plain SIREN, FiLM skipped (even with film_cfg)
+            if conditioning is not None:
                 films = self.film_generator(conditioning.float())
                 films = iter(films)
             h = self._embed(grid)

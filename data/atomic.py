@@ -48,3 +48,28 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def check_folder_target(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output folder that cannot be one (an existing file)."""
+    from .errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path}: exists and is not a folder")
+    return path
+
+
+def make_folder(path: str | os.PathLike, what: str) -> Path:
+    """``mkdir -p`` with a clear ``UserError`` naming ``what`` (an option or spec key) when the
+    folder cannot be made: an existing file in the way, no permission, a read-only disk."""
+    from .errors import UserError
+
+    path = check_folder_target(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: the folder is not writable")
+    return path

@@ -1,9 +1,12 @@
 """Rasters (2-D) and voxel grids (3-D) from point clouds, vectorised (NumPy only).
 
-Alignment: cells are aligned to whole multiples of the cell size in the input CRS. Column
-``c`` spans ``x in [(col0 + c) * s, (col0 + c + 1) * s)``; rows run from north to south like
-a GeoTIFF: row ``r`` spans ``y in [(top - r) * s, (top - r + 1) * s)`` with
-``top = max floor(y / s)``. A point belongs to the cell holding ``floor(x / s), floor(y / s)``.
+Alignment: cells are aligned to whole multiples of the cell size in the input CRS and are
+half-open, as GDAL's: column ``c`` spans ``x in [(col0 + c) * s, (col0 + c + 1) * s)``; rows
+run from north to south like a GeoTIFF: row ``r`` spans ``y in [(top - r) * s, (top - r + 1) * s)``.
+The grid spans ``[floor(min / s) * s, ceil(max / s) * s]`` per axis, and a point lying exactly
+on that upper edge (a 50 m tile's points at ``x = 770550``) belongs to the last cell, not to
+a cell of its own: adjacent tiles' rasters abut without overlapping (a 50 m tile at 1 m is
+50 x 50 cells, not 51 x 51). Otherwise a point belongs to the cell ``floor(x / s), floor(y / s)``.
 
 ::
 
@@ -67,9 +70,10 @@ class Grid2D:
             raise ValueError(f"cell_size must be > 0, got {cell_size}")
         if len(xy) == 0:
             raise ValueError("cannot build a grid around zero points")
-        ij = np.floor(np.asarray(xy[:, :2], dtype=np.float64) / cell_size).astype(np.int64)
-        lo, hi = ij.min(0), ij.max(0)
-        return cls(float(cell_size), int(lo[0]), int(hi[1]), int(hi[1] - lo[1] + 1), int(hi[0] - lo[0] + 1))
+        q = np.asarray(xy[:, :2], dtype=np.float64) / cell_size
+        lo = np.floor(q.min(0)).astype(np.int64)
+        hi = np.maximum(np.ceil(q.max(0)).astype(np.int64), lo + 1)    # exclusive upper cell index
+        return cls(float(cell_size), int(lo[0]), int(hi[1] - 1), int(hi[1] - lo[1]), int(hi[0] - lo[0]))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,8 +86,14 @@ class Grid2D:
         return (s, 0.0, self.col0 * s, 0.0, -s, (self.row_top + 1) * s)
 
     def cell_of(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row, col) of every point (may be outside the grid for foreign points)."""
-        ij = np.floor(np.asarray(xy[:, :2], dtype=np.float64) / self.cell_size).astype(np.int64)
+        """(row, col) of every point (may be outside the grid for foreign points).
+
+        A point exactly on the grid's east or north edge goes to the last column / first row.
+        """
+        q = np.asarray(xy[:, :2], dtype=np.float64) / self.cell_size
+        ij = np.floor(q).astype(np.int64)
+        end = np.array([self.col0 + self.cols, self.row_top + 1])
+        ij -= (ij == end) & (q == end)
         return self.row_top - ij[:, 1], ij[:, 0] - self.col0
 
     def flat_index(self, xy: np.ndarray) -> np.ndarray:

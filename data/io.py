@@ -57,9 +57,26 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+def _regular(path: Path) -> None:
+    """A FIFO, a device or a folder given as a cloud is refused before it is opened (a FIFO
+    would block the read forever)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(path, "is not a regular file (a folder, FIFO or device)")
+
+
 def read_cloud(path: str | os.PathLike) -> PointCloud:
     """Read a LAS/LAZ/PLY file (by suffix, case-insensitive) into a PointCloud."""
     path = Path(path)
+    _suffix(path)
+    _regular(path)
     if _suffix(path) == ".ply":
         return read_ply(path)
     return read_las(path)
@@ -83,5 +100,7 @@ def write_cloud(cloud: PointCloud, path: str | os.PathLike,
 def read_header_info(path: str | os.PathLike) -> HeaderInfo:
     """Point count, bounds, CRS, point format... without decoding LAS/LAZ points."""
     path = Path(path)
+    _suffix(path)
+    _regular(path)
     info = ply_header_info(path) if _suffix(path) == ".ply" else las_header_info(path)
     return HeaderInfo(**info)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from data.atomic import atomic_path
+from data.atomic import atomic_path, make_folder
 from data.classmap import ClassMap
 from data.io import read_cloud
 
@@ -56,6 +56,29 @@ class FileAudit:
                 "codes": {str(k): v for k, v in self.codes.items()}, "classes": self.classes,
                 "ignored_points": self.ignored, "unknown_codes": {str(k): v for k, v in self.unknown.items()},
                 "role": self.role}
+
+
+def bbox_density(xyz_or_info: Any) -> float:
+    """Points per m^2 of the horizontal bounding box (from a cloud's ``xyz`` or a ``HeaderInfo``)."""
+    if hasattr(xyz_or_info, "point_count"):
+        n, lo, hi = xyz_or_info.point_count, xyz_or_info.mins, xyz_or_info.maxs
+    else:
+        xyz = np.asarray(xyz_or_info)
+        n, lo, hi = len(xyz), xyz.min(0), xyz.max(0)
+    area = max(float((hi[0] - lo[0]) * (hi[1] - lo[1])), 1.0)
+    return n / area
+
+
+def density_warning(name: str, density: float, train: dict[str, float] | None) -> str | None:
+    """A warning when ``density`` is more than 5x away from the training files' median."""
+    if not train or not train.get("median"):
+        return None
+    ratio = density / train["median"]
+    if 1 / DENSITY_RATIO <= ratio <= DENSITY_RATIO:
+        return None
+    return (f"warning: {name}: {density:.2f} points/m2, {max(ratio, 1 / ratio):.0f}x "
+            f"{'sparser' if ratio < 1 else 'denser'} than the training data (median {train['median']:.2f}, "
+            f"{train['min']:.2f}..{train['max']:.2f} points/m2): its predictions may be poor")
 
 
 def audit_file(path: Path, class_map: ClassMap | None = None, role: str = "") -> FileAudit:
@@ -185,7 +208,7 @@ def plot_shares(audits: list[FileAudit], class_map: ClassMap | None, path: Path)
 
 def write_audit(audits: list[FileAudit], warnings: list[str], class_map: ClassMap | None, out_dir: Path) -> None:
     """``inspect.md``, ``inspect.json`` and ``class_shares.png`` in ``out_dir`` (each atomic)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir, "--out")
     data = {"files": [a.to_json() for a in audits], "warnings": warnings,
             "class_map": class_map.to_config() if class_map is not None else None}
     with atomic_path(out_dir / "inspect.json") as tmp:

@@ -88,18 +88,24 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{path}: not a model bundle (no bundle.json inside; train one with 'run.py run SPEC')")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: broken bundle metadata: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: not a {FORMAT} file")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(meta.get("format_version"), int) or not isinstance(meta.get("model"), dict) \
+            or not isinstance(meta.get("class_map"), dict):
+        raise UserError(f"{meta_path}: broken bundle metadata: 'format_version' (integer), 'model' and "
+                        "'class_map' (objects) are required")
+    if meta["format_version"] > FORMAT_VERSION:
         raise UserError(f"{path}: bundle format {meta['format_version']} is newer than this program "
                         f"(reads {FORMAT_VERSION}); update the project")
     try:
         class_map = ClassMap.from_config(meta["class_map"]["classes"], meta["class_map"].get("ignore", ()))
         model_cfg = meta["model"]
         entry = MODELS.get(model_cfg.get("type"), str(meta_path), "model.type")
-    except (KeyError, AttributeError, SpecError) as exc:
+    except (KeyError, AttributeError, TypeError, ValueError, SpecError) as exc:
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
     if overrides:
         allowed = tuple(getattr(entry.target, "predict_options", ()))
@@ -116,8 +122,11 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if overrides:
             raise UserError(f"{path}: --set {' --set '.join(overrides)}: {exc}") from None
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
+    versions = meta.get("versions", {})
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        raise UserError(f"{meta_path}: broken bundle metadata: 'versions' must map names to version strings")
     here = _versions()
-    changed = {k: (v, here[k]) for k, v in meta.get("versions", {}).items()
+    changed = {k: (v, here[k]) for k, v in versions.items()
                if k in here and k != "python" and v.split("+")[0] != here[k].split("+")[0]}
     if changed:
         log(f"warning: {path.name} was written with " + ", ".join(f"{k} {a} (here {b})" for k, (a, b) in changed.items())

@@ -8,7 +8,9 @@ With ``C`` the confusion matrix (rows reference, columns prediction), ``n = sum(
 - mIoU = mean IoU over classes with support > 0 (present in the reference)
 - kappa = (p_o - p_e) / (1 - p_e), p_o = OA, p_e = sum_i (row_i * col_i) / n^2
 
-Undefined ratios (0/0) are 0. Points whose reference code is ignored are not counted.
+Undefined ratios (0/0) are 0 in ``report.json``; ``report.md`` shows "n/a" for a class
+with no reference point and leaves it out of the mean row. Points whose reference code is
+ignored are not counted. ``report.json`` also has ``per_file`` (OA, mIoU, points per file).
 """
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.atomic import atomic_path
+from data.atomic import atomic_path, make_folder
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud
 
-from .progress import log, progress
+from .progress import progress
 
 
 def confusion_matrix(ref: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -67,7 +69,7 @@ def metrics_from_confusion(cm: np.ndarray, names: Sequence[str], ignored_points:
 
 def write_report(report: dict[str, Any], out_dir: Path, title: str = "Evaluation report") -> None:
     """``report.json``, ``report.md`` and ``confusion_matrix.png`` in ``out_dir`` (each atomic)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir, "--out")
     with atomic_path(out_dir / "report.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2), encoding="utf-8")
     with atomic_path(out_dir / "report.md") as tmp:
@@ -88,10 +90,23 @@ def report_markdown(report: dict[str, Any], title: str) -> str:
               f"| ignored points | {report['ignored_points']:,} |", "",
               "## Per class", "",
               "| class | precision | recall | F1 | IoU | support |", "|---|---|---|---|---|---|"]
+    present = [n for n in report["class_names"] if report["per_class"][n]["support"] > 0]
     for name in report["class_names"]:
         m = report["per_class"][name]
-        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
-                     f"{m['iou']:.4f} | {m['support']:,} |")
+        if m["support"] > 0:
+            lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+                         f"{m['iou']:.4f} | {m['support']:,} |")
+        else:   # no reference point: recall and IoU are undefined, and the class is in no mean
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a | 0 |")
+    if present:
+        mean = {k: float(np.mean([report["per_class"][n][k] for n in present]))
+                for k in ("precision", "recall", "f1", "iou")}
+        lines.append(f"| mean over the {len(present)} classes present | {mean['precision']:.4f} | "
+                     f"{mean['recall']:.4f} | {mean['f1']:.4f} | {mean['iou']:.4f} | |")
+    if report.get("per_file"):
+        lines += ["", "## Per file", "", "| file | OA | mIoU | points |", "|---|---|---|---|"]
+        for f in report["per_file"]:
+            lines.append(f"| {f['file']} | {f['overall_accuracy']:.4f} | {f['miou']:.4f} | {f['num_points']:,} |")
     names = report["class_names"]
     lines += ["", "## Confusion matrix (rows: reference, columns: prediction)", "",
               "| reference \\ prediction | " + " | ".join(names) + " |",
@@ -174,11 +189,12 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         codes_pred.append(np.asarray(pred.fields["classification"]))
         codes_ref.append(np.asarray(ref_codes))
         sources.append((pred_path, ref_path or pred_path))
-    if class_map is None:
-        class_map = ClassMap.identity(np.unique(np.concatenate(codes_ref)).tolist())
+    if class_map is None:   # one class per code of the references and the predictions
+        class_map = ClassMap.identity(np.unique(np.concatenate(codes_ref + codes_pred)).tolist())
     num = class_map.num_classes
     cm = np.zeros((num, num), dtype=np.int64)
     ignored = 0
+    per_file = []
     for i, (pc, rc, (pred_path, ref_path)) in enumerate(zip(codes_pred, codes_ref, sources)):
         ref_lab = (ref_maps[i] if ref_maps is not None else class_map).encode(rc, ref_path)
         pred_lab = class_map.encode(pc, pred_path)
@@ -186,11 +202,20 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         ignored += int((~valid).sum())
         if (pred_lab[valid] == IGNORE).any():
             raise DataError(pred_path, "predicts codes that the class map ignores")
-        cm += confusion_matrix(ref_lab, pred_lab, num)
+        file_cm = confusion_matrix(ref_lab, pred_lab, num)
+        cm += file_cm
+        m = metrics_from_confusion(file_cm, class_map.names)
+        per_file.append({"file": pred_path.name, "overall_accuracy": m["overall_accuracy"], "miou": m["miou"],
+                         "num_points": m["num_points"]})
     report = metrics_from_confusion(cm, class_map.names, ignored)
+    report["per_file"] = per_file
     report["files"] = [{"prediction": p.name, "reference": r.name} for p, r in sources]
     report["class_map"] = class_map.to_config()
     write_report(report, out_dir)
-    log(f"evaluation: OA {report['overall_accuracy']:.4f}  mIoU {report['miou']:.4f}  kappa {report['kappa']:.4f} "
-        f"over {report['num_points']:,} points -> {out_dir}")
     return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """``OA ... mIoU ... kappa ... (N points)``: the one line a run or the CLI prints."""
+    return (f"OA {report['overall_accuracy']:.4f}  mIoU {report['miou']:.4f}  kappa {report['kappa']:.4f}  "
+            f"({report['num_points']:,} points)")

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from data.atomic import make_folder
 from data.classmap import ClassMap
-from data.errors import DataError
+from data.errors import DataError, UserError
 from data.io import read_cloud, write_cloud
 from data.pointcloud import PointCloud
 
+from .audit import bbox_density, density_warning
 from .progress import log, progress
 
 
@@ -63,27 +65,59 @@ def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
     return out_dir / f"{path.stem}{suffix}"
 
 
+def _predict_one(model: Any, class_map: ClassMap, path: Path, out_dir: Path, device: str, probabilities: bool,
+                 fmt: str, train_density: dict[str, float] | None, grid_hook: Any) -> tuple[Path, Path]:
+    cloud = read_cloud(path)
+    if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
+        raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
+    warning = density_warning(path.name, bbox_density(cloud.xyz), train_density)
+    if warning:
+        log(warning)
+    proba = model.predict_proba(cloud, device)
+    labelled, extras = labelled_cloud(cloud, proba, class_map, probabilities)
+    target = output_path(path, out_dir, fmt)
+    write_cloud(labelled, target, extra=extras)
+    log(f"{path.name}: {len(cloud):,} points -> {target}")
+    if grid_hook is not None:
+        for written in grid_hook(cloud, out_dir, path.stem, probabilities=probabilities, device=device):
+            log(f"{path.name}: -> {written}")
+    return path, target
+
+
 def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
-                  probabilities: bool = False, fmt: str = "same") -> list[tuple[Path, Path]]:
-    """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+                  probabilities: bool = False, fmt: str = "same",
+                  train_density: dict[str, float] | None = None) -> list[tuple[Path, Path]]:
+    """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
+
+    Each output is written atomically. When file ``k`` fails, files ``1..k-1`` stay (they are
+    complete) and the error says which they are; nothing of file ``k`` is left.
+
+    ``train_density`` (the bundle summary's ``{median, min, max}`` points/m^2 of the training
+    files) makes a file more than 5x sparser or denser than the training data a warning.
+    """
+    targets = {output_path(p, out_dir, fmt).resolve(): p for p in inputs}
+    clash = [p for t, p in targets.items() if t in {q.resolve() for q in inputs}]
+    if clash:
+        raise UserError(f"--out {out_dir}: would overwrite the input {clash[0]} (inputs are never overwritten; "
+                        "choose another output folder)")
     stems = [p.stem for p in inputs]
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:
         raise DataError(inputs[stems.index(dup.pop())], "two inputs share this file stem; outputs would collide")
+    created = not out_dir.exists()
+    make_folder(out_dir, "--out")
     grid_hook = getattr(model, "write_grid_outputs", None)   # grid models: GeoTIFF class maps
     done = []
     for path in progress(inputs, "predict", unit="file"):
-        cloud = read_cloud(path)
-        if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
-            raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
-        proba = model.predict_proba(cloud, device)
-        labelled, extras = labelled_cloud(cloud, proba, class_map, probabilities)
-        target = output_path(path, out_dir, fmt)
-        write_cloud(labelled, target, extra=extras)
-        log(f"{path.name}: {len(cloud):,} points -> {target}")
-        if grid_hook is not None:
-            for written in grid_hook(cloud, out_dir, path.stem, probabilities=probabilities, device=device):
-                log(f"{path.name}: -> {written}")
-        done.append((path, target))
+        try:
+            done.append(_predict_one(model, class_map, path, out_dir, device, probabilities, fmt, train_density,
+                                     grid_hook))
+        except UserError as exc:
+            if not done:
+                if created and not any(out_dir.iterdir()):
+                    out_dir.rmdir()          # a failed run leaves no empty folder it made
+                raise
+            raise UserError(f"{exc}\n(the {len(done)} file(s) before it are complete in {out_dir}: "
+                            f"{', '.join(t.name for _, t in done)}; {path.name} and the "
+                            f"{len(inputs) - len(done) - 1} after it were not written)") from None
     return done

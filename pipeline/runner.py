@@ -5,13 +5,14 @@ defaults, with the resolved input files) before the first step.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from data.atomic import atomic_path
+from data.atomic import atomic_path, make_folder
 from data.classmap import ClassMap
 from data.errors import UserError
 
@@ -30,6 +31,8 @@ class RunContext:
     device: str = "cpu"
     limit_steps: int | None = None
     resume: bool = False
+    stop_after: int | None = None
+    overwrite: bool = False           # train again over a checkpoint left in the output folder
     bundles: dict[str, Path] = field(default_factory=dict)            # train step name -> bundle
     predictions: dict[str, list[tuple[Path, Path]]] = field(default_factory=dict)  # predict name -> [(input, output)]
 
@@ -86,18 +89,46 @@ def resolve_device(device: str | None) -> str:
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from data.errors import UserError
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", str(device)):
+        raise UserError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
+def check_inputs(loaded: LoadedSpec) -> None:
+    """Resolve every input a spec names (its datasets and each step's ``inputs``/``val_inputs``/
+    ``reference``), so that ``validate`` fails where ``run`` would: a glob that matches nothing,
+    a missing ``data_root``, contradictory input entries."""
+    if not loaded.data_root.is_dir():
+        raise UserError(f"{loaded.path}: data_root: {loaded.data_root} is not a folder")
+    ctx = RunContext(loaded, loaded.output_dir())
+    for name in loaded.spec.inputs:
+        ctx.resolve_labelled(name, f"inputs.{name}")
+    for i, step in enumerate(loaded.spec.steps):
+        for key in ("inputs", "val_inputs", "reference"):
+            value = getattr(step, key, None)
+            if value:
+                ctx.resolve_labelled(value, f"steps[{i}].{key}")
+
+
 def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None, device: str | None = None,
-             limit_steps: int | None = None, resume: bool = False) -> RunContext:
+             limit_steps: int | None = None, resume: bool = False, stop_after: int | None = None,
+             overwrite: bool = False) -> RunContext:
+    for flag, value in (("--limit-steps", limit_steps), ("--stop-after", stop_after)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    device = resolve_device(device)
     loaded = load_spec(path, overrides)
-    out_dir = loaded.output_dir(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(loaded, out_dir, resolve_device(device), limit_steps, resume)
+    check_inputs(loaded)
+    out_dir = make_folder(loaded.output_dir(out), "--out" if out else f"{loaded.path}: output")
+    ctx = RunContext(loaded, out_dir, device, limit_steps, resume, stop_after=stop_after, overwrite=overwrite)
     resolved = to_plain(loaded.spec)
     resolved["resolved"] = {"spec_file": str(loaded.path), "data_root": str(loaded.data_root),
                             "output": str(out_dir), "device": ctx.device, "limit_steps": limit_steps,

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from data.errors import UserError
+
+
+#: the largest integer a spec may hold (a 64-bit signed value): sizes, seeds and counts
+MAX_INT = 2**63 - 1
 
 
 class SpecError(UserError):
@@ -138,14 +143,22 @@ def parse(tp: Any, data: Any, key: str = "", source: str = "spec") -> Any:
     if tp is int:
         if isinstance(data, bool) or not isinstance(data, int):
             raise SpecError(source, key, f"expected an integer, got {_short(data)}")
+        if abs(data) > MAX_INT:
+            raise SpecError(source, key, f"integer out of range (|value| <= {MAX_INT})")
         return data
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             raise SpecError(source, key, f"expected a number, got {_short(data)}")
+        if isinstance(data, int) and abs(data) > MAX_INT:
+            raise SpecError(source, key, f"number out of range (|value| <= {MAX_INT})")
+        if not math.isfinite(data):
+            raise SpecError(source, key, f"expected a finite number, got {data}")
         return float(data)
     if tp is str:
         if not isinstance(data, str):
             raise SpecError(source, key, f"expected a string, got {_short(data)}")
+        if not data:
+            raise SpecError(source, key, "expected a non-empty string")
         return data
     raise TypeError(f"schema: unsupported type {tp!r} at {key}")  # a bug in the schema, not user input
 
@@ -166,12 +179,33 @@ def _parse_dataclass(cls: type, data: Any, key: str, source: str) -> Any:
     for name, f in fields.items():
         if name in data:
             values[name] = parse(hints[name], data[name], _join(key, name), source)
+            _check_range(f, values[name], _join(key, name), source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(source, _join(key, name), f"required key is missing (expected {_describe(hints[name])})")
     try:
         return cls(**values)
     except UserError as exc:
         raise SpecError(source, key, str(exc)) from None
+
+
+def at_least(low: float, *, exclusive: bool = False, **kw: Any) -> Any:
+    """A dataclass field whose numbers (the value, or each item of a list) must be ``>= low``
+    (``> low`` with ``exclusive``); the schema checks it and names the key::
+
+        radius: float = at_least(0, exclusive=True, default=10.0)
+    """
+    return dataclasses.field(metadata={"min": low, "exclusive": exclusive}, **kw)
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str, source: str) -> None:
+    low = f.metadata.get("min")
+    if low is None or value is None:
+        return
+    items = value if isinstance(value, (list, tuple)) else [value]
+    excl = f.metadata.get("exclusive", False)
+    for v in items:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (v <= low if excl else v < low):
+            raise SpecError(source, key, f"must be {'>' if excl else '>='} {low:g}, got {v}")
 
 
 def parse_component(registry: Any, data: Any, key: str, source: str) -> Any:

@@ -32,7 +32,7 @@ from data.errors import UserError
 
 from .datasets import InputEntry
 from .registry import STEPS
-from .schema import Component, SpecError, parse
+from .schema import Component, SpecError, at_least, parse
 
 
 @dataclass
@@ -44,11 +44,21 @@ class Spec:
     ignore: list[int] = field(default_factory=list)
     output: str | None = None
     data_root: str = "."
-    seed: int = 0
+    seed: int = at_least(0, default=0)
 
     def __post_init__(self) -> None:
         if not self.steps:
             raise UserError("'steps' is empty: nothing to run")
+        if self.seed >= 2**32:
+            raise UserError(f"seed must be < 2**32 (numpy and scikit-learn seeds), got {self.seed}")
+        for name, items in self.inputs.items():
+            if items == [] or items == "":
+                raise UserError(f"inputs.{name}: empty; give at least one path or glob")
+        for kind in ("train", "predict"):
+            names = [s.name for s in self.steps if type(s).component_type == kind]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise UserError(f"steps: two {kind} steps are named {dup[0]!r}; give each its own 'name'")
 
 
 @dataclass
@@ -82,18 +92,75 @@ class LoadedSpec:
         return (Path.cwd() / "runs" / self.spec.name).resolve()
 
 
+def check_output_name(loaded: "LoadedSpec", key: str, value: str) -> None:
+    """A step's output folder must be a relative path that stays inside the run's output folder
+    (no absolute path, no ``..``): a spec never writes elsewhere (``--out`` on the command line
+    chooses the run folder itself)."""
+    p = Path(value)
+    if not value or p.is_absolute() or ".." in p.parts or value.startswith("~"):
+        raise SpecError(str(loaded.path), key, f"{value!r} must be a relative folder inside the run's output "
+                                               "folder (no absolute path, no '..')")
+
+
+MAX_DEPTH = 32
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate key {dup[0]!r}")
+    return dict(pairs)
+
+
+def _depth(data: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(data, dict):
+        return max([_depth(v, level + 1) for v in data.values()] or [level + 1])
+    if isinstance(data, list):
+        return max([_depth(v, level + 1) for v in data] or [level + 1])
+    return level
+
+
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: spec file not found")
-    text = path.read_text(encoding="utf-8")
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the spec as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the spec ({exc.strerror or exc})") from None
+    try:
+        if kind == "JSON":
+            data = json.loads(text, object_pairs_hook=_unique_json_keys)
         else:
-            data = yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, json.JSONDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: not valid {kind}: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a spec") from None
+    if _depth(data) > MAX_DEPTH:
+        raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels; a spec never is")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a spec must be a mapping of keys (name, classes, inputs, steps, ...)")
     return data

@@ -17,6 +17,7 @@ best score, extra state), ``best.pt`` (model weights of the best validation), ``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import random
 import time
@@ -137,6 +138,11 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def planned_steps(total: int, ctx: Any) -> int:
+    """Steps a training will run: ``total``, or the trial's ``ctx.limit_steps`` when smaller."""
+    return total if ctx.limit_steps is None else min(total, int(ctx.limit_steps))
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -189,7 +195,11 @@ class Trainer:
         device: torch device string.
         work_dir: folder of ``last.pt``, ``best.pt``, ``log.csv`` (None: no files).
         seed: run seed; step ``s`` runs after ``torch.manual_seed(hash(seed, s))``.
-        limit_steps: stop after this many steps in all (``--limit-steps``).
+        limit_steps: a trial run of this many steps in all (``--limit-steps``): training stops
+            there and the schedule (warm-up included, scaled by ``limit / total``) spans the
+            limited run, so a short trial is a small real run, not the start of a long one.
+        stop_after: stop after this many steps in all without changing the schedule
+            (``--stop-after``: a time-boxed job that ``--resume`` continues exactly).
         val_every: validate every N steps (and after the last step) when ``validate`` is given.
         checkpoint_every: write ``last.pt`` every N steps (and after the last step).
         signature: a plain dict describing the run; a checkpoint with another one is refused.
@@ -198,13 +208,19 @@ class Trainer:
     def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int, device: str,
                  work_dir: Path | None, seed: int = 0, limit_steps: int | None = None,
                  val_every: int = 500, checkpoint_every: int = 500,
-                 signature: dict[str, Any] | None = None):
-        self.model, self.cfg, self.device = model, cfg, torch.device(device)
-        self.total_steps = int(total_steps)
-        self.end_step = self.total_steps if limit_steps is None else min(self.total_steps, int(limit_steps))
+                 signature: dict[str, Any] | None = None, stop_after: int | None = None):
+        self.model, self.device = model, torch.device(device)
+        planned = int(total_steps)
+        self.total_steps = planned if limit_steps is None else min(planned, int(limit_steps))
+        if self.total_steps < planned:   # trial: the warm-up and step schedule shrink with the run
+            f = self.total_steps / planned
+            cfg = dataclasses.replace(cfg, warmup_steps=int(round(cfg.warmup_steps * f)),
+                                      step_every=max(1, int(round(cfg.step_every * f))))
+        self.cfg = cfg
+        self.end_step = self.total_steps if stop_after is None else min(self.total_steps, int(stop_after))
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.seed, self.val_every, self.checkpoint_every = int(seed), int(val_every), int(checkpoint_every)
-        self.signature = signature or {}
+        self.signature = {**(signature or {}), "schedule_steps": self.total_steps}
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
@@ -216,6 +232,7 @@ class Trainer:
         self.best_step: int | None = None
         self.history: list[dict[str, Any]] = []
         self.losses: list[float] = []
+        self.elapsed = 0.0          # training seconds before this run (continued on --resume)
 
     # -- checkpoints -------------------------------------------------------------------
     def _path(self, name: str) -> Path | None:
@@ -230,7 +247,7 @@ class Trainer:
                            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                            "scaler": self.scaler.state_dict(), "best_score": self.best_score,
                            "best_step": self.best_step, "history": self.history,
-                           "signature": self.signature}, path)
+                           "elapsed": self.elapsed_now(), "signature": self.signature}, path)
 
     def resume(self) -> bool:
         """Load ``last.pt``; returns False (and starts from step 0) when there is none."""
@@ -238,8 +255,22 @@ class Trainer:
         if path is None or not path.is_file():
             log(f"--resume: no checkpoint in {self.work_dir}; starting from step 0")
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("signature") != self.signature:
+        try:   # tensors and plain containers only: a checkpoint never runs code on load
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling errors, truncated files, foreign formats
+            raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); delete {self.work_dir} "
+                            "or run without --resume") from None
+        if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler"} <= set(state):
+            raise UserError(f"{path}: not a training checkpoint of this project (keys missing)")
+        theirs = state.get("signature") or {}
+        if (theirs.get("schedule_steps") != self.total_steps
+                and {k: v for k, v in theirs.items() if k != "schedule_steps"}
+                == {k: v for k, v in self.signature.items() if k != "schedule_steps"}):
+            raise UserError(f"{path}: this checkpoint's schedule spans {theirs.get('schedule_steps')} steps, this "
+                            f"run's {self.total_steps} (--limit-steps sets the schedule of a trial; "
+                            "--stop-after cuts a run short and keeps its schedule)")
+        if theirs != self.signature:
             raise UserError(f"{path}: this checkpoint was written by a run with other settings "
                             f"({state.get('signature')} != {self.signature}); delete {self.work_dir} "
                             "or run without --resume")
@@ -250,8 +281,13 @@ class Trainer:
         self.step = int(state["step"])
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.history = list(state.get("history", []))
+        self.elapsed = float(state.get("elapsed", 0.0))
         log(f"resumed from {path} at step {self.step}")
         return True
+
+    def elapsed_now(self) -> float:
+        """Training seconds so far, earlier runs of a resumed training included."""
+        return self.elapsed + (time.time() - self._t0 if getattr(self, "_t0", None) is not None else 0.0)
 
     def load_best(self) -> bool:
         """Put the best validated weights into the model, saying so (False when there are none)."""
@@ -272,7 +308,7 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             csv_log = CsvLog(self.work_dir / "log.csv", keep_until=self.step if resume else None)
         start = self.step
-        t0 = time.time()
+        self._t0 = time.time()
         bar = progress(range(start, self.end_step), "training", total=self.end_step - start, unit="step")
         try:
             for step in bar:
@@ -296,7 +332,7 @@ class Trainer:
                 value = float(loss.detach())
                 self.losses.append(value)
                 row: dict[str, Any] = {"step": self.step, "lr": lr, "loss": value, "val_miou": "",
-                                       "seconds": round(time.time() - t0, 3), **info}
+                                       "seconds": round(self.elapsed_now(), 3), **info}
                 last = self.step == self.end_step
                 if validate is not None and (self.step % self.val_every == 0 or last):
                     self.model.eval()

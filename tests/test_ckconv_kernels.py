@@ -193,8 +193,14 @@ def test_film_makes_kernel_batch_dependent():
     k, _ = net((3, 4), torch.randn(2, 6))
     assert k.shape == (2, 5, 7, 8)
     assert not torch.allclose(k[0], k[1])
-    with pytest.raises(ValueError):
-        net((3, 4))  # FiLM kernel needs conditioning
+    # without conditioning a FiLM kernel is the plain SIREN (reference/ckconv.md), FiLM skipped
+    plain = siren()
+    plain.load_state_dict(net.state_dict(), strict=False)
+    k_none, grid = net((3, 4))
+    assert k_none.shape == (1, 5, 7, 8) and grid.shape == (1, 5, 7, 2)
+    assert torch.equal(k_none, plain((3, 4))[0])
+    with pytest.raises(ValueError, match="no film_cfg"):
+        plain((3, 4), torch.randn(2, 6))      # conditioning for a kernel without FiLM
 
 
 def test_kernel_errors():

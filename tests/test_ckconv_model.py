@@ -175,7 +175,7 @@ GRID_TRAIN = ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz", "ign_lidarhd
 GRID_VAL = ["ign_lidarhd/train/mnx_corse.laz"]
 
 
-def _fit(lidar_data, work, limit=None, resume=False, seed=0, steps=6, **cfg):
+def _fit(lidar_data, work, stop=None, resume=False, seed=0, steps=6, **cfg):
     from data.classmap import ClassMap
     from pipeline.models.base import TrainContext
     from pipeline.models.ckconv_model import CKConvGridModel, KernelConfig
@@ -186,7 +186,7 @@ def _fit(lidar_data, work, limit=None, resume=False, seed=0, steps=6, **cfg):
                    batch_size=2, steps=steps, val_every=2, checkpoint_every=100)
     config = CKConvGridModel.Config(**{**options, **cfg})
     model = CKConvGridModel(config, cmap)
-    ctx = TrainContext(device="cpu", limit_steps=limit, seed=seed, work_dir=work, resume=resume)
+    ctx = TrainContext(device="cpu", stop_after=stop, seed=seed, work_dir=work, resume=resume)
     from pipeline.datasets import LabelledFile
 
     summary = model.fit([LabelledFile(lidar_data / f, cmap) for f in GRID_TRAIN],
@@ -223,27 +223,27 @@ def test_trainer_validates_and_keeps_the_best_weights(full_run):
     kept = torch.load(work / "best.pt", weights_only=True)         # the model holds the best weights
     for k, v in model.net.state_dict().items():
         torch.testing.assert_close(v, kept[k], rtol=0, atol=0)
-    last = torch.load(work / "last.pt", weights_only=False)
+    last = torch.load(work / "last.pt", weights_only=True)
     assert last["step"] == 6 and last["best_step"] == summary["best_step"]
 
 
 def test_same_seed_same_losses_other_seed_other_losses(full_run, lidar_data, tmp_path):
     work, _, _ = full_run
-    _fit(lidar_data, tmp_path / "a", limit=3)
+    _fit(lidar_data, tmp_path / "a", stop=3)
     assert [r[:2] for r in _log(tmp_path / "a")] == [r[:2] for r in _log(work)[:3]]
-    _fit(lidar_data, tmp_path / "b", limit=3, seed=1)
+    _fit(lidar_data, tmp_path / "b", stop=3, seed=1)
     assert [r[1] for r in _log(tmp_path / "b")] != [r[1] for r in _log(work)[:3]]
 
 
 def test_resume_continues_like_the_uninterrupted_run(full_run, lidar_data, tmp_path):
     work, _, _ = full_run
-    _, first = _fit(lidar_data, tmp_path, limit=4)               # interrupted after step 4
-    assert first["steps"] == 4 and torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 4
+    _, first = _fit(lidar_data, tmp_path, stop=4)                # --stop-after 4
+    assert first["steps"] == 4 and torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4
     _, summary = _fit(lidar_data, tmp_path, resume=True)         # --resume: steps 5 and 6 only
     assert summary["steps"] == 6 and [h["step"] for h in summary["val_history"]] == [2, 4, 6]
     assert [r[:2] for r in _log(tmp_path)] == [r[:2] for r in _log(work)]
-    ref = torch.load(work / "last.pt", weights_only=False)["model"]
-    got = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    ref = torch.load(work / "last.pt", weights_only=True)["model"]
+    got = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     for k, v in ref.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=0)
     # a checkpoint of other settings is refused

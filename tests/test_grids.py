@@ -156,3 +156,19 @@ def test_cell_aggregate_top_tie_takes_later_point_and_ground_window():
     cells, z = np.array([0, 2, 4]), np.array([1.0, 5.0, 3.0])
     assert ground_estimate(g, cells, z, window=3.0).tolist() == [1.0, 5.0, 3.0]   # cell 2 sees cells 1..3
     assert ground_estimate(g, cells, z, window=5.0).tolist() == [1.0, 1.0, 3.0]   # cell 2 sees cells 0..4
+
+
+def test_adjacent_tiles_mosaic_without_overlap(lidar_data):
+    """Half-open cells, the grid's upper edge closed: the four adjacent 50 m test tiles give
+    rasters that abut exactly (points on a tile's east/north edge stay in its last cell)."""
+    from data.io import read_cloud
+
+    grids = {}
+    for name in ("77050_627755", "77055_627755", "77050_627760", "77055_627760"):
+        cloud = read_cloud(lidar_data / f"ign_lidarhd/test/test_data_{name}_LA93_IGN69.laz")
+        grids[name] = r = rasterize(cloud.xyz, cell_size=1.0)
+        assert r.mask.reshape(-1)[r.point_cell].all() and r.point_cell.max() < r.grid.rows * r.grid.cols
+    west, east = grids["77050_627760"].grid, grids["77055_627760"].grid
+    assert west.col0 + west.cols == east.col0 and (west.rows, west.cols) == (50, 50) == (east.rows, east.cols)
+    south, north = grids["77055_627755"].grid, grids["77055_627760"].grid
+    assert south.row_top + 1 == north.row_top + 1 - north.rows                # rows abut in y too

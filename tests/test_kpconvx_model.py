@@ -167,7 +167,7 @@ def test_resume_continues_from_checkpoint_and_is_deterministic(tmp_path, data_ro
     full = tiny_spec(tmp_path / "full", data_root, val=False)
     part = tiny_spec(tmp_path / "part", data_root, val=False)
     assert cli("run", full, "--limit-steps", "4", "--quiet").returncode == 0
-    res = cli("run", part, "--limit-steps", "2", "--quiet")              # "interrupted" after 2 steps
+    res = cli("run", part, "--limit-steps", "4", "--stop-after", "2", "--quiet")   # time-boxed after 2 steps
     assert res.returncode == 0, res.stderr
     work = part.parent / "out" / "model.work"
     first = read_log(work)
@@ -319,3 +319,14 @@ def test_coverage_memory_is_one_block_not_all_regions():
     assert missing == 0 and np.allclose(proba, 0.5)
     all_regions = total * 20            # int64 row + float32 xyz per member
     assert total > 50 * len(xyz) and peak < 0.15 * all_regions, (peak, all_regions)
+
+
+def test_rerun_over_a_checkpoint_needs_resume_or_overwrite(tmp_path, data_root):
+    spec = tiny_spec(tmp_path / "again", data_root, val=False)
+    assert cli("run", spec, "--limit-steps", "2", "--quiet").returncode == 0
+    res = cli("run", spec, "--limit-steps", "2", "--quiet")
+    assert res.returncode == 2 and "model.work: holds the checkpoint of an earlier training" in res.stderr
+    assert "--resume" in res.stderr and "--overwrite" in res.stderr and "Traceback" not in res.stderr
+    res = cli("run", spec, "--limit-steps", "2", "--overwrite", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert [int(r["step"]) for r in read_log(spec.parent / "out" / "model.work")] == [1, 2]

@@ -148,3 +148,55 @@ def test_broken_bundle_metadata_and_predict_options(run_out, tmp_path):
         (broken / "bundle.json").write_text(json.dumps(meta))
         with pytest.raises(UserError, match=words):
             load_bundle(broken)
+
+
+def test_log_lines_a_newcomer_reads(small_spec, tmp_path, lidar_data):
+    """One short summary per bundle (no raw JSON), one evaluation line, densities warned about."""
+    res = cli("run", small_spec, "--out", tmp_path / "run", "--limit-steps", "2")
+    assert res.returncode == 0, res.stderr
+    bundle_line = next(line for line in res.stderr.splitlines() if line.startswith("bundle -> "))
+    assert "{" not in bundle_line and "2 trees" in bundle_line and "val mIoU" in bundle_line
+    assert res.stderr.count("evaluation: OA") == 1
+    meta = json.loads((tmp_path / "run" / "model.bundle" / "bundle.json").read_text())
+    assert 2 < meta["summary"]["train_density"]["min"] < meta["summary"]["train_density"]["max"] < 20
+    assert set(meta["summary"]["feature_stats"]) == set(meta["summary"]["features"])
+    # the command-line evaluate prints its summary once (stdout), not a second time on stderr
+    res = cli("evaluate", "--pred", tmp_path / "run" / "predictions", "--out", tmp_path / "ev",
+              "--classes", small_spec)
+    assert res.returncode == 0, res.stderr
+    assert (res.stdout + res.stderr).count("mIoU") == 1
+    # a 0.3 points/m2 tile against dense training crops: warned, still labelled
+    tile = next((lidar_data / "ign_lidarhd_1km").glob("*.laz"))
+    res = cli("predict", "--model", tmp_path / "run" / "model.bundle", "--input", tile, "--out", tmp_path / "p")
+    assert res.returncode == 0, res.stderr
+    assert f"warning: {tile.name}: 0." in res.stderr and "sparser than the training data" in res.stderr
+
+
+def test_report_marks_absent_classes_and_scores_each_file(run_out):
+    md = (run_out / "evaluation" / "report.md").read_text()
+    assert "| water | n/a | n/a | n/a | n/a | 0 |" in md and "| bridge | n/a | n/a | n/a | n/a | 0 |" in md
+    report = json.loads((run_out / "evaluation" / "report.json").read_text())
+    present = [n for n, m in report["per_class"].items() if m["support"]]
+    assert f"| mean over the {len(present)} classes present |" in md
+    mean_iou = float(md.split(f"| mean over the {len(present)} classes present |")[1].split("|")[3])
+    assert abs(mean_iou - report["miou"]) < 1e-4                   # the same mean as mIoU
+    assert "## Per file" in md and f"| {Path(TEST_TILE).name} |" in md
+    assert [f["file"] for f in report["per_file"]] == [Path(TEST_TILE).name]
+    assert report["per_file"][0]["num_points"] == report["num_points"]
+
+
+def test_features_step_prefixes_mined_dimensions(tmp_path, lidar_data):
+    spec = {"name": "f", "data_root": str(lidar_data), "output": "out",
+            "classes": {"ground": [2], "building": [6], "other": [1]},
+            "inputs": {"train": ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz"]},
+            "steps": [{"type": "features", "features": {"k": [10]}}]}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = cli("run", path)
+    assert res.returncode == 0, res.stderr
+    out = laspy.read(tmp_path / "out" / "features" / "792000_6272000-50mx100m-left.laz")
+    src = laspy.read(lidar_data / "ign_lidarhd/train/792000_6272000-50mx100m-left.laz")
+    mined = [d for d in out.point_format.extra_dimension_names if d.startswith("feat_")]
+    assert "feat_number_of_returns" in mined and "feat_hag_c2_0" in mined and "feat_hag_ground" in mined
+    np.testing.assert_array_equal(out.number_of_returns, src.number_of_returns)   # the LAS dimension untouched
+    assert f": {len(mined)} features ->" in res.stderr

@@ -31,11 +31,11 @@ def make_problem():
     return net, train_step, validate
 
 
-def run(work, limit, resume=False, seed=3, cfg=None):
+def run(work, limit, resume=False, seed=3, cfg=None, stop=None):
     net, train_step, validate = make_problem()
     trainer = Trainer(net, cfg or OptimConfig(lr=0.01, warmup_steps=2), total_steps=10, device="cpu",
                       work_dir=work, seed=seed, limit_steps=limit, val_every=3, checkpoint_every=100,
-                      signature={"what": "toy"})
+                      signature={"what": "toy"}, stop_after=stop)
     return trainer, trainer.fit(train_step, validate, resume=resume)
 
 
@@ -79,13 +79,35 @@ def test_same_seed_same_losses(tmp_path):
 
 def test_resume_continues_and_matches_uninterrupted_run(tmp_path):
     ref, _ = run(tmp_path / "ref", 8)
-    run(tmp_path / "part", 5)
+    run(tmp_path / "part", 8, stop=5)                          # --stop-after 5: a time-boxed job
     trainer, summary = run(tmp_path / "part", 8, resume=True)
     assert summary["steps"] == 8 and summary["steps_this_run"] == 3
     assert losses(tmp_path / "part") == losses(tmp_path / "ref")
+    with open(tmp_path / "part" / "log.csv", newline="") as f:
+        seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
+    assert seconds == sorted(seconds) and seconds[5] >= seconds[4]     # time continues after --resume
     assert trainer.best_score == ref.best_score and trainer.best_step == ref.best_step
     for a, b in zip(trainer.model.state_dict().values(), ref.model.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_limit_steps_is_a_small_real_run(tmp_path):
+    """--limit-steps scales warm-up and schedule: a 20-step trial of a 3000-step spec leaves
+    the warm-up at once and decays to the floor, instead of being 20 warm-up steps."""
+    net, train_step, _ = make_problem()
+    cfg = OptimConfig(lr=0.01, warmup_steps=200, min_lr_ratio=0.01)
+    trainer = Trainer(net, cfg, total_steps=3000, device="cpu", work_dir=tmp_path, limit_steps=20)
+    assert trainer.total_steps == 20 and trainer.cfg.warmup_steps == 1
+    trainer.fit(train_step)
+    with open(tmp_path / "log.csv", newline="") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert len(lrs) == 20 and lrs[0] == pytest.approx(0.01) and lrs[-1] < 0.001
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # a trial's checkpoint is not resumed as the full run (its schedule was another)
+    net, train_step, _ = make_problem()
+    full = Trainer(net, cfg, total_steps=3000, device="cpu", work_dir=tmp_path)
+    with pytest.raises(UserError, match="schedule spans 20 steps, this run's 3000.*--stop-after"):
+        full.fit(train_step, resume=True)
 
 
 def test_keyboard_interrupt_saves_checkpoint(tmp_path):
@@ -99,7 +121,7 @@ def test_keyboard_interrupt_saves_checkpoint(tmp_path):
     trainer = Trainer(net, OptimConfig(), 10, "cpu", tmp_path, checkpoint_every=100)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(interrupted)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4
 
 
 def test_best_checkpoint_and_signature(tmp_path):

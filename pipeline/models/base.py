@@ -6,15 +6,48 @@ turns one point cloud into class probabilities ``[N, num_classes]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from data.classmap import ClassMap
+from data.errors import UserError
 from data.pointcloud import PointCloud
 from pipeline.datasets import LabelledFile
+
+
+def load_torch_file(folder: Path, name: str) -> Any:
+    """``torch.load`` of a bundle file, tensors and plain containers only (never runs code);
+    a missing, empty, truncated or foreign file is a ``UserError`` naming the bundle."""
+    import torch
+
+    path = Path(folder) / name
+    if not path.is_file():
+        raise UserError(f"{folder}: broken bundle: {name} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors, truncation, foreign formats
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{folder}: broken bundle: {name} is not a weights file of this project ({detail})") from None
+
+
+def load_weights(net: Any, state: Any, folder: Path, name: str) -> None:
+    """``net.load_state_dict(state)`` with a clear error for missing, extra or wrong-shaped weights."""
+    import torch
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{folder}: broken bundle: {name} does not hold a mapping of tensors")
+    own = net.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or wrong:
+        parts = ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {extra[:3]}"] if extra else []) \
+            + ([f"wrong shape {wrong[0]}: {tuple(state[wrong[0]].shape)} for {tuple(own[wrong[0]].shape)}"]
+               if wrong else [])
+        raise UserError(f"{folder}: {name} does not fit the bundle's model config ({'; '.join(parts)})")
+    net.load_state_dict(state)
 
 
 @dataclass
@@ -22,11 +55,11 @@ class TrainContext:
     """What a training run may use beyond the data: device, budget, seed, scratch folder."""
 
     device: str = "cpu"
-    limit_steps: int | None = None     # cap on optimisation steps (--limit-steps)
+    limit_steps: int | None = None     # trial run of this many steps, schedule scaled (--limit-steps)
+    stop_after: int | None = None      # stop after this many steps, schedule kept (--stop-after)
     seed: int = 0
     work_dir: Path | None = None       # checkpoints and logs
     resume: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class PointModel(Protocol):

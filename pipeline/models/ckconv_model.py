@@ -57,12 +57,13 @@ from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
-from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, seed_everything, step_rng
+from pipeline.training import (OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, seed_everything,
+                               step_rng)
 
 from pipeline.datasets import LabelledFile
 from pipeline.priors import prior_log_ratio
 
-from .base import TrainContext
+from .base import TrainContext, load_torch_file, load_weights
 
 KernelType = Literal["SIRENKernelND", "BlockDiagonalLearnableOmegaSIRENKernelND"]
 
@@ -280,7 +281,7 @@ class CKConvGridModel:
         self.logit_bias = prior_log_ratio(counts, seen) if cfg.prior_correction else None
         n_params = sum(p.numel() for p in net.parameters())
         log(f"ckconv_grid ({cfg.mode}): {len(grids)} grids, {int(counts.sum()):,} labelled cells, "
-            f"{n_params:,} parameters, {cfg.steps} steps x {cfg.batch_size} crops on {ctx.device}")
+            f"{n_params:,} parameters, {planned_steps(cfg.steps, ctx)} steps x {cfg.batch_size} crops on {ctx.device}")
 
         def train_step(step: int):
             rng = step_rng(ctx.seed, step)
@@ -308,13 +309,13 @@ class CKConvGridModel:
                 return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
 
         trainer = Trainer(net, cfg.optim, cfg.steps, ctx.device, ctx.work_dir, seed=ctx.seed,
-                          limit_steps=ctx.limit_steps, val_every=cfg.val_every,
+                          limit_steps=ctx.limit_steps, stop_after=ctx.stop_after, val_every=cfg.val_every,
                           checkpoint_every=cfg.checkpoint_every, signature=self._signature())
         result = trainer.fit(train_step, validate, resume=ctx.resume)
         trainer.load_best()
         net.eval()
         recent = trainer.losses[-20:]
-        return {"steps": result["steps"], "total_steps": cfg.steps,
+        return {"steps": result["steps"], "total_steps": trainer.total_steps,
                 "final_loss": float(np.mean(recent)) if recent else None,
                 "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
                 "val_history": result["val_history"], "parameters": n_params,
@@ -414,9 +415,13 @@ class CKConvGridModel:
         import torch
 
         model = cls(config, class_map)
-        state = torch.load(folder / "ckconv_grid.pt", map_location="cpu", weights_only=True)
-        model._build_net(int(state["in_dim"])).load_state_dict(state["state_dict"])
+        state = load_torch_file(folder, "ckconv_grid.pt")
+        if not isinstance(state, dict) or not isinstance(state.get("in_dim"), int) or "state_dict" not in state:
+            raise UserError(f"{folder}: broken bundle: ckconv_grid.pt lacks 'in_dim' / 'state_dict'")
+        load_weights(model._build_net(int(state["in_dim"])), state["state_dict"], folder, "ckconv_grid.pt")
         bias = state.get("logit_bias")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (class_map.num_classes,)):
+            raise UserError(f"{folder}: broken bundle: ckconv_grid.pt 'logit_bias' must hold one value per class")
         model.logit_bias = None if bias is None else bias.numpy().astype(np.float32)
         model.net.eval()
         return model

@@ -48,12 +48,12 @@ from pipeline.registry import MODELS
 from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
                                        SamplingConfig, augment, predict_coverage, rotation_z,
                                        sampled_class_counts)
-from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, step_rng
+from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, step_rng
 
 from pipeline.datasets import LabelledFile
 from pipeline.priors import prior_log_ratio
 
-from .base import TrainContext
+from .base import TrainContext, load_torch_file, load_weights
 
 FEATURES = ("xyz", "intensity", "returns", "height", "ground", "rgb", "nir")
 FeatureName = Literal["xyz", "intensity", "returns", "height", "ground", "rgb", "nir"]
@@ -286,7 +286,7 @@ class KPConvXModel:
         self._device = ctx.device
         n_params = sum(p.numel() for p in self.net.parameters())
         log(f"kpconvx ({cfg.preset}): {n_params:,} parameters, {self.in_channels} input channels, "
-            f"{sum(map(len, labels)):,} training points, {cfg.total_steps} steps x {cfg.batch_size} "
+            f"{sum(map(len, labels)):,} training points, {planned_steps(cfg.total_steps, ctx)} steps x {cfg.batch_size} "
             f"{cfg.sampling.shape}s of radius {cfg.sampling.radius} m on {ctx.device}")
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE,
                                             label_smoothing=cfg.loss.label_smoothing)
@@ -313,12 +313,12 @@ class KPConvXModel:
                 return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
 
         trainer = Trainer(self.net, cfg.optim, cfg.total_steps, ctx.device, ctx.work_dir, seed=ctx.seed,
-                          limit_steps=ctx.limit_steps, val_every=cfg.val_every,
+                          limit_steps=ctx.limit_steps, stop_after=ctx.stop_after, val_every=cfg.val_every,
                           checkpoint_every=cfg.checkpoint_every, signature=self._signature())
         result = trainer.fit(train_step, validate, resume=ctx.resume)
         trainer.load_best()
         self.net.eval()
-        return {"steps": result["steps"], "total_steps": cfg.total_steps, "final_loss": result["final_loss"],
+        return {"steps": result["steps"], "total_steps": trainer.total_steps, "final_loss": result["final_loss"],
                 "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
                 "val_history": result["val_history"], "parameters": n_params,
                 "train_class_counts": dict(zip(self.class_map.names, self.class_counts)),
@@ -379,18 +379,27 @@ class KPConvXModel:
         folder = Path(folder)
         try:
             meta = json.loads((folder / "kpconvx_model.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{folder}: broken KPConvX bundle ({exc})") from None
-        if meta["feature_columns"] != model.pt_cols or meta["in_channels"] != model.in_channels:
+        if not isinstance(meta, dict):
+            raise UserError(f"{folder}: kpconvx_model.json must hold a JSON object")
+        F, C = len(model.pt_cols), class_map.num_classes
+        if meta.get("feature_columns") != model.pt_cols or meta.get("in_channels") != model.in_channels:
             raise UserError(f"{folder}: kpconvx_model.json does not match the bundle's model config")
+        for key, size in (("mean", F), ("std", F), ("logit_bias", C)):
+            v = meta.get(key)
+            if (v is not None or key != "logit_bias") and not (
+                    isinstance(v, list) and len(v) == size and all(isinstance(x, (int, float)) for x in v)):
+                raise UserError(f"{folder}: kpconvx_model.json: {key!r} must be a list of {size} numbers")
+        if meta.get("num_classes", C) != C:
+            raise UserError(f"{folder}: the weights are for {meta.get('num_classes')} classes, the class map has {C}")
         model.mean = np.asarray(meta["mean"], np.float32)
         model.std = np.asarray(meta["std"], np.float32)
         model.class_counts = meta.get("class_counts")
         bias = meta.get("logit_bias")
         model.logit_bias = None if bias is None else np.asarray(bias, np.float32)
         model.net = model._build_net()
-        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        model.net.load_state_dict(state)
+        load_weights(model.net, load_torch_file(folder, "weights.pt"), folder, "weights.pt")
         model.net.eval()
         model._device = "cpu"
         return model

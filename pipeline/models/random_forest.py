@@ -13,7 +13,7 @@ flattened priors of the sample (and of ``balanced`` class weights) at prediction
 """
 from __future__ import annotations
 
-import pickle
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +23,11 @@ import numpy as np
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
-from pipeline.progress import log, progress
-from pipeline.registry import MODELS
-
 from pipeline.datasets import LabelledFile
 from pipeline.priors import prior_log_ratio
+from pipeline.progress import log, progress
+from pipeline.registry import MODELS
+from pipeline.schema import at_least
 
 from .base import TrainContext
 
@@ -36,17 +36,17 @@ from .base import TrainContext
 class FeatureConfig:
     """Options of ``data.features.compute_features``."""
 
-    k: list[int] = field(default_factory=lambda: [10, 30])
-    radii: list[float] = field(default_factory=list)
-    height_cells: list[float] = field(default_factory=lambda: [2.0, 10.0, 30.0])
+    k: list[int] = at_least(3, default_factory=lambda: [10, 30])
+    radii: list[float] = at_least(0, exclusive=True, default_factory=list)
+    height_cells: list[float] = at_least(0, exclusive=True, default_factory=lambda: [2.0, 10.0, 30.0])
     intensity: bool = False       # raw intensity differs between sensors and surveys
     returns: bool = True
     normals: bool = False         # normal_x/y/z depend on orientation; verticality is kept
     ground: bool = True           # height above a morphological ground model ('hag_ground')
-    ground_cell: float = 1.0      # metres, its grid
-    ground_window: float = 24.0   # metres, the largest object (building) it removes
-    coarse_cells: list[float] = field(default_factory=list)   # metres: context scales (grid subsampling)
-    coarse_k: int = 16
+    ground_cell: float = at_least(0, exclusive=True, default=1.0)      # metres, its grid
+    ground_window: float = at_least(0, exclusive=True, default=24.0)   # metres, the largest object it removes
+    coarse_cells: list[float] = at_least(0, exclusive=True, default_factory=list)  # metres: context scales
+    coarse_k: int = at_least(3, default=16)
 
     def __post_init__(self) -> None:
         if any(k < 3 for k in self.k):
@@ -75,6 +75,19 @@ def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
     return [names[i] for i in keep], values[:, keep]
 
 
+def mine_names(cfg: FeatureConfig, available: list[str]) -> list[str]:
+    """The feature names :func:`mine` gives for ``cfg``, restricted to the point features among
+    ``available`` (the LAS fields a file has decide those)."""
+    from data.features import POINT_FEATURES, feature_names
+
+    names = feature_names(k=tuple(cfg.k), radii=tuple(cfg.radii), height_cells=tuple(cfg.height_cells),
+                          intensity=cfg.intensity, returns=cfg.returns,
+                          ground_cell=cfg.ground_cell if cfg.ground else None, coarse_cells=tuple(cfg.coarse_cells),
+                          coarse_k=cfg.coarse_k)
+    names = [n for n in names if n not in POINT_FEATURES or n in available]
+    return names if cfg.normals else [n for n in names if "_normal_" not in n]
+
+
 @MODELS.register("random_forest")
 class RandomForestModel:
     #: Config keys ``run.py predict --set`` may change on a trained bundle.
@@ -83,18 +96,20 @@ class RandomForestModel:
     @dataclass
     class Config:
         features: FeatureConfig = field(default_factory=FeatureConfig)
-        n_estimators: int = 100
-        max_depth: int | None = 24
-        min_samples_leaf: int = 2
+        n_estimators: int = at_least(1, default=100)
+        max_depth: int | None = at_least(1, default=24)
+        min_samples_leaf: int = at_least(1, default=2)
         max_features: float = 0.3
         sampling: Literal["proportional", "balanced"] = "proportional"
-        max_samples: int = 200_000     # proportional: points drawn uniformly from all labelled points
-        samples_per_class: int = 30000  # balanced: points drawn per class
+        max_samples: int = at_least(1, default=200_000)      # proportional: points drawn from all labelled points
+        samples_per_class: int = at_least(1, default=30000)  # balanced: points drawn per class
         balanced: bool = False         # class_weight='balanced_subsample' on the sampled points
         prior_correction: bool = True  # undo the sample's (and class weights') priors at prediction
-        n_jobs: int = -1
+        n_jobs: int = -1               # worker processes (-1: all cores)
 
         def __post_init__(self) -> None:
+            if self.n_jobs == 0 or self.n_jobs < -1:
+                raise UserError(f"n_jobs must be -1 (all cores) or >= 1, got {self.n_jobs}")
             if self.n_estimators < 1 or self.samples_per_class < 1 or self.max_samples < 1:
                 raise UserError("n_estimators, max_samples and samples_per_class must be >= 1")
             if not 0 < self.max_features <= 1:
@@ -148,6 +163,8 @@ class RandomForestModel:
         summary: dict[str, Any] = {"train_points": int(len(y)), "sampled_points": int(len(idx)), "trees": n_trees,
                                    "features": self.feature_names,
                                    "feature_importances": {n: round(v, 5) for n, v in importances},
+                                   "feature_stats": {n: [round(float(m), 5), round(float(sd), 5)] for n, m, sd
+                                                     in zip(self.feature_names, x[idx].mean(0), x[idx].std(0))},
                                    "train_class_counts": dict(zip(self.class_map.names, present.tolist()))}
         if val:
             from pipeline.evaluation import confusion_matrix, metrics_from_confusion
@@ -187,19 +204,67 @@ class RandomForestModel:
         return proba
 
     # -- bundle -------------------------------------------------------------------------
+    #: the only types a bundle's ``random_forest.skops`` may hold beyond skops' own trusted
+    #: set (numpy arrays, scikit-learn estimators): loading refuses anything else, so no code
+    #: stored in a bundle ever runs
+    TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+    WEIGHTS, META = "random_forest.skops", "random_forest.json"
+
     def save(self, folder: Path) -> None:
-        with open(folder / "random_forest.pkl", "wb") as f:
-            pickle.dump({"estimator": self.estimator, "feature_names": self.feature_names,
-                         "prior_ratio": None if self.prior_ratio is None else self.prior_ratio.tolist()}, f,
-                        protocol=pickle.HIGHEST_PROTOCOL)
+        import skops.io as sio
+
+        sio.dump(self.estimator, Path(folder) / self.WEIGHTS)
+        meta = {"feature_names": self.feature_names,
+                "prior_ratio": None if self.prior_ratio is None else self.prior_ratio.tolist()}
+        (Path(folder) / self.META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, config: "RandomForestModel.Config", class_map: ClassMap, folder: Path) -> "RandomForestModel":
+        """Rebuild from ``random_forest.skops`` (types checked against :attr:`TRUSTED_TYPES`
+        before anything is built) and ``random_forest.json``; a clear error naming the bundle
+        for a missing, broken, foreign or mismatched file."""
+        import skops.io as sio
+        from sklearn.ensemble import RandomForestClassifier
+
+        folder = Path(folder)
         model = cls(config, class_map)
-        with open(folder / "random_forest.pkl", "rb") as f:
-            state = pickle.load(f)
-        model.estimator, model.feature_names = state["estimator"], state["feature_names"]
-        ratio = state.get("prior_ratio")
+        weights, meta_path = folder / cls.WEIGHTS, folder / cls.META
+        if (folder / "random_forest.pkl").exists() and not weights.exists():
+            raise UserError(f"{folder}: an old bundle with a pickled forest (random_forest.pkl); pickles can run "
+                            "code and are not loaded: retrain it with this version")
+        for path in (weights, meta_path):
+            if not path.is_file():
+                raise UserError(f"{folder}: broken random-forest bundle: {path.name} is missing")
+        try:
+            untrusted = sio.get_untrusted_types(file=weights)
+        except Exception as exc:  # noqa: BLE001 - any failure to read the archive is a broken bundle
+            raise UserError(f"{folder}: broken random-forest bundle: {weights.name} is not a skops file ({exc})") from None
+        foreign = sorted(set(untrusted) - set(cls.TRUSTED_TYPES))
+        if foreign:
+            raise UserError(f"{folder}: {weights.name} holds type(s) {foreign} that a random-forest bundle never "
+                            "holds; refusing to load it (a tampered bundle?)")
+        try:
+            estimator = sio.load(weights, trusted=list(untrusted))
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{folder}: broken random-forest bundle: {exc}") from None
+        if not isinstance(estimator, RandomForestClassifier):
+            raise UserError(f"{folder}: {weights.name} holds a {type(estimator).__name__}, not a random forest")
+        names, ratio = (meta.get("feature_names"), meta.get("prior_ratio")) if isinstance(meta, dict) else (None, None)
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise UserError(f"{folder}: {meta_path.name}: 'feature_names' must be a list of strings")
+        if getattr(estimator, "n_features_in_", None) != len(names):
+            raise UserError(f"{folder}: the forest takes {getattr(estimator, 'n_features_in_', '?')} features, "
+                            f"{meta_path.name} names {len(names)}")
+        if mine_names(config.features, names) != names:
+            raise UserError(f"{folder}: {meta_path.name}: its features do not match the bundle's feature config")
+        classes = np.asarray(getattr(estimator, "classes_", []))
+        if classes.size and (classes.min() < 0 or classes.max() >= class_map.num_classes):
+            raise UserError(f"{folder}: the forest predicts class indices {classes.tolist()}, the class map has "
+                            f"{class_map.num_classes} classes")
+        if ratio is not None and (not isinstance(ratio, list) or len(ratio) != class_map.num_classes):
+            raise UserError(f"{folder}: {meta_path.name}: 'prior_ratio' must hold one number per class")
+        model.estimator, model.feature_names = estimator, names
         model.prior_ratio = None if ratio is None else np.asarray(ratio, np.float32)
         if hasattr(model.estimator, "n_jobs"):
             model.estimator.n_jobs = config.n_jobs

@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.evaluation import evaluate_files
+from pipeline.evaluation import evaluate_files, summary_line
+from pipeline.progress import log
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError
+from pipeline.spec import check_output_name
 
 
 @STEPS.register("evaluate")
@@ -19,10 +21,16 @@ class EvaluateStep:
 
     @staticmethod
     def check(cfg: "EvaluateStep.Config", loaded, key: str) -> None:
+        check_output_name(loaded, f"{key}.output", cfg.output)
         names = [s.name for s in loaded.spec.steps if type(s).component_type == "predict"]
         if cfg.predictions not in names:
             raise SpecError(str(loaded.path), f"{key}.predictions",
                             f"{cfg.predictions!r} is not a predict step of this spec ({names or 'none'})")
+        here = next(i for i, s in enumerate(loaded.spec.steps) if s is cfg)
+        before = [s.name for s in loaded.spec.steps[:here] if type(s).component_type == "predict"]
+        if cfg.predictions not in before:
+            raise SpecError(str(loaded.path), f"{key}.predictions",
+                            f"predict step {cfg.predictions!r} comes after this evaluate step; move it before")
 
     @staticmethod
     def run(cfg: "EvaluateStep.Config", ctx, key: str) -> None:
@@ -42,4 +50,5 @@ class EvaluateStep:
                         if type(s).component_type == "predict" and s.name == cfg.predictions)
             by_input = {f.path: f.class_map for f in ctx.resolve_labelled(step.inputs, f"{key}.predictions")}
             maps = [by_input.get(Path(src).resolve(), ctx.class_map) for src, _ in pairs]
-        evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps)
+        report = evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps)
+        log(f"evaluation: {summary_line(report)} -> {ctx.out_dir / cfg.output}")

@@ -2,7 +2,10 @@
 
 Useful to inspect features in a viewer (CloudCompare, QGIS) or to feed other tools: each
 input cloud is written to ``OUT/<output>/<stem>.<suffix>`` with every input dimension plus
-one float32 extra dimension per feature (``k10_planarity``, ``hag_c2.0``, ...).
+one float32 extra dimension per feature, named ``feat_<feature>`` with dots as underscores
+(``feat_k10_planarity``, ``feat_hag_c2_0``, ...): the prefix keeps mined features apart from
+the standard LAS dimensions (a mined ``number_of_returns`` would otherwise replace the
+input's own).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pipeline.models.random_forest import FeatureConfig, mine
 from pipeline.predict import output_path
 from pipeline.progress import log, progress
 from pipeline.registry import STEPS
+from pipeline.spec import check_output_name
 
 
 @STEPS.register("features")
@@ -24,6 +28,10 @@ class FeaturesStep:
         output: str = "features"     # folder inside the run's output folder
 
     @staticmethod
+    def check(cfg: "FeaturesStep.Config", loaded, key: str) -> None:
+        check_output_name(loaded, f"{key}.output", cfg.output)
+
+    @staticmethod
     def run(cfg: "FeaturesStep.Config", ctx, key: str) -> None:
         inputs = ctx.resolve_inputs(cfg.inputs, f"{key}.inputs")
         out_dir = ctx.out_dir / cfg.output
@@ -32,5 +40,11 @@ class FeaturesStep:
             cloud = read_cloud(path)
             names, values = mine(cloud, cfg.features)
             target = output_path(path, out_dir)
-            write_cloud(cloud, target, extra={n.replace(".", "_"): values[:, i] for i, n in enumerate(names)})
-            log(f"{path.name}: {len(names)} features -> {target}")
+            extra = {dimension_name(n): values[:, i] for i, n in enumerate(names)}
+            write_cloud(cloud, target, extra=extra)
+            log(f"{path.name}: {len(extra)} features -> {target}")
+
+
+def dimension_name(feature: str) -> str:
+    """The extra-dimension name of a mined feature: ``feat_`` + its name, dots as underscores."""
+    return "feat_" + feature.replace(".", "_")

@@ -9,6 +9,7 @@ from pipeline.bundle import load_bundle
 from pipeline.predict import predict_files
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError
+from pipeline.spec import check_output_name
 
 
 @STEPS.register("predict")
@@ -24,6 +25,7 @@ class PredictStep:
 
     @staticmethod
     def check(cfg: "PredictStep.Config", loaded, key: str) -> None:
+        check_output_name(loaded, f"{key}.output", cfg.output)
         trained = [s.name for s in loaded.spec.steps if type(s).component_type == "train"]
         if cfg.model not in trained and not cfg.model.endswith(".bundle"):
             raise SpecError(str(loaded.path), f"{key}.model",
@@ -38,8 +40,9 @@ class PredictStep:
             bundle = Path(cfg.model)
             if not bundle.is_absolute():
                 bundle = ctx.loaded.folder / bundle
-        model, class_map, _ = load_bundle(bundle)
+        model, class_map, meta = load_bundle(bundle)
         inputs = ctx.resolve_inputs(cfg.inputs, f"{key}.inputs")
         out = ctx.out_dir / cfg.output
         ctx.predictions[cfg.name] = predict_files(model, class_map, inputs, out, device=ctx.device,
-                                                  probabilities=cfg.probabilities, fmt=cfg.format)
+                                                  probabilities=cfg.probabilities, fmt=cfg.format,
+                                                  train_density=meta.get("summary", {}).get("train_density"))

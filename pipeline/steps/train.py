@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import shutil
+
+import numpy as np
+
+from data.errors import UserError
+from data.io import read_header_info
+from pipeline.audit import bbox_density
 from pipeline.bundle import save_bundle
 from pipeline.datasets import ValSplit, split_files
 from pipeline.models import base
@@ -63,12 +70,20 @@ class TrainStep:
         entry = MODELS.for_config(cfg.model)
         model = entry.target(cfg.model, ctx.class_map)
         work = ctx.out_dir / f"{cfg.name}.work"
+        if (work / "last.pt").exists() and not ctx.resume:
+            if not ctx.overwrite:
+                raise UserError(f"{work}: holds the checkpoint of an earlier training; add --resume to continue "
+                                "it or --overwrite to train again from step 0")
+            shutil.rmtree(work)
         tctx = base.TrainContext(device=ctx.device, limit_steps=ctx.limit_steps, seed=ctx.seed, work_dir=work,
-                                 resume=ctx.resume)
+                                 resume=ctx.resume, stop_after=ctx.stop_after)
         how = (f", validating on {cfg.val_split.fraction:.0%} of their points in {cfg.val_split.block:g} m blocks"
                if cfg.val_split is not None else (f", validating on {len(val)}" if val else ""))
         log(f"training {entry.name} on {len(train)} file(s){how}")
+        densities = [bbox_density(read_header_info(f.path)) for f in train]
         summary = model.fit(train, val, tctx)
+        summary["train_density"] = {"median": float(np.median(densities)), "min": float(min(densities)),
+                                    "max": float(max(densities))}
         summary["train_files"] = [f.label for f in train]
         summary["val_files"] = [f.label for f in val]
         path = save_bundle(ctx.out_dir / f"{cfg.name}.bundle", model, ctx.class_map, summary)

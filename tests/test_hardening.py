@@ -1,0 +1,282 @@
+"""Bad input as a careless user or an attacker gives it: exit 2, the file/key named, nothing
+left behind, and no code from a bundle or checkpoint ever runs."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+TRAIN = "ign_lidarhd/train/792000_6272000-50mx100m-left.laz"
+TILE = "ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz"
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def refused(res, *words):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    for w in words:
+        assert w in res.stderr, (w, res.stderr)
+
+
+class Marker:
+    """Unpickling this creates a file: proof that code stored in a file ran."""
+
+    path = ""
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def spec_dict(lidar_data):
+    return {"name": "h", "data_root": str(lidar_data), "output": "out",
+            "classes": {"ground": [2], "vegetation": [3, 4, 5], "building": [6], "other": [1, 64, 67]},
+            "ignore": [7, 9, 17, 65, 66],
+            "inputs": {"train": [TRAIN], "test": [TILE]},
+            "steps": [{"type": "train", "model": {"type": "random_forest", "n_estimators": 2, "max_samples": 3000}},
+                      {"type": "predict", "inputs": "test"}, {"type": "evaluate"}]}
+
+
+def write_spec(folder: Path, data) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rf_bundle(tmp_path_factory, spec_dict):
+    folder = tmp_path_factory.mktemp("rf")
+    res = cli("run", write_spec(folder, spec_dict), "--quiet")
+    assert res.returncode == 0, res.stderr
+    return folder / "out" / "model.bundle"
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- no code runs from a bundle or a checkpoint ---------------------------------------------
+
+def test_bundle_holds_no_pickle(rf_bundle):
+    assert {p.name for p in rf_bundle.iterdir()} == {"bundle.json", "random_forest.skops", "random_forest.json"}
+
+
+def test_a_pickled_forest_is_never_loaded(rf_bundle, tmp_path, lidar_data):
+    bad = copy_bundle(rf_bundle, tmp_path / "pickle.bundle")
+    (bad / "random_forest.skops").unlink()
+    Marker.path = str(tmp_path / "ran")
+    (bad / "random_forest.pkl").write_bytes(pickle.dumps(Marker()))
+    res = cli("predict", "--model", bad, "--input", lidar_data / TILE, "--out", tmp_path / "p")
+    refused(res, "pickle.bundle", "pickled forest", "not loaded")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_skops_file_with_foreign_types_is_refused(rf_bundle, tmp_path, lidar_data):
+    import skops.io as sio
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    bad = copy_bundle(rf_bundle, tmp_path / "tampered.bundle")
+    sio.dump(make_pipeline(FunctionTransformer(os.system)), bad / "random_forest.skops")
+    res = cli("predict", "--model", bad, "--input", lidar_data / TILE, "--out", tmp_path / "p")
+    refused(res, "tampered.bundle", "refusing to load")
+    res = cli("evaluate", "--pred", lidar_data / TILE, "--ref", lidar_data / TILE, "--out", tmp_path / "e",
+              "--classes", bad)
+    refused(res, "tampered.bundle")
+
+
+def test_a_malicious_checkpoint_is_never_unpickled(tmp_path):
+    from data.errors import UserError
+    from pipeline.training import OptimConfig, Trainer
+
+    Marker.path = str(tmp_path / "ran")
+    torch.save({"step": 1, "model": Marker(), "optimizer": {}, "scheduler": {}}, tmp_path / "last.pt")
+    net = torch.nn.Linear(2, 2)
+    trainer = Trainer(net, OptimConfig(), 4, "cpu", tmp_path)
+    with pytest.raises(UserError, match="last.pt: not a readable training checkpoint"):
+        trainer.fit(lambda step: (net(torch.ones(1, 2)).sum(), {}), resume=True)
+    assert not (tmp_path / "ran").exists()
+
+
+# -- broken bundles ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda b: (b / "bundle.json").write_text("[1, 2]"), "expected a JSON object"),
+    (lambda b: (b / "bundle.json").write_bytes(b"\xff\xfe{"), "broken bundle metadata"),
+    (lambda b: _edit_meta(b, format_version="2"), "'format_version' (integer)"),
+    (lambda b: _edit_meta(b, model={"type": "kpconvx"}), "kpconvx_model.json"),
+    (lambda b: _edit_meta(b, versions={"numpy": 1}), "'versions'"),
+    (lambda b: _edit_meta(b, class_map={"classes": {"ground": [2]}, "ignore": []}), "class map has 1 classes"),
+    (lambda b: (b / "random_forest.skops").unlink(), "random_forest.skops is missing"),
+    (lambda b: (b / "random_forest.skops").write_bytes(b""), "not a skops file"),
+    (lambda b: (b / "random_forest.skops").write_bytes((b / "random_forest.skops").read_bytes()[:200]),
+     "not a skops file"),
+    (lambda b: (b / "random_forest.json").write_text('{"feature_names": 3}'), "'feature_names' must be a list"),
+    (lambda b: (b / "random_forest.json").write_text('{"feature_names": ["a"]}'), "names 1"),
+])
+def test_broken_bundles_are_named(rf_bundle, tmp_path, lidar_data, damage, words):
+    bad = copy_bundle(rf_bundle, tmp_path / "broken.bundle")
+    damage(bad)
+    res = cli("predict", "--model", bad, "--input", lidar_data / TILE, "--out", tmp_path / "p")
+    refused(res, "broken.bundle", words)
+    assert not (tmp_path / "p").exists()
+
+
+def _edit_meta(bundle: Path, **changes) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta.update(changes)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_torch_bundles_check_their_weights(tmp_path):
+    from data.classmap import ClassMap
+    from data.errors import UserError
+    from pipeline.bundle import load_bundle, save_bundle
+    from pipeline.models.ckconv_model import CKConvGridModel
+    from pipeline.models.kpconvx_model import KPConvXModel, NetworkOverrides
+
+    cmap = ClassMap.from_config({"a": [1], "b": [2]})
+    cfg = KPConvXModel.Config(network=NetworkOverrides(widths=[8, 16], blocks=[1, 1], neighbor_limits=[8, 8]))
+    model = KPConvXModel(cfg, cmap)
+    model.net = model._build_net()
+    path = save_bundle(tmp_path / "k.bundle", model, cmap, {})
+    assert isinstance(load_bundle(path)[0], KPConvXModel)
+    wide = KPConvXModel(KPConvXModel.Config(network=NetworkOverrides(widths=[8, 32], blocks=[1, 1],
+                                                                     neighbor_limits=[8, 8])), cmap)
+    torch.save(wide._build_net().state_dict(), path / "weights.pt")
+    with pytest.raises(UserError, match=r"k.bundle: weights.pt does not fit .*wrong shape"):
+        load_bundle(path)
+    Marker.path = str(tmp_path / "ran")
+    torch.save({"x": Marker()}, path / "weights.pt")
+    with pytest.raises(UserError, match="weights.pt is not a weights file"):
+        load_bundle(path)
+    assert not (tmp_path / "ran").exists()
+    grid = CKConvGridModel(CKConvGridModel.Config(hidden=4, blocks=1, crop=8), cmap)
+    grid._build_net(6)
+    gpath = save_bundle(tmp_path / "g.bundle", grid, cmap, {})
+    shutil.copy(path / "kpconvx_model.json", gpath / "ckconv_grid.pt")      # a file of another model
+    with pytest.raises(UserError, match="g.bundle: broken bundle: ckconv_grid.pt is not a weights file"):
+        load_bundle(gpath)
+
+
+# -- spec mistakes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s["steps"][0]["model"].update(n_estimators=0), "steps[0].model.n_estimators: must be >= 1"),
+    (lambda s: s["steps"][0]["model"].update(max_depth=-3), "steps[0].model.max_depth: must be >= 1"),
+    (lambda s: s["steps"][0]["model"].update(n_jobs=0), "n_jobs must be -1"),
+    (lambda s: s["steps"][0]["model"].update(max_features=float("nan")), "max_features: expected a finite number"),
+    (lambda s: s["steps"][0]["model"].update(features={"radii": [float("inf")]}), "radii[0]: expected a finite"),
+    (lambda s: s["steps"][0]["model"].update(features={"height_cells": [0.0]}), "height_cells: must be > 0"),
+    (lambda s: s["steps"][0]["model"].update(max_samples=10 ** 2000), "max_samples: integer out of range"),
+    (lambda s: s.update(seed=2 ** 40), "seed must be < 2**32"),
+    (lambda s: s.update(seed=-1), "seed: must be >= 0"),
+    (lambda s: s["steps"].append({"type": "predict", "inputs": "test"}), "two predict steps are named 'predict'"),
+    (lambda s: s["steps"].insert(0, s["steps"].pop()), "comes after this evaluate step"),
+    (lambda s: s["inputs"].update(test=[]), "inputs.test: empty"),
+    (lambda s: s.update(name=""), "name: expected a non-empty string"),
+    (lambda s: s["steps"][1].update(output="../../elsewhere"), "steps[1].output: '../../elsewhere' must be a relative"),
+    (lambda s: s["steps"][2].update(output="/tmp/x"), "steps[2].output"),
+    (lambda s: s["inputs"].update(test=["nothing/*.laz"]), "inputs.test[0]: nothing/*.laz matches no file"),
+])
+def test_spec_mistakes_are_named(tmp_path, spec_dict, edit, words):
+    data = json.loads(json.dumps(spec_dict))
+    edit(data)
+    path = write_spec(tmp_path, data)
+    for command in ("validate", "run"):
+        res = cli(command, path)
+        refused(res, "spec.yaml", words)
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"name: a\nname: b\n", "duplicate key 'name'"),
+    (b"name: \xff\xfe\n", "not UTF-8"),
+    (b"a: " + b"[" * 3000 + b"]" * 3000, "nested"),
+])
+def test_unreadable_specs(tmp_path, text, words):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(text)
+    refused(cli("validate", path), "spec.yaml", words)
+
+
+def test_command_line_values(tmp_path, spec_dict, rf_bundle, lidar_data):
+    path = write_spec(tmp_path, spec_dict)
+    refused(cli("run", path, "--device", "gpu0"), "--device gpu0: expected cpu, cuda, cuda:N or auto")
+    refused(cli("predict", "--model", rf_bundle, "--input", lidar_data / TILE, "--out", tmp_path / "p",
+                "--device", "tpu"), "--device tpu")
+    refused(cli("run", path, "--limit-steps", "0"), "--limit-steps 0: must be >= 1")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p").exists()
+
+
+# -- output paths ---------------------------------------------------------------------------------
+
+def test_output_folders(tmp_path, rf_bundle, lidar_data):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    refused(cli("predict", "--model", rf_bundle, "--input", lidar_data / TILE, "--out", afile),
+            "afile: exists and is not a folder")
+    refused(cli("evaluate", "--pred", lidar_data / TILE, "--out", afile), "afile: exists and is not a folder")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(lidar_data / TILE, inputs)
+    before = (inputs / Path(TILE).name).read_bytes()
+    refused(cli("predict", "--model", rf_bundle, "--input", inputs, "--out", inputs), "would overwrite the input")
+    assert (inputs / Path(TILE).name).read_bytes() == before
+
+
+def test_a_failing_file_keeps_the_complete_ones_and_says_so(tmp_path, rf_bundle, lidar_data):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(lidar_data / TILE, inputs / "a.laz")
+    (inputs / "b.laz").write_bytes(b"LASF" + b"\0" * 300)
+    res = cli("predict", "--model", rf_bundle, "--input", inputs / "a.laz", inputs / "b.laz", "--out", tmp_path / "p")
+    refused(res, "b.laz", "the 1 file(s) before it are complete", "a.laz")
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.laz"]
+    res = cli("predict", "--model", rf_bundle, "--input", inputs / "b.laz", "--out", tmp_path / "q")
+    refused(res, "b.laz")
+    assert not (tmp_path / "q").exists()            # no empty folder left behind
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+def test_fifo_input_does_not_hang(tmp_path, rf_bundle):
+    fifo = tmp_path / "pipe.laz"
+    os.mkfifo(fifo)
+    res = cli("predict", "--model", rf_bundle, "--input", fifo, "--out", tmp_path / "p", timeout=60)
+    refused(res, "pipe.laz: is not a regular file")
+    refused(cli("inspect", fifo, timeout=60), "pipe.laz")
+
+
+def test_very_long_file_names_work(tmp_path, rf_bundle, lidar_data):
+    long = tmp_path / ("t" * 200 + ".laz")
+    shutil.copy(lidar_data / TILE, long)
+    res = cli("predict", "--model", rf_bundle, "--input", long, "--out", tmp_path / "p", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "p" / long.name).is_file()
+
+
+def test_evaluate_without_classes_on_own_output(tmp_path, rf_bundle, lidar_data):
+    res = cli("predict", "--model", rf_bundle, "--input", lidar_data / TILE, "--out", tmp_path / "p", "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = cli("evaluate", "--pred", tmp_path / "p", "--out", tmp_path / "e", "--quiet")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["num_points"] == 56035 and all(n.startswith("code_") for n in report["class_names"])
