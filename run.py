@@ -137,6 +137,7 @@ def _inspect(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import pipeline.components  # noqa: F401  (registers every step and model type)
     from data.errors import UserError
     from pipeline.progress import set_quiet
 

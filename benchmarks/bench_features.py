@@ -27,8 +27,8 @@ import laspy  # noqa: E402
 import torch  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
-from data.features import compute_features  # noqa: E402
-from data.neighbors import knn  # noqa: E402
+from geometry.features import compute_features  # noqa: E402
+from geometry.neighbors import knn  # noqa: E402
 from data.pointcloud import PointCloud  # noqa: E402
 from data.sample_data import SAMPLE_DATA  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> None:
         print(f"{'ratio b/a (target <= 2.0)':58s} {tb / ta:8.2f}")
 
     # breakdown of (b), each sub-step timed on its own
-    from data.features import covariance_features, height_features, point_features
+    from geometry.features import covariance_features, height_features, point_features
     local = xyz - xyz.mean(0)
     t_build, tree = timed(lambda: cKDTree(local, balanced_tree=False))
     t_query, (_, idx) = timed(lambda: tree.query(local, k=args.k, workers=-1))
@@ -107,8 +107,8 @@ def main() -> None:
     agree = np.abs(dt.double().numpy() - dc).max()
     print(f"\ntorch knn (CPU, float32) vs cKDTree on {len(sub):,} points, k={args.k}")
     print(f"{'cKDTree build + query (workers=-1)':58s} {tc:8.2f}")
-    print(f"{'data.neighbors.knn, torch grid search, %d threads' % nthreads:58s} {tt:8.2f}")
-    print(f"{'data.neighbors.knn, torch grid search, 1 thread':58s} {tt1:8.2f}")
+    print(f"{'geometry.neighbors.knn, torch grid search, %d threads' % nthreads:58s} {tt:8.2f}")
+    print(f"{'geometry.neighbors.knn, torch grid search, 1 thread':58s} {tt1:8.2f}")
     print(f"{'max |dist difference| (float32 rounding)':58s} {agree:8.1e}")
 
 

@@ -104,7 +104,7 @@ def room_scene(n: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
 
 
 def bench_layer(dev: torch.device, R: int, repeat: int, amp: bool) -> None:
-    from data.neighbors import knn
+    from geometry.neighbors import knn
     print(f"\n## KPConvX layer fwd+bwd, R = {R} points, 1 block, DH = 4D, groups 8, "
           f"m_q = 21, device {dev}{', autocast bf16' if amp else ''}")
     print(f"{'k':>3} {'D':>4} | {'layer ms':>9} {'layer pts/s':>12} | {'linear ms':>9} "
@@ -156,7 +156,7 @@ def bench_network(dev: torch.device, n: int, repeat: int, preset: str, amp: bool
                for nb, p in zip(H.neighbors, H.points)]
     print(f"stage points {sizes}, mean neighbours {mean_nb}")
     if dev.type == "cpu":  # baseline: the torch grid search (the GPU path) on the CPU
-        import data.neighbors as nbmod
+        import geometry.neighbors as nbmod
         nbmod.TORCH_CPU_GRID = True
         try:
             tg = _timeit(lambda: build_hierarchy(pts, batch, cfg), dev, repeat)

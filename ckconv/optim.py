@@ -12,21 +12,23 @@ from __future__ import annotations
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float, *,
+                 no_decay_1d: bool = False) -> list[dict]:
     """Group ``model``'s trainable parameters by (weight decay, lr scale).
 
     Returns a list of ``{"params": [...], "weight_decay": wd, "lr": lr * lr_scale,
     "lr_scale": lr_scale}`` dicts (order of first appearance), ready for
     ``torch.optim.AdamW(param_groups(model, wd, lr))``. Parameters with
-    ``requires_grad=False`` are left out.
+    ``requires_grad=False`` are left out. ``no_decay_1d``: untagged 1-D parameters and
+    biases (norm scales and shifts) get no decay either, the usual rule for whole networks.
     """
     groups: dict[tuple[float, float], dict] = {}
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if hasattr(p, "_weight_decay"):
             wd = float(p._weight_decay)
-        elif getattr(p, "_no_weight_decay", False):
+        elif getattr(p, "_no_weight_decay", False) or (no_decay_1d and (p.ndim <= 1 or name.endswith(".bias"))):
             wd = 0.0
         else:
             wd = float(weight_decay)

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .atomic import atomic_path
-from .grids import Grid2D
+from .crs import rasterio_crs
+
+if TYPE_CHECKING:  # the grid geometry lives in geometry.grids; I/O only reads its transform and shape
+    from geometry.grids import Grid2D
 
 __all__ = ["crs_of", "write_class_map", "write_probability_map", "write_preview", "CLASS_NODATA_U8",
            "CLASS_NODATA_U16", "PROBA_NODATA"]
@@ -35,19 +38,8 @@ PROBA_NODATA = -1.0
 
 
 def crs_of(cloud) -> object | None:
-    """rasterio CRS of a PointCloud (EPSG preferred, else its WKT), or None."""
-    from rasterio.crs import CRS
-
-    epsg = getattr(cloud.meta, "epsg", None)
-    if epsg:
-        return CRS.from_epsg(int(epsg))
-    wkt = cloud.crs_wkt
-    if not wkt:
-        return None
-    try:
-        return CRS.from_user_input(wkt)
-    except Exception:  # noqa: BLE001 - an exotic WKT must not stop the raster; written without CRS
-        return None
+    """rasterio CRS of a PointCloud (EPSG preferred, else its WKT), or None (``data.crs``)."""
+    return rasterio_crs(getattr(cloud.meta, "epsg", None), cloud.crs_wkt)
 
 
 def _affine(grid: Grid2D):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
+from .crs import crs_comment, crs_from_comments
 from .errors import DataError
 from .pointcloud import PointCloud
 
@@ -120,19 +121,6 @@ def _vertex_layout(path: Path, h: _PlyHeader) -> tuple[int, list[tuple[str, str]
     raise DataError(path, "PLY file has no 'vertex' element")
 
 
-def _crs_from_comments(comments: list[str]) -> tuple[str | None, int | None]:
-    for c in comments:
-        m = re.match(r"\s*crs\s+(.+)$", c, re.IGNORECASE)
-        if m:
-            crs = m.group(1).strip()
-            code = re.fullmatch(r"EPSG:(\d+)", crs, re.IGNORECASE)
-            if code:
-                return crs, int(code.group(1))
-            from .las import _epsg_from_wkt
-            return crs, _epsg_from_wkt(crs)
-    return None, None
-
-
 def _read_vertices(path: Path, h: _PlyHeader) -> tuple[np.ndarray, list[tuple[str, str]]]:
     count, props, skip, _ = _vertex_layout(path, h)
     if count == 0:
@@ -183,7 +171,7 @@ def read_ply(path: str | os.PathLike) -> PointCloud:
         raise DataError(path, f"{int(bad.sum())} of {len(xyz)} points have NaN/inf coordinates")
     fields = {p: arr[p].astype(arr.dtype[p].newbyteorder("=")) for p, _ in props
               if p not in ("x", "y", "z")}
-    crs_wkt, epsg = _crs_from_comments(h.comments)
+    crs_wkt, epsg = crs_from_comments(h.comments)
     meta = PlyMeta(h.format, list(props), h.comments, h.obj_info, crs_wkt, epsg)
     return PointCloud(xyz, fields, meta, str(path))
 
@@ -248,7 +236,7 @@ def write_ply(cloud: PointCloud, path: str | os.PathLike, extra: dict[str, np.nd
     comments = list(meta.comments)
     crs = cloud.crs_wkt
     if crs and not any(re.match(r"\s*crs\s", c, re.IGNORECASE) for c in comments):
-        comments.append("crs " + " ".join(crs.split()))
+        comments.append(crs_comment(crs))
     header = ["ply", f"format {fmt} 1.0"] + [f"comment {c}" for c in comments] + \
         [f"obj_info {c}" for c in meta.obj_info] + [f"element vertex {n}"] + \
         [f"property {t} {p}" for p, t in props] + ["end_header"]

@@ -13,8 +13,8 @@ Stage s (s = 0 .. S-1) works on points subsampled on a grid of cell size
 
 Neighbour structures (N_s radius neighbours capped at ``neighbor_limits[s]`` and padded with
 the shadow index, pooling neighbours P_s, up-sampling neighbours U_s) come from
-:func:`build_hierarchy`, computed once per batch with the project's ``data.neighbors`` and
-``data.sampling`` ops on the device of the points.
+:func:`build_hierarchy`, computed once per batch with the project's ``geometry.neighbors`` and
+``geometry.sampling`` ops on the device of the points.
 """
 from __future__ import annotations
 
@@ -122,8 +122,8 @@ def build_hierarchy(points: Tensor, batch: Optional[Tensor], cfg: KPConvXConfig)
     ``grid_subsample(stage s, cell(s+1))``; neighbours are radius neighbours with radius
     ``cfg.radius(s)`` capped at ``cfg.neighbor_limits[s]`` (nearest first).
     """
-    from data.neighbors import knn, radius_neighbors  # project neighbour ops (lazy import:
-    from data.sampling import grid_subsample         # the layer alone does not need them)
+    from geometry.neighbors import knn, radius_neighbors  # project neighbour ops (lazy import:
+    from geometry.sampling import grid_subsample         # the layer alone does not need them)
 
     if points.dim() != 2 or points.shape[1] != 3:
         raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")

@@ -26,6 +26,7 @@ from data.classmap import ClassMap
 from data.errors import UserError
 
 from . import __version__
+from .overrides import apply_assignment
 from .progress import log
 from .registry import MODELS
 from .schema import SpecError, parse_component, to_plain
@@ -79,9 +80,6 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     prediction-time options, the dotted keys its class lists in ``predict_options`` (e.g.
     ``votes`` for KPConvX); other keys would no longer match the trained weights and are errors.
     """
-    from . import models  # noqa: F401  (registers model types)
-    from .spec import apply_override
-
     path = Path(path)
     meta_path = path / "bundle.json"
     if not meta_path.is_file():
@@ -94,10 +92,12 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{meta_path}: broken bundle metadata: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: not a {FORMAT} file")
-    if not isinstance(meta.get("format_version"), int) or not isinstance(meta.get("model"), dict) \
-            or not isinstance(meta.get("class_map"), dict):
-        raise UserError(f"{meta_path}: broken bundle metadata: 'format_version' (integer), 'model' and "
-                        "'class_map' (objects) are required")
+    for key, kind, name in (("format_version", int, "an integer"), ("model", dict, "an object"),
+                            ("class_map", dict, "an object")):
+        if key not in meta:
+            raise UserError(f"{meta_path}: broken bundle metadata: {key!r} is missing")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise UserError(f"{meta_path}: broken bundle metadata: {key!r} must be {name}")
     if meta["format_version"] > FORMAT_VERSION:
         raise UserError(f"{path}: bundle format {meta['format_version']} is newer than this program "
                         f"(reads {FORMAT_VERSION}); update the project")
@@ -115,7 +115,7 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             if key not in allowed:
                 raise UserError(f"{path}: --set {key}: not a prediction option of a {entry.name} model "
                                 f"(these are: {', '.join(allowed) or 'none'})")
-            apply_override(model_cfg, assignment, str(path))
+            apply_assignment(model_cfg, assignment, str(path))
     try:
         config = parse_component(MODELS, model_cfg, "model", str(meta_path))
     except SpecError as exc:

@@ -8,14 +8,14 @@ order, all input dimensions, header, VLRs and CRS, plus:
 - ``classification_ref``: the input's original classification, when it had one;
 - optionally ``prob_<class>`` (float32) per class.
 
-A model with a ``write_grid_outputs(cloud, out_dir, stem, probabilities=, device=)`` method
-(grid models, e.g. ``ckconv_grid``) is also asked to write its raster outputs (GeoTIFF class
-maps) next to each labelled cloud; it returns the paths it wrote.
+A model's :class:`~pipeline.models.base.Prediction` may carry a 2-D
+:class:`~pipeline.models.base.GridProduct` (grid models, e.g. ``ckconv_grid``); it is written
+next to the labelled cloud: ``<stem>_class.tif`` (input codes), ``<stem>_proba.tif`` when
+probabilities are asked, ``<stem>_class.png`` (preview), in the cloud's CRS.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from data.io import read_cloud, write_cloud
 from data.pointcloud import PointCloud
 
 from .audit import bbox_density, density_warning
+from .models.base import GridProduct, PointModel
 from .progress import log, progress
 
 
@@ -65,26 +66,47 @@ def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
     return out_dir / f"{path.stem}{suffix}"
 
 
-def _predict_one(model: Any, class_map: ClassMap, path: Path, out_dir: Path, device: str, probabilities: bool,
-                 fmt: str, train_density: dict[str, float] | None, grid_hook: Any) -> tuple[Path, Path]:
+def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: ClassMap, out_dir: Path, stem: str,
+                       probabilities: bool) -> list[Path]:
+    """GeoTIFF class map (+ probabilities) and PNG preview of a grid prediction."""
+    from data.geotiff import crs_of, write_class_map, write_preview, write_probability_map
+
+    crs = crs_of(cloud)
+    if crs is None:
+        log(f"{stem}: no CRS in the input; GeoTIFF written without one")
+    codes = class_map.output_codes[product.class_index]
+    kw = dict(class_names=class_map.names, class_codes=class_map.output_codes.tolist())
+    written = [write_class_map(out_dir / f"{stem}_class.tif", product.grid, codes, mask=product.mask, crs=crs, **kw)]
+    if probabilities:
+        written.append(write_probability_map(out_dir / f"{stem}_proba.tif", product.grid, product.proba,
+                                             product.mask, crs=crs, class_names=class_map.names))
+    if product.preview:
+        written.append(write_preview(out_dir / f"{stem}_class.png", product.grid,
+                                     np.where(product.mask, product.class_index, -1), product.mask,
+                                     title=f"{stem} ({product.title})", **kw))
+    return written
+
+
+def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Path, device: str,
+                 probabilities: bool, fmt: str, train_density: dict[str, float] | None) -> tuple[Path, Path]:
     cloud = read_cloud(path)
     if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
     warning = density_warning(path.name, bbox_density(cloud.xyz), train_density)
     if warning:
         log(warning)
-    proba = model.predict_proba(cloud, device)
-    labelled, extras = labelled_cloud(cloud, proba, class_map, probabilities)
+    result = model.predict(cloud, device)
+    labelled, extras = labelled_cloud(cloud, result.proba, class_map, probabilities)
     target = output_path(path, out_dir, fmt)
     write_cloud(labelled, target, extra=extras)
     log(f"{path.name}: {len(cloud):,} points -> {target}")
-    if grid_hook is not None:
-        for written in grid_hook(cloud, out_dir, path.stem, probabilities=probabilities, device=device):
+    if result.grid is not None:
+        for written in write_grid_product(result.grid, cloud, class_map, out_dir, path.stem, probabilities):
             log(f"{path.name}: -> {written}")
     return path, target
 
 
-def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
+def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
                   probabilities: bool = False, fmt: str = "same",
                   train_density: dict[str, float] | None = None) -> list[tuple[Path, Path]]:
     """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
@@ -106,12 +128,10 @@ def predict_files(model: Any, class_map: ClassMap, inputs: list[Path], out_dir: 
         raise DataError(inputs[stems.index(dup.pop())], "two inputs share this file stem; outputs would collide")
     created = not out_dir.exists()
     make_folder(out_dir, "--out")
-    grid_hook = getattr(model, "write_grid_outputs", None)   # grid models: GeoTIFF class maps
     done = []
     for path in progress(inputs, "predict", unit="file"):
         try:
-            done.append(_predict_one(model, class_map, path, out_dir, device, probabilities, fmt, train_density,
-                                     grid_hook))
+            done.append(_predict_one(model, class_map, path, out_dir, device, probabilities, fmt, train_density))
         except UserError as exc:
             if not done:
                 if created and not any(out_dir.iterdir()):

@@ -13,6 +13,7 @@ Errors are ``SpecError``: ``<file>: <dotted.key>: <what was expected>``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -188,13 +189,54 @@ def _parse_dataclass(cls: type, data: Any, key: str, source: str) -> Any:
         raise SpecError(source, key, str(exc)) from None
 
 
-def at_least(low: float, *, exclusive: bool = False, **kw: Any) -> Any:
-    """A dataclass field whose numbers (the value, or each item of a list) must be ``>= low``
-    (``> low`` with ``exclusive``); the schema checks it and names the key::
+def option(*, min: float | None = None, exclusive: bool = False, predict: bool = False, resume: bool = True,
+           **kw: Any) -> Any:
+    """A config dataclass field with the facts the rest of the project derives from it::
 
-        radius: float = at_least(0, exclusive=True, default=10.0)
+        radius: float = option(min=0, exclusive=True, default=10.0)
+        votes: int = option(min=1, predict=True, resume=False, default=3)
+
+    - ``min`` / ``exclusive``: numbers (the value, or each item of a list) must be ``>= min``
+      (``> min``); the schema checks it and names the key;
+    - ``predict``: a trained bundle's option that ``run.py predict --set`` may change
+      (:func:`keys_where`, e.g. a model's ``predict_options``);
+    - ``resume=False``: not part of what a checkpoint must match to be resumed (how long,
+      how often, how predictions are made).
     """
-    return dataclasses.field(metadata={"min": low, "exclusive": exclusive}, **kw)
+    return dataclasses.field(metadata={"min": min, "exclusive": exclusive, "predict": predict, "resume": resume},
+                             **kw)
+
+
+def at_least(low: float, *, exclusive: bool = False, **kw: Any) -> Any:
+    """:func:`option` with only a lower bound."""
+    return option(min=low, exclusive=exclusive, **kw)
+
+
+def keys_where(cls: type, flag: str, value: bool = True, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of ``cls``'s fields (nested config dataclasses included) whose
+    :func:`option` ``flag`` is ``value``; fields without metadata count as the defaults."""
+    defaults = {"predict": False, "resume": True}
+    hints = get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += keys_where(tp, flag, value, f"{prefix}{f.name}.")
+        elif f.metadata.get(flag, defaults[flag]) == value:
+            out.append(prefix + f.name)
+    return tuple(out)
+
+
+def without_keys(plain: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A deep copy of ``plain`` (``to_plain`` output) without the dotted ``keys``."""
+    out = copy.deepcopy(plain)
+    for key in keys:
+        node, *path, last = [out, *key.split(".")]
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
 
 
 def _check_range(f: dataclasses.Field, value: Any, key: str, source: str) -> None:

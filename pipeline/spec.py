@@ -31,6 +31,7 @@ from data.classmap import ClassMap
 from data.errors import UserError
 
 from .datasets import InputEntry
+from .overrides import parse_assignment, set_path
 from .registry import STEPS
 from .schema import Component, SpecError, at_least, parse
 
@@ -167,17 +168,9 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
 
 
 def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
-    """Apply one ``dotted.key=VALUE`` override in place."""
-    if "=" not in assignment:
-        raise SpecError(source, f"--set {assignment}", "expected dotted.key=VALUE")
-    dotted, text = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        value = text
-    parts = [p for p in dotted.strip().split(".") if p]
-    if not parts:
-        raise SpecError(source, f"--set {assignment}", "empty key")
+    """Apply one ``dotted.key=VALUE`` override in place; a first segment that is not a
+    top-level key addresses the step with that ``name`` or ``type``."""
+    dotted, parts, value = parse_assignment(assignment, source)
     node: Any = data
     if parts[0] not in data and parts[0] not in Spec.__dataclass_fields__:
         steps = data.get("steps") or []
@@ -187,33 +180,11 @@ def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
         elif len(match) > 1:
             raise SpecError(source, f"--set {dotted}", f"{len(match)} steps are called {parts[0]!r}; "
                                                        "use steps.INDEX.key")
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            try:
-                index = int(part)
-                node[index]
-            except (ValueError, IndexError):
-                raise SpecError(source, f"--set {dotted}", f"{part!r} is not an index of a list of {len(node)}") from None
-            if last:
-                node[index] = value
-            else:
-                node = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise SpecError(source, f"--set {dotted}", f"cannot set {part!r} inside a {type(node).__name__}")
+    set_path(node, parts, value, source, dotted)
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
     """Read, override and validate a spec; raises SpecError naming file and key."""
-    from . import steps as _steps  # noqa: F401  (registers the step types)
-
     path = Path(path).resolve()
     data = copy.deepcopy(read_spec_file(path))
     for assignment in overrides:

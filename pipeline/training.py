@@ -55,17 +55,17 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise UserError(f"optim.lr must be > 0, got {self.lr}")
+            raise UserError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
-            raise UserError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+            raise UserError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.warmup_steps < 0 or self.step_every < 1:
-            raise UserError("optim.warmup_steps must be >= 0 and optim.step_every >= 1")
+            raise UserError("warmup_steps must be >= 0 and step_every >= 1")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.step_gamma <= 1:
-            raise UserError("optim.min_lr_ratio must be in [0, 1] and optim.step_gamma in (0, 1]")
+            raise UserError("min_lr_ratio must be in [0, 1] and step_gamma in (0, 1]")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise UserError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+            raise UserError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
 
 
 def _amp_dtype(cfg: OptimConfig) -> torch.dtype:
@@ -93,25 +93,14 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with parameter groups by (weight decay, lr scale).
+    """AdamW over ``ckconv.optim.param_groups(model, ..., no_decay_1d=True)``: a parameter's
+    ``_weight_decay`` tag if set, else 0 when tagged ``_no_weight_decay``, 1-D or a bias, else
+    ``cfg.weight_decay``; lr ``cfg.lr * _lr_scale`` (the tags ``ckconv`` sets)."""
+    from ckconv.optim import param_groups
 
-    Weight decay of a parameter: its ``_weight_decay`` tag if set, else 0 when tagged
-    ``_no_weight_decay`` or 1-D (biases, norms), else ``cfg.weight_decay``. Its lr is
-    ``cfg.lr * _lr_scale`` (tag default 1). The tags are the ones ``ckconv`` sets.
-    """
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if hasattr(p, "_weight_decay"):
-            wd = float(p._weight_decay)
-        elif getattr(p, "_no_weight_decay", False) or p.ndim <= 1 or name.endswith(".bias"):
-            wd = 0.0
-        else:
-            wd = cfg.weight_decay
-        groups.setdefault((wd, float(getattr(p, "_lr_scale", 1.0))), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": cfg.lr * scale}
-                              for (wd, scale), ps in groups.items()], lr=cfg.lr, betas=tuple(cfg.betas))
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, no_decay_1d=True)
+    return torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": g["lr"]}
+                              for g in groups], lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:

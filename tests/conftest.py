@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.components  # noqa: F401  (registers every step and model type, as run.py does)
 from data.sample_data import SAMPLE_DATA as DATA
 
 REPO = Path(__file__).resolve().parents[1]

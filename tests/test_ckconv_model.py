@@ -72,10 +72,11 @@ def test_raster_spec_writes_laz_geotiff_and_report(raster_run, lidar_data, tmp_p
             t = tif.transform
             assert (t.a, t.e) == (2.0, -2.0) and t.c % 2 == 0 and t.f % 2 == 0
             band = tif.read(1)
-            # raster mode: a point's class is its cell's class in the GeoTIFF
+            # raster mode: a point's class is its cell's class in the GeoTIFF (a point on the
+            # grid's east or north edge belongs to the last column / first row: geometry.grids)
             x, y = np.asarray(src.x), np.asarray(src.y)
-            rows = (np.floor(t.f / 2) - 1 - np.floor(y / 2)).astype(int)
-            cols = (np.floor(x / 2) - t.c / 2).astype(int)
+            rows = np.clip(np.floor(t.f / 2) - 1 - np.floor(y / 2), 0, band.shape[0] - 1).astype(int)
+            cols = np.clip(np.floor(x / 2) - t.c / 2, 0, band.shape[1] - 1).astype(int)
             np.testing.assert_array_equal(band[rows, cols], np.asarray(out.classification))
             assert (band == 255).sum() < band.size
         with rasterio.open(raster_run / "predictions" / f"{stem}_proba.tif") as tif:
@@ -122,7 +123,7 @@ def test_specs_validate():
 @pytest.mark.parametrize("data_dim,kernel,film", [(2, "BlockDiagonalLearnableOmegaSIRENKernelND", True),
                                                   (3, "SIRENKernelND", False)])
 def test_network_shapes_and_gradients(data_dim, kernel, film):
-    from pipeline.models.ckconv_net import CKConvSegNet
+    from ckconv.network import CKConvSegNet
 
     torch.manual_seed(0)
     net = CKConvSegNet(data_dim, 5, 4, hidden=8, num_blocks=2, kernel_type=kernel, kernel_hidden=8,
@@ -148,7 +149,8 @@ def test_network_shapes_and_gradients(data_dim, kernel, film):
 
 def test_tiled_prediction_blends_to_probabilities():
     from data.classmap import ClassMap
-    from pipeline.models.ckconv_model import CKConvGridModel, _Grid
+    from pipeline.models.ckconv_model import CKConvGridModel
+    from pipeline.models.grid_inputs import EncodedGrid as _Grid
 
     cmap = ClassMap.from_config({"a": [1], "b": [2], "c": [3]})
     model = CKConvGridModel(CKConvGridModel.Config(crop=8, hidden=8, blocks=1, overlap=0.5, batch_size=3), cmap)

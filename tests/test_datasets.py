@@ -150,7 +150,7 @@ def test_prior_log_ratio_is_bayes_rule():
 # -- ground model ------------------------------------------------------------------------------
 
 def test_height_above_ground_ignores_a_building_on_a_slope():
-    from data.features import height_above_ground
+    from geometry.features import height_above_ground
 
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 60, (40000, 2))

@@ -1,4 +1,4 @@
-"""data.features: covariance / height / point features and compute_features on real data."""
+"""geometry.features: covariance / height / point features and compute_features on real data."""
 from __future__ import annotations
 
 import glob
@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA
 from scipy.spatial import cKDTree
 
-from data.features import (COVARIANCE_FEATURES, FEATURE_NAMES, compute_features,
+from geometry.features import (COVARIANCE_FEATURES, FEATURE_NAMES, compute_features,
                            covariance_features, feature_names, height_features, point_features,
                            symmetric_eigen3)
 from data.pointcloud import PointCloud

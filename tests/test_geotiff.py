@@ -7,7 +7,7 @@ import rasterio
 
 from data.classmap import ClassMap
 from data.geotiff import crs_of, write_class_map, write_preview, write_probability_map
-from data.grids import Grid2D, rasterize
+from geometry.grids import Grid2D, rasterize
 from data.io import read_cloud
 
 TILE = "ign_lidarhd/test/test_data_77055_627760_LA93_IGN69.laz"

@@ -1,4 +1,4 @@
-"""data.grids: rasters and voxels against plain-loop references (alignment, stats, labels, mask)."""
+"""geometry.grids: rasters and voxels against plain-loop references (alignment, stats, labels, mask)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from data.grids import Grid2D, cell_aggregate, ground_estimate, rasterize, voxelize
+from geometry.grids import Grid2D, cell_aggregate, ground_estimate, rasterize, voxelize
 
 
 def _cloud(n=3000, seed=0, origin=(770503.3, 6277541.7)):

@@ -120,7 +120,7 @@ def test_a_malicious_checkpoint_is_never_unpickled(tmp_path):
 @pytest.mark.parametrize("damage, words", [
     (lambda b: (b / "bundle.json").write_text("[1, 2]"), "expected a JSON object"),
     (lambda b: (b / "bundle.json").write_bytes(b"\xff\xfe{"), "broken bundle metadata"),
-    (lambda b: _edit_meta(b, format_version="2"), "'format_version' (integer)"),
+    (lambda b: _edit_meta(b, format_version="2"), "'format_version' must be an integer"),
     (lambda b: _edit_meta(b, model={"type": "kpconvx"}), "kpconvx_model.json"),
     (lambda b: _edit_meta(b, versions={"numpy": 1}), "'versions'"),
     (lambda b: _edit_meta(b, class_map={"classes": {"ground": [2]}, "ignore": []}), "class map has 1 classes"),

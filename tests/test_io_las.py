@@ -90,7 +90,7 @@ def test_crs_kept_on_test_tiles(tmp_path: Path) -> None:
 @needs_data
 def test_geokeys_crs() -> None:
     bat = DATA / "ign_lidarhd/train/mnx_bat.laz"
-    from data.las import _crs_from_vlrs, read_las
+    from data.las import _crs_from_vlrs, read_las    # data.crs via the LAS VLRs
     info = read_header_info(bat)
     assert info.epsg == 2154
     geo = [v for v in read_las(TEST_TILES[0]).meta.vlrs]  # WKT only

@@ -188,7 +188,7 @@ def test_resume_continues_from_checkpoint_and_is_deterministic(tmp_path, data_ro
 
 @pytest.mark.parametrize("shape", ["sphere", "cylinder"])
 def test_coverage_reaches_every_point(shape):
-    from pipeline.sampling_spheres import SamplingConfig, coverage_centers, predict_coverage
+    from pipeline.regions import SamplingConfig, coverage_centers, predict_coverage
 
     rng = np.random.default_rng(0)
     xyz = np.c_[rng.uniform(0, 60, (5000, 2)), rng.uniform(0, 25, 5000)]
@@ -211,7 +211,7 @@ def test_coverage_reaches_every_point(shape):
 
 
 def test_coverage_fills_unreached_points_from_nearest():
-    from pipeline.sampling_spheres import SamplingConfig, predict_coverage
+    from pipeline.regions import SamplingConfig, predict_coverage
 
     rng = np.random.default_rng(1)
     xyz = rng.uniform(0, 20, (3000, 3))
@@ -226,7 +226,7 @@ def test_coverage_fills_unreached_points_from_nearest():
 
 
 def test_class_balanced_centres_draw_rare_classes():
-    from pipeline.sampling_spheres import ClassBalancedCenters
+    from pipeline.regions import ClassBalancedCenters
 
     labels = [np.r_[np.zeros(99_000, np.int64), np.full(10, 3)], np.r_[np.full(990, 1), np.full(5, -1)]]
     centers = ClassBalancedCenters(labels, num_classes=5, balanced=True)
@@ -240,7 +240,7 @@ def test_class_balanced_centres_draw_rare_classes():
 
 
 def test_augmentation_keeps_shapes_and_labels():
-    from pipeline.sampling_spheres import AugmentConfig, RegionSampler, SamplingConfig, augment
+    from pipeline.regions import AugmentConfig, RegionSampler, SamplingConfig, augment
 
     rng = np.random.default_rng(0)
     xyz = rng.uniform(-10, 10, (2000, 3))
@@ -276,7 +276,7 @@ def test_config_errors_name_the_key(tmp_path, data_root):
 
 @pytest.mark.parametrize("shape", ["sphere", "cylinder"])
 def test_regions_are_the_ball_capped_at_the_nearest(shape):
-    from pipeline.sampling_spheres import RegionSampler, SamplingConfig
+    from pipeline.regions import RegionSampler, SamplingConfig
 
     rng = np.random.default_rng(3)
     xyz = rng.uniform(0, 20, (4000, 3))
@@ -296,7 +296,7 @@ def test_coverage_memory_is_one_block_not_all_regions():
     """Regions are built as blocks consume them: peak memory far below all regions' members."""
     import tracemalloc
 
-    from pipeline.sampling_spheres import SamplingConfig, predict_coverage
+    from pipeline.regions import SamplingConfig, predict_coverage
 
     rng = np.random.default_rng(0)
     xyz = np.c_[rng.uniform(0, 80, (30_000, 2)), rng.uniform(0, 10, 30_000)]

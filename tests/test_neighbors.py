@@ -1,12 +1,12 @@
-"""data.neighbors: knn / radius_neighbors (NumPy + torch) against brute force."""
+"""geometry.neighbors: knn / radius_neighbors (NumPy + torch) against brute force."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-import data.neighbors as nbmod
-from data.neighbors import knn, radius_neighbors
+import geometry.neighbors as nbmod
+from geometry.neighbors import knn, radius_neighbors
 
 
 def brute_knn(p, q, k, pb=None, qb=None):

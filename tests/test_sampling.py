@@ -1,4 +1,4 @@
-"""data.sampling: grid_subsample and farthest_point_sample against loop references."""
+"""geometry.sampling: grid_subsample and farthest_point_sample against loop references."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.sampling import farthest_point_sample, grid_subsample
+from geometry.sampling import farthest_point_sample, grid_subsample
 
 
 def grid_reference(points, cell, features, labels, batch):

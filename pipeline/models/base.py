@@ -1,8 +1,10 @@
 """What a model component provides to the train and predict steps.
 
 A model is constructed from its ``Config`` and the run's class map, trained with ``fit``,
-saved into a bundle folder with ``save`` and rebuilt there with ``load``; ``predict_proba``
-turns one point cloud into class probabilities ``[N, num_classes]``.
+saved into a bundle folder with ``save`` and rebuilt there with ``load``; ``predict`` turns
+one point cloud into a :class:`Prediction`: class probabilities ``[N, num_classes]`` per
+point, plus the 2-D map a grid model predicted (:class:`GridProduct`), which the prediction
+writer (``pipeline.predict``) writes as GeoTIFFs and a PNG preview.
 """
 from __future__ import annotations
 
@@ -51,6 +53,26 @@ def load_weights(net: Any, state: Any, folder: Path, name: str) -> None:
 
 
 @dataclass
+class GridProduct:
+    """A prediction as a north-up 2-D map (``geometry.grids.Grid2D`` cells)."""
+
+    grid: Any                   # geometry.grids.Grid2D
+    class_index: np.ndarray     # [rows, cols] int, predicted class per cell
+    proba: np.ndarray           # [rows, cols, C] float32
+    mask: np.ndarray            # [rows, cols] bool, cells holding points
+    title: str                  # preview title
+    preview: bool = True        # also a PNG preview
+
+
+@dataclass
+class Prediction:
+    """What a model predicts for one cloud."""
+
+    proba: np.ndarray                   # [N, C] float32, every point, input order
+    grid: GridProduct | None = None     # grid models: the map to write beside the labelled cloud
+
+
+@dataclass
 class TrainContext:
     """What a training run may use beyond the data: device, budget, seed, scratch folder."""
 
@@ -73,8 +95,9 @@ class PointModel(Protocol):
         where a point is not to be learnt), validate on ``val``; returns a summary (shown and
         stored in the bundle)."""
 
-    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
-        """``[N, num_classes]`` float32 probabilities for every point of ``cloud``, input order."""
+    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+        """Probabilities ``[N, num_classes]`` float32 for every point of ``cloud`` (input order),
+        and a grid model's 2-D products."""
 
     def save(self, folder: Path) -> None:
         """Write weights into ``folder`` (relative file names only)."""

@@ -1,9 +1,9 @@
 """``type: ckconv_grid``: CKConvND segmentation of rasters (2-D) or voxel grids (3-D).
 
-Each cloud becomes a grid (``data.grids``): ``mode: raster`` -> ``[rows, cols]`` cells of
+Each cloud becomes a grid (``geometry.grids``): ``mode: raster`` -> ``[rows, cols]`` cells of
 ``cell_size`` m; ``mode: voxel`` -> ``[rows, cols, levels]`` voxels of ``cell_size`` x
 ``cell_size`` x ``voxel_height`` m stacked from the local ground estimate up (points higher
-than the top layer fall into it). The network (``ckconv_net.CKConvSegNet``) predicts class
+than the top layer fall into it). The network (``ckconv.network.CKConvSegNet``) predicts class
 probabilities per cell/voxel; training draws random ``crop`` x ``crop`` (x all levels)
 windows with random rot90/flips, cross-entropy on labelled cells only (cell label:
 ``label_rule`` majority or top-most point; ignored codes and empty cells carry no loss).
@@ -21,14 +21,11 @@ last one) computes the **point** mIoU on those files, each point taking the clas
 cell/voxel as in prediction, i.e. the measure of the evaluate step; the weights of the best
 validation are kept (``best.pt``), ``log.csv`` holds the losses and validation scores.
 
-Inputs per cell (fixed scalings, no statistics to store): raster ``hag_min/10``,
-``hag_max/10``, ``hag_mean/10``, ``log1p(count)/3``, ``multi_return``, optional intensity
-(divided by the cloud's median cell intensity), and the occupancy mask; empty cells are 0
-with mask 0. Voxel: occupancy, ``log1p(count)/3``, ``hag_mean/10``, ``multi_return``,
-optional intensity, and the layer's height ``(level + 0.5) * voxel_height / 10``.
+Inputs per cell: ``pipeline.models.grid_inputs`` (fixed scalings, no statistics to store).
 
 Prediction: the grid is cut into ``crop``-sized tiles (padded with empty cells at the
-edges, overlapping by ``overlap``), softmax outputs are blended with a tent weight.
+edges, overlapping by ``overlap``), softmax outputs are blended with a tent weight
+(``pipeline.models.tiling``).
 
 Per-point probabilities (``predict_proba``):
 
@@ -38,7 +35,8 @@ Per-point probabilities (``predict_proba``):
   the raster learns the column's majority class, with ``top`` the top surface (ground
   under trees then reads as vegetation). Use ``mode: voxel`` to separate layers.
 
-Grid outputs (``write_grid_outputs``, called by the predict writer): ``<stem>_class.tif``
+Grid outputs (a ``GridProduct`` in :meth:`CKConvGridModel.predict`'s result, written by
+``pipeline.predict``): ``<stem>_class.tif``
 (input codes, nodata 255/65535), ``<stem>_proba.tif`` when probabilities are asked
 (float32 per class, nodata -1) and ``<stem>_class.png`` (preview with legend), in the
 cloud's CRS, origin on multiples of ``cell_size``. Voxel mode maps the top-most occupied
@@ -52,20 +50,23 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ckconv.network import KERNEL_TYPES
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
+from pipeline.datasets import LabelledFile
+from pipeline.priors import prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
+from pipeline.schema import keys_where, option, to_plain, without_keys
 from pipeline.training import (OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, seed_everything,
                                step_rng)
 
-from pipeline.datasets import LabelledFile
-from pipeline.priors import prior_log_ratio
+from .base import GridProduct, Prediction, TrainContext, load_torch_file, load_weights
+from .grid_inputs import EncodedGrid, encode_grid
+from .tiling import tent_weight, tile_starts, window
 
-from .base import TrainContext, load_torch_file, load_weights
-
-KernelType = Literal["SIRENKernelND", "BlockDiagonalLearnableOmegaSIRENKernelND"]
+KernelType = Literal[KERNEL_TYPES]
 
 
 @dataclass
@@ -91,30 +92,8 @@ class GridOptimConfig(OptimConfig):
     grad_clip: float | None = 1.0
 
 
-@dataclass
-class _Grid:
-    """One cloud as network input: x [*S, F], mask [*S], labels [*S] or None, point index."""
-
-    x: np.ndarray
-    mask: np.ndarray
-    labels: np.ndarray | None
-    point_index: np.ndarray
-    raw: Any                  # data.grids.Raster / Voxels
-
-
-def _window(a: np.ndarray, r: int, q: int, c: int, fill: Any) -> np.ndarray:
-    """``a[r:r+c, q:q+c]`` as a ``[c, c, *a.shape[2:]]`` array, padded with ``fill`` past the edges."""
-    out = np.full((c, c) + a.shape[2:], fill, a.dtype)
-    win = a[r:r + c, q:q + c]
-    out[:win.shape[0], :win.shape[1]] = win
-    return out
-
-
 @MODELS.register("ckconv_grid")
 class CKConvGridModel:
-    #: Config keys ``run.py predict --set`` may change on a trained bundle.
-    predict_options = ("crop", "overlap", "geotiff", "preview")
-
     @dataclass
     class Config:
         mode: Literal["raster", "voxel"] = "raster"
@@ -132,31 +111,32 @@ class CKConvGridModel:
         cond_dim: int = 16
         registers: int = 4
         dropout: float = 0.1
-        crop: int = 64                    # training crop / prediction tile, cells per side
-        overlap: float = 0.25             # prediction tile overlap (fraction of crop)
+        crop: int = option(predict=True, default=64)   # training crop / prediction tile, cells per side
+        overlap: float = option(predict=True, resume=False, default=0.25)  # prediction tile overlap (of crop)
         batch_size: int = 8
-        steps: int = 2000                 # optimisation steps (the schedule spans them)
+        steps: int = option(min=1, resume=False, default=2000)     # optimisation steps (the schedule spans them)
         optim: GridOptimConfig = field(default_factory=GridOptimConfig)
-        val_every: int = 500              # validate on val_inputs every N steps (and at the end)
-        checkpoint_every: int = 500       # write OUT/NAME.work/last.pt every N steps (and at the end)
+        val_every: int = option(min=1, resume=False, default=500)  # validate every N steps (and at the end)
+        checkpoint_every: int = option(min=1, resume=False, default=500)   # OUT/NAME.work/last.pt every N steps
         class_weights: bool = True        # inverse-sqrt-frequency cross-entropy weights
         prior_correction: bool = True     # logits += log(p_train / p_seen) at inference (pipeline.priors)
-        geotiff: bool = True              # write <stem>_class.tif (+ .png) next to predictions
-        preview: bool = True
+        geotiff: bool = option(predict=True, resume=False, default=True)   # <stem>_class.tif (+ .png) per cloud
+        preview: bool = option(predict=True, resume=False, default=True)
 
         def __post_init__(self) -> None:
-            if self.val_every < 1 or self.checkpoint_every < 1:
-                raise UserError("val_every and checkpoint_every must be >= 1")
             if self.cell_size <= 0 or self.voxel_height <= 0 or self.ground_window <= 0:
                 raise UserError("cell_size, voxel_height and ground_window must be > 0")
             if self.levels < 2 or self.crop < 4 or self.hidden < 1 or self.blocks < 1 or self.batch_size < 1:
                 raise UserError("levels >= 2, crop >= 4, hidden >= 1, blocks >= 1, batch_size >= 1 expected")
-            if not 0 <= self.overlap < 1 or not 0 <= self.dropout < 1 or self.steps < 1:
-                raise UserError("overlap and dropout in [0, 1), steps >= 1 expected")
-            if self.kernel.type != "SIRENKernelND" and (self.hidden % self.kernel.omega_blocks
+            if not 0 <= self.overlap < 1 or not 0 <= self.dropout < 1:
+                raise UserError("overlap and dropout in [0, 1) expected")
+            if self.kernel.type != KERNEL_TYPES[0] and (self.hidden % self.kernel.omega_blocks
                                                        or self.kernel.hidden % self.kernel.omega_blocks):
                 raise UserError(f"kernel.omega_blocks={self.kernel.omega_blocks} must divide hidden "
                                 f"({self.hidden}) and kernel.hidden ({self.kernel.hidden})")
+
+    #: Config keys ``run.py predict --set`` may change on a trained bundle (``option(predict=True)``)
+    predict_options = keys_where(Config, "predict")
 
     def __init__(self, config: "CKConvGridModel.Config", class_map: ClassMap):
         self.config = config
@@ -164,52 +144,20 @@ class CKConvGridModel:
         self.net = None
         self.in_dim: int | None = None
         self.logit_bias: np.ndarray | None = None   # [C] prior correction added to the logits
-        self._last: tuple | None = None   # (cloud id, grid2d, class idx [r,c], proba [r,c,C], mask [r,c])
 
     # -- grids --------------------------------------------------------------------------
     @property
     def data_dim(self) -> int:
         return 2 if self.config.mode == "raster" else 3
 
-    def _grid(self, cloud: PointCloud, labels: np.ndarray | None) -> _Grid:
-        from data.grids import rasterize, voxelize
-
+    def _grid(self, cloud: PointCloud, labels: np.ndarray | None) -> EncodedGrid:
         cfg = self.config
-        fields = {k: v for k, v in cloud.fields.items() if k in ("intensity", "number_of_returns")}
-        try:
-            if cfg.mode == "raster":
-                g = rasterize(cloud.xyz, fields, cfg.cell_size, labels=labels, label_rule=cfg.label_rule,
-                              ground_window=cfg.ground_window)
-                mask = g.mask
-            else:
-                g = voxelize(cloud.xyz, fields, cfg.cell_size, cfg.voxel_height, cfg.levels, vertical="ground",
-                             labels=labels, label_rule=cfg.label_rule, ground_window=cfg.ground_window)
-                mask = g.occupancy
-        except ValueError as exc:
-            raise DataError(cloud.source, f"cannot build the grid: {exc}") from None
-        f = {n: np.nan_to_num(g.features[..., i], nan=0.0) for i, n in enumerate(g.feature_names)}
-        if "multi_return" not in f:
-            raise DataError(cloud.source, "has no 'number_of_returns' field (needed by ckconv_grid)")
-        cols = []
-        if cfg.mode == "raster":
-            cols += [f["hag_min"] / 10, f["hag_max"] / 10, f["hag_mean"] / 10]
-        else:
-            level_h = (np.arange(cfg.levels, dtype=np.float32) + 0.5) * cfg.voxel_height / 10
-            cols += [mask.astype(np.float32), f["hag_mean"] / 10, np.broadcast_to(level_h, mask.shape)]
-        cols += [np.log1p(f["count"]) / 3, f["multi_return"]]
-        if cfg.intensity:
-            if "intensity" not in f:
-                raise DataError(cloud.source, "has no 'intensity' field (intensity: true)")
-            med = float(np.median(f["intensity"][mask])) if mask.any() else 1.0
-            cols.append(f["intensity"] / max(med, 1e-6))
-        cols.append(mask.astype(np.float32))
-        x = np.stack(cols, -1).astype(np.float32)
-        x[~mask] = 0.0
-        index = g.point_cell if cfg.mode == "raster" else g.point_voxel
-        return _Grid(x, mask, g.labels, index, g)
+        return encode_grid(cloud, labels, mode=cfg.mode, cell_size=cfg.cell_size, voxel_height=cfg.voxel_height,
+                           levels=cfg.levels, ground_window=cfg.ground_window, label_rule=cfg.label_rule,
+                           intensity=cfg.intensity)
 
     def _build_net(self, in_dim: int):
-        from .ckconv_net import CKConvSegNet
+        from ckconv.network import CKConvSegNet
 
         cfg, k = self.config, self.config.kernel
         L = (cfg.crop, cfg.crop) if cfg.mode == "raster" else (cfg.crop, cfg.crop, cfg.levels)
@@ -222,13 +170,13 @@ class CKConvGridModel:
         return self.net
 
     # -- training -----------------------------------------------------------------------
-    def _crop(self, g: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(self, g: EncodedGrid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = self.config.crop
         rows, cols = g.mask.shape[:2]
         r0 = int(rng.integers(0, rows - c + 1)) if rows > c else 0
         c0 = int(rng.integers(0, cols - c + 1)) if cols > c else 0
-        x, m = _window(g.x, r0, c0, c, 0.0), _window(g.mask, r0, c0, c, False)
-        y = _window(g.labels, r0, c0, c, IGNORE)
+        x, m = window(g.x, r0, c0, c, 0.0), window(g.mask, r0, c0, c, False)
+        y = window(g.labels, r0, c0, c, IGNORE)
         k = int(rng.integers(4))
         flip = bool(rng.integers(2))
         out = []
@@ -237,7 +185,7 @@ class CKConvGridModel:
             out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
         return out[0], out[1], out[2]
 
-    def _labelled_grids(self, items: list[LabelledFile], what: str) -> list[tuple[_Grid, np.ndarray]]:
+    def _labelled_grids(self, items: list[LabelledFile], what: str) -> list[tuple[EncodedGrid, np.ndarray]]:
         """``(grid with cell labels, reference class index per point)`` for every file."""
         out = []
         for item in progress(items, f"grids ({what})", unit="file"):
@@ -246,13 +194,10 @@ class CKConvGridModel:
         return out
 
     def _signature(self) -> dict[str, Any]:
-        """What a checkpoint must have been trained with to be resumed (``Trainer.signature``)."""
-        from pipeline.schema import to_plain
-
-        plain = to_plain(self.config)
-        for key in ("steps", "val_every", "checkpoint_every", "geotiff", "preview"):
-            plain.pop(key, None)
-        return {"config": plain, "classes": list(self.class_map.names), "in_dim": self.in_dim}
+        """What a checkpoint must have been trained with to be resumed (``Trainer.signature``):
+        the config without its ``option(resume=False)`` keys."""
+        return {"config": without_keys(to_plain(self.config), keys_where(type(self.config), "resume", False)),
+                "classes": list(self.class_map.names), "in_dim": self.in_dim}
 
     def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
         import torch
@@ -322,33 +267,23 @@ class CKConvGridModel:
                 "train_cell_counts": dict(zip(self.class_map.names, counts.tolist()))}
 
     # -- inference ----------------------------------------------------------------------
-    def predict_cells(self, g: _Grid, device: str = "cpu") -> np.ndarray:
+    def predict_cells(self, g: EncodedGrid, device: str = "cpu") -> np.ndarray:
         """Blended softmax ``[*S, C]`` over overlapping ``crop`` tiles (padded at the edges);
         ``optim.amp`` autocast on CUDA, as in training."""
         import torch
 
         cfg, c = self.config, self.config.crop
         rows, cols = g.mask.shape[:2]
-        stride = max(1, int(round(c * (1 - cfg.overlap))))
-
-        def starts(n: int) -> list[int]:
-            if n <= c:
-                return [0]
-            s = list(range(0, n - c + 1, stride))
-            return s if s[-1] == n - c else s + [n - c]
-
-        ramp = np.minimum(np.arange(c) + 1, c - np.arange(c)).astype(np.float32)
-        tent = np.outer(ramp, ramp) / ramp.max() ** 2
-        tent = tent.reshape((c, c) + (1,) * (g.mask.ndim - 2))
+        tent = tent_weight(c, g.mask.ndim - 2)
         acc = np.zeros(g.mask.shape + (self.class_map.num_classes,), np.float32)
         wsum = np.zeros(g.mask.shape + (1,), np.float32)
-        tiles = [(r, q) for r in starts(rows) for q in starts(cols)]
+        tiles = [(r, q) for r in tile_starts(rows, c, cfg.overlap) for q in tile_starts(cols, c, cfg.overlap)]
         net = self.net.to(device).eval()
         with torch.no_grad(), amp_autocast(cfg.optim, device):
             for i in range(0, len(tiles), cfg.batch_size):
                 part = tiles[i:i + cfg.batch_size]
-                xb = np.stack([_window(g.x, r, q, c, 0.0) for r, q in part])
-                mb = np.stack([_window(g.mask, r, q, c, False) for r, q in part])
+                xb = np.stack([window(g.x, r, q, c, 0.0) for r, q in part])
+                mb = np.stack([window(g.mask, r, q, c, False) for r, q in part])
                 logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)).float()
                 if self.logit_bias is not None:
                     logits = logits + torch.from_numpy(self.logit_bias).to(logits.device)
@@ -359,14 +294,16 @@ class CKConvGridModel:
                     wsum[r:r + h, q:q + w] += tent[:h, :w, ..., None]
         return acc / wsum
 
-    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
+    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+        """Per-point probabilities (each point takes its cell's / voxel's) and, with ``geotiff``,
+        the 2-D map (voxel mode: the top-most occupied voxel of each column)."""
         g = self._grid(cloud, None)
         if g.x.shape[-1] != self.in_dim:
             raise DataError(cloud.source, f"grid has {g.x.shape[-1]} input channels, the model {self.in_dim}")
         cells = self.predict_cells(g, device)
-        ncls = self.class_map.num_classes
-        proba = cells.reshape(-1, ncls)[g.point_index].astype(np.float32)
-        # 2-D products for write_grid_outputs (voxel mode: top-most occupied voxel per column)
+        proba = cells.reshape(-1, self.class_map.num_classes)[g.point_index].astype(np.float32)
+        if not self.config.geotiff:
+            return Prediction(proba)
         if self.config.mode == "raster":
             mask2, p2 = g.mask, cells
         else:
@@ -374,33 +311,13 @@ class CKConvGridModel:
             mask2 = occ.any(-1)
             top = occ.shape[-1] - 1 - np.argmax(occ[..., ::-1], axis=-1)
             p2 = np.take_along_axis(cells, top[..., None, None], axis=2)[:, :, 0]
-        self._last = (id(cloud), g.raw.grid, p2.argmax(-1), p2.astype(np.float32), mask2)
-        return proba
+        product = GridProduct(g.raw.grid, p2.argmax(-1), p2.astype(np.float32), mask2,
+                              f"{self.config.mode}, {self.config.cell_size:g} m", preview=self.config.preview)
+        return Prediction(proba, product)
 
-    def write_grid_outputs(self, cloud: PointCloud, out_dir: Path, stem: str, probabilities: bool = False,
-                           device: str = "cpu") -> list[Path]:
-        """GeoTIFF class map (+ probabilities) and PNG preview of ``cloud``'s last prediction."""
-        from data.geotiff import crs_of, write_class_map, write_preview, write_probability_map
-
-        if not self.config.geotiff:
-            return []
-        if self._last is None or self._last[0] != id(cloud):
-            self.predict_proba(cloud, device)
-        _, grid, idx, p2, mask2 = self._last
-        codes = self.class_map.output_codes[idx]
-        crs = crs_of(cloud)
-        if crs is None:
-            log(f"{stem}: no CRS in the input; GeoTIFF written without one")
-        out_dir = Path(out_dir)
-        kw = dict(class_names=self.class_map.names, class_codes=self.class_map.output_codes.tolist())
-        written = [write_class_map(out_dir / f"{stem}_class.tif", grid, codes, mask=mask2, crs=crs, **kw)]
-        if probabilities:
-            written.append(write_probability_map(out_dir / f"{stem}_proba.tif", grid, p2, mask2, crs=crs,
-                                                 class_names=self.class_map.names))
-        if self.config.preview:
-            written.append(write_preview(out_dir / f"{stem}_class.png", grid, np.where(mask2, idx, -1), mask2,
-                                         title=f"{stem} ({self.config.mode}, {self.config.cell_size:g} m)", **kw))
-        return written
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
+        """``[N, C]`` float32: :meth:`predict`'s per-point probabilities."""
+        return self.predict(cloud, device).proba
 
     # -- bundle -------------------------------------------------------------------------
     def save(self, folder: Path) -> None:

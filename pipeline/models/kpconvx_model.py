@@ -7,24 +7,12 @@ augments them (rotation about z, scaling, flips, jitter, feature dropout) and op
 steps, best checkpoint kept, ``--resume`` continues from ``OUT/NAME.work/last.pt``.
 
 Prediction covers every point with overlapping regions on a regular grid
-(:mod:`pipeline.sampling_spheres`), averages the softmax per original point over regions
+(:mod:`pipeline.regions`), averages the softmax per original point over regions
 and ``votes`` (rotated copies, shifted grids), and processes regions in blocks of at most
 ``block_points`` points (bounded memory).
 
-Input features per point (``features``):
-
-- always a constant 1;
-- ``xyz``: coordinates relative to the region centre, divided by the region radius;
-- ``intensity``: ``log1p(intensity)/log(65536)``;
-- ``returns``: ``return_number/number_of_returns`` and ``min(number_of_returns, 5)/5``;
-- ``height``: height above the lowest point of the 3x3 block of ``height_cell`` cells;
-- ``ground``: height above a morphological ground model (``data.features.height_above_ground``,
-  1 m cells, 24 m largest object), robust to buildings and bridges;
-- ``rgb`` / ``nir``: colour / near infrared divided by 65535 (every input file must have
-  them: training and prediction fail clearly otherwise).
-
-All but the constant and ``xyz`` are standardised with the mean and standard deviation
-of the training points (stored in the bundle).
+Input features per point (``features``): ``pipeline.models.point_inputs``; the non-geometric
+ones are standardised with the training points' mean and standard deviation (in the bundle).
 
 Bundle files: ``weights.pt`` (the network's state_dict, CPU tensors; loads anywhere with
 ``map_location``) and ``kpconvx_model.json`` (resolved network config, feature columns,
@@ -36,53 +24,43 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
 
 from data.classmap import IGNORE, ClassMap
-from data.errors import DataError, UserError
+from data.errors import UserError
 from data.pointcloud import PointCloud
+from pipeline.datasets import LabelledFile
+from pipeline.priors import prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
-from pipeline.sampling_spheres import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
+from pipeline.schema import keys_where, option, to_plain, without_keys
+from pipeline.regions import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
                                        SamplingConfig, augment, predict_coverage, rotation_z,
                                        sampled_class_counts)
 from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, step_rng
 
-from pipeline.datasets import LabelledFile
-from pipeline.priors import prior_log_ratio
+from .base import Prediction, TrainContext, load_torch_file, load_weights
+from .point_inputs import FEATURES, FeatureName, feature_columns, point_feature_matrix
 
-from .base import TrainContext, load_torch_file, load_weights
+def _network_overrides() -> type:
+    """``NetworkOverrides``: every field of ``kpconvx.KPConvXConfig``, each optional (null keeps
+    the preset's value), derived from it so that the two never drift; ``first_cell`` defaults
+    to 0.25 m (the presets' 0.04 is indoor scale)."""
+    from kpconvx import KPConvXConfig
 
-FEATURES = ("xyz", "intensity", "returns", "height", "ground", "rgb", "nir")
-FeatureName = Literal["xyz", "intensity", "returns", "height", "ground", "rgb", "nir"]
-#: Point fields each feature needs.
-_NEEDS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_number", "number_of_returns"),
-          "height": (), "ground": (), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
-#: Standardised input columns each feature adds (xyz adds geometric columns instead).
-_COLUMNS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_ratio", "number_of_returns"),
-            "height": ("height",), "ground": ("hag_ground",), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+    hints = get_type_hints(KPConvXConfig)
+    defaults = {"first_cell": 0.25}
+    fields = [(f.name, hints[f.name] | None, field(default=defaults.get(f.name)))
+              for f in dataclasses.fields(KPConvXConfig)]
+    cls = dataclasses.make_dataclass("NetworkOverrides", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = "Values replacing the preset's (``kpconvx.KPConvXConfig``); null keeps the preset's."
+    return cls
 
 
-@dataclass
-class NetworkOverrides:
-    """Values replacing the preset's (``kpconvx.KPConvXConfig``); null keeps the preset's."""
-
-    first_cell: float | None = 0.25     # metres; the presets' 0.04 is indoor scale
-    widths: list[int] | None = None
-    blocks: list[int] | None = None
-    neighbor_limits: list[int] | None = None
-    radius_factor: float | None = None
-    sigma_factor: float | None = None
-    shell_radii: list[float] | None = None
-    shell_points: list[int] | None = None
-    dh_factor: int | None = None
-    groups: int | None = None
-    drop_path: float | None = None
-    bn_momentum: float | None = None
-    upsample: Literal["nearest", "knn3"] | None = None
-    deformable: bool | None = None
+NetworkOverrides = _network_overrides()
 
 
 @dataclass
@@ -96,7 +74,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def resolve_network(preset: str, overrides: NetworkOverrides):
@@ -110,80 +88,39 @@ def resolve_network(preset: str, overrides: NetworkOverrides):
         raise UserError(f"network: {exc}") from None
 
 
-def feature_columns(features: list[str]) -> tuple[list[str], list[str]]:
-    """-> (geometric columns: constant + xyz, standardised point-feature columns)."""
-    geo = ["one"] + (["x", "y", "z"] if "xyz" in features else [])
-    return geo, [col for f in features for col in _COLUMNS[f]]
-
-
-def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: float) -> np.ndarray:
-    """``[N, F]`` float32 unstandardised point features (columns of :func:`feature_columns`)."""
-    from data.features import height_above_ground, height_features, point_features
-
-    cols: list[np.ndarray] = []
-    for f in features:
-        missing = [name for name in _NEEDS[f] if not cloud.has(name)]
-        if missing:
-            raise DataError(cloud.source, f"has no {', '.join(repr(m) for m in missing)} field, which the "
-                                          f"KPConvX input feature {f!r} needs (drop it from 'features')")
-        if f == "intensity":
-            cols.append(point_features(cloud.fields, ["intensity"])["intensity"])
-        elif f == "returns":
-            pf = point_features(cloud.fields, ["return_ratio", "number_of_returns"])
-            cols += [pf["return_ratio"], pf["number_of_returns"]]
-        elif f == "height":
-            cols.append(height_features(cloud.xyz, height_cell)["hag3"])
-        elif f == "ground":
-            cols.append(height_above_ground(cloud.xyz))
-        elif f in ("rgb", "nir"):
-            for name in _NEEDS[f]:
-                cols.append(np.asarray(cloud.fields[name], np.float32) / 65535.0)
-    if not cols:
-        return np.zeros((len(cloud), 0), np.float32)
-    return np.nan_to_num(np.stack(cols, axis=1).astype(np.float32))
-
-
 @MODELS.register("kpconvx")
 class KPConvXModel:
-    #: Config keys ``run.py predict --set`` may change on a trained bundle.
-    predict_options = ("votes", "block_points", "sampling.test_spacing")
-
     @dataclass
     class Config:
         preset: Literal["small", "full"] = "small"
         network: NetworkOverrides = field(default_factory=NetworkOverrides)
         features: list[FeatureName] = field(default_factory=lambda: ["xyz", "intensity", "returns", "height"])
-        height_cell: float = 10.0          # metres, for the 'height' feature
+        height_cell: float = option(min=0, exclusive=True, default=10.0)   # metres, for the 'height' feature
         sampling: SamplingConfig = field(default_factory=SamplingConfig)
         augment: AugmentConfig = field(default_factory=AugmentConfig)
         loss: LossConfig = field(default_factory=LossConfig)
         optim: OptimConfig = field(default_factory=OptimConfig)
-        batch_size: int = 4                # regions per optimisation step
-        steps: int = 20000                 # optimisation steps (unless epochs is given)
-        epochs: int | None = None          # if given: steps = epochs * steps_per_epoch
-        steps_per_epoch: int = 500
-        val_every: int = 1000              # validate on val_inputs every N steps (and at the end)
-        checkpoint_every: int = 500
-        val_votes: int = 1
-        votes: int = 3                     # test-time votes (rotations about z + shifted grids)
-        block_points: int = 200_000        # inference: max points per forward pass
+        batch_size: int = option(min=1, default=4)                  # regions per optimisation step
+        steps: int = option(min=1, resume=False, default=20000)     # optimisation steps (unless epochs)
+        epochs: int | None = option(min=1, resume=False, default=None)  # steps = epochs * steps_per_epoch
+        steps_per_epoch: int = option(min=1, resume=False, default=500)
+        val_every: int = option(min=1, resume=False, default=1000)  # validate every N steps (and at the end)
+        checkpoint_every: int = option(min=1, resume=False, default=500)
+        val_votes: int = option(min=1, resume=False, default=1)
+        votes: int = option(min=1, predict=True, resume=False, default=3)  # test-time votes (rotations, shifts)
+        block_points: int = option(min=1, predict=True, resume=False, default=200_000)  # points per forward pass
 
         def __post_init__(self) -> None:
             if len(set(self.features)) != len(self.features):
                 raise UserError(f"features: duplicates in {self.features}")
-            if not self.height_cell > 0:
-                raise UserError("height_cell must be > 0")
-            for name in ("batch_size", "steps", "steps_per_epoch", "val_every", "checkpoint_every",
-                         "val_votes", "votes", "block_points"):
-                if getattr(self, name) < 1:
-                    raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-            if self.epochs is not None and self.epochs < 1:
-                raise UserError(f"epochs must be >= 1 or null, got {self.epochs}")
             resolve_network(self.preset, self.network)  # validates the overrides now
 
         @property
         def total_steps(self) -> int:
             return self.epochs * self.steps_per_epoch if self.epochs is not None else self.steps
+
+    #: Config keys ``run.py predict --set`` may change on a trained bundle (``option(predict=True)``)
+    predict_options = keys_where(Config, "predict")
 
     def __init__(self, config: "KPConvXModel.Config", class_map: ClassMap):
         self.config = config
@@ -243,13 +180,10 @@ class KPConvXModel:
         return xyzs, feats, labels
 
     def _signature(self) -> dict[str, Any]:
-        from pipeline.schema import to_plain
-
-        plain = to_plain(self.config)
-        for key in ("steps", "epochs", "steps_per_epoch", "val_every", "checkpoint_every", "votes",
-                    "val_votes", "block_points"):
-            plain.pop(key, None)
-        return {"config": plain, "classes": list(self.class_map.names)}
+        """What a checkpoint must have been trained with to be resumed (``Trainer.signature``):
+        the config without its ``option(resume=False)`` keys."""
+        return {"config": without_keys(to_plain(self.config), keys_where(type(self.config), "resume", False)),
+                "classes": list(self.class_map.names)}
 
     def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
         import torch
@@ -357,6 +291,9 @@ class KPConvXModel:
                 f"(max_points cap); they take the prediction of the nearest reached point")
         return proba.astype(np.float32)
 
+    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+        return Prediction(self.predict_proba(cloud, device))
+
     # -- bundle -------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         import torch
@@ -373,8 +310,6 @@ class KPConvXModel:
 
     @classmethod
     def load(cls, config: "KPConvXModel.Config", class_map: ClassMap, folder: Path) -> "KPConvXModel":
-        import torch
-
         model = cls(config, class_map)
         folder = Path(folder)
         try:

@@ -1,6 +1,6 @@
 """Baseline: a scikit-learn random forest on mined geometric features.
 
-Features per point (``data.features.compute_features``): covariance shape features at
+Features per point (``geometry.features.compute_features``): covariance shape features at
 several k-NN (and optional radius) scales, height above local minima and above a
 morphological ground model, intensity and return features.
 
@@ -24,75 +24,17 @@ from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
 from pipeline.datasets import LabelledFile
+from pipeline.mining import FeatureConfig, mine, mine_names
 from pipeline.priors import prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
-from pipeline.schema import at_least
+from pipeline.schema import at_least, keys_where, option
 
-from .base import TrainContext
-
-
-@dataclass
-class FeatureConfig:
-    """Options of ``data.features.compute_features``."""
-
-    k: list[int] = at_least(3, default_factory=lambda: [10, 30])
-    radii: list[float] = at_least(0, exclusive=True, default_factory=list)
-    height_cells: list[float] = at_least(0, exclusive=True, default_factory=lambda: [2.0, 10.0, 30.0])
-    intensity: bool = False       # raw intensity differs between sensors and surveys
-    returns: bool = True
-    normals: bool = False         # normal_x/y/z depend on orientation; verticality is kept
-    ground: bool = True           # height above a morphological ground model ('hag_ground')
-    ground_cell: float = at_least(0, exclusive=True, default=1.0)      # metres, its grid
-    ground_window: float = at_least(0, exclusive=True, default=24.0)   # metres, the largest object it removes
-    coarse_cells: list[float] = at_least(0, exclusive=True, default_factory=list)  # metres: context scales
-    coarse_k: int = at_least(3, default=16)
-
-    def __post_init__(self) -> None:
-        if any(k < 3 for k in self.k):
-            raise UserError(f"features.k: every k must be >= 3, got {self.k}")
-        if any(not r > 0 for r in self.radii) or any(not c > 0 for c in self.height_cells):
-            raise UserError("features.radii / features.height_cells: sizes must be > 0")
-        if not (self.ground_cell > 0 and self.ground_window > 0):
-            raise UserError("features.ground_cell / features.ground_window must be > 0")
-        if any(not g > 0 for g in self.coarse_cells) or self.coarse_k < 3:
-            raise UserError("features.coarse_cells must be > 0 and features.coarse_k >= 3")
-        if not (self.k or self.radii):
-            raise UserError("features: give at least one k or radius")
-
-
-def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
-    from data.features import compute_features
-
-    names, values = compute_features(cloud, k=tuple(cfg.k), radii=tuple(cfg.radii),
-                                     height_cells=tuple(cfg.height_cells), intensity=cfg.intensity,
-                                     returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
-                                     ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
-                                     coarse_k=cfg.coarse_k)
-    if cfg.normals:
-        return names, values
-    keep = [i for i, name in enumerate(names) if "_normal_" not in name]
-    return [names[i] for i in keep], values[:, keep]
-
-
-def mine_names(cfg: FeatureConfig, available: list[str]) -> list[str]:
-    """The feature names :func:`mine` gives for ``cfg``, restricted to the point features among
-    ``available`` (the LAS fields a file has decide those)."""
-    from data.features import POINT_FEATURES, feature_names
-
-    names = feature_names(k=tuple(cfg.k), radii=tuple(cfg.radii), height_cells=tuple(cfg.height_cells),
-                          intensity=cfg.intensity, returns=cfg.returns,
-                          ground_cell=cfg.ground_cell if cfg.ground else None, coarse_cells=tuple(cfg.coarse_cells),
-                          coarse_k=cfg.coarse_k)
-    names = [n for n in names if n not in POINT_FEATURES or n in available]
-    return names if cfg.normals else [n for n in names if "_normal_" not in n]
+from .base import Prediction, TrainContext
 
 
 @MODELS.register("random_forest")
 class RandomForestModel:
-    #: Config keys ``run.py predict --set`` may change on a trained bundle.
-    predict_options = ("n_jobs",)
-
     @dataclass
     class Config:
         features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -105,7 +47,7 @@ class RandomForestModel:
         samples_per_class: int = at_least(1, default=30000)  # balanced: points drawn per class
         balanced: bool = False         # class_weight='balanced_subsample' on the sampled points
         prior_correction: bool = True  # undo the sample's (and class weights') priors at prediction
-        n_jobs: int = -1               # worker processes (-1: all cores)
+        n_jobs: int = option(predict=True, default=-1)   # worker processes (-1: all cores)
 
         def __post_init__(self) -> None:
             if self.n_jobs == 0 or self.n_jobs < -1:
@@ -114,6 +56,9 @@ class RandomForestModel:
                 raise UserError("n_estimators, max_samples and samples_per_class must be >= 1")
             if not 0 < self.max_features <= 1:
                 raise UserError(f"max_features must be in (0, 1], got {self.max_features}")
+
+    #: Config keys ``run.py predict --set`` may change on a trained bundle (``option(predict=True)``)
+    predict_options = keys_where(Config, "predict")
 
     def __init__(self, config: "RandomForestModel.Config", class_map: ClassMap):
         self.config = config
@@ -203,6 +148,9 @@ class RandomForestModel:
             proba /= np.maximum(proba.sum(1, keepdims=True), 1e-12)
         return proba
 
+    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+        return Prediction(self.predict_proba(cloud, device))
+
     # -- bundle -------------------------------------------------------------------------
     #: the only types a bundle's ``random_forest.skops`` may hold beyond skops' own trusted
     #: set (numpy arrays, scikit-learn estimators): loading refuses anything else, so no code
@@ -282,4 +230,4 @@ def _balanced_sample(y: np.ndarray, per_class: int, rng: np.random.Generator) ->
     return np.sort(order[sort[rank < per_class]])
 
 
-__all__ = ["RandomForestModel", "FeatureConfig"]
+__all__ = ["RandomForestModel"]

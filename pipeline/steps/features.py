@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data.io import read_cloud, write_cloud
-from pipeline.models.random_forest import FeatureConfig, mine
+from pipeline.mining import FeatureConfig, mine
 from pipeline.predict import output_path
 from pipeline.progress import log, progress
 from pipeline.registry import STEPS

@@ -23,8 +23,6 @@ from pipeline.progress import log
 from pipeline.registry import MODELS, STEPS
 from pipeline.schema import Component, SpecError
 
-from .. import models as _models  # noqa: F401  (registers model types)
-
 
 def _summary_line(summary: dict) -> str:
     """A short human summary of a training (the full summary is in the bundle's bundle.json)."""

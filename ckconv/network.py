@@ -21,8 +21,9 @@ import math
 import torch
 from torch import nn
 
-from ckconv import CKConvND
+from .layer import CKConvND
 
+#: kernel networks a CKConvSegNet can use (the one list: ``ckconv_grid``'s ``kernel.type`` takes it)
 KERNEL_TYPES = ("SIRENKernelND", "BlockDiagonalLearnableOmegaSIRENKernelND")
 
 
@@ -68,7 +69,7 @@ class CKConvSegNet(nn.Module):
     """Per-cell class logits for a grid ``[B, *S, in_dim]`` (S: 2 or 3 axes)."""
 
     def __init__(self, data_dim: int, in_dim: int, num_classes: int, *, hidden: int = 32, num_blocks: int = 4,
-                 kernel_type: str = "SIRENKernelND", kernel_hidden: int = 32, kernel_layers: int = 3,
+                 kernel_type: str = KERNEL_TYPES[0], kernel_hidden: int = 32, kernel_layers: int = 3,
                  omega_0: float = 10.0, omega_blocks: int = 4, L_cache: int | tuple = 64, window: bool = True,
                  film: bool = False, cond_dim: int = 16, registers: int = 4, dropout: float = 0.1):
         super().__init__()
@@ -77,7 +78,7 @@ class CKConvSegNet(nn.Module):
         self.data_dim = data_dim
         kernel_cfg: dict = {"type": kernel_type, "mlp_hidden_dim": kernel_hidden, "num_layers": kernel_layers,
                             "embedding_dim": kernel_hidden, "L_cache": L_cache, "use_bias": True}
-        if kernel_type == "SIRENKernelND":
+        if kernel_type == KERNEL_TYPES[0]:
             kernel_cfg["omega_0"] = omega_0
         else:
             kernel_cfg.update(num_blocks=omega_blocks, omega_0_max=omega_0)

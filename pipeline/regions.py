@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from data.errors import UserError
+from geometry.neighbors import NeighborIndex
+from pipeline.schema import option
 
 __all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassBalancedCenters",
            "augment", "rotation_z", "sampled_class_counts", "coverage_centers", "iter_blocks", "predict_coverage"]
@@ -33,17 +34,16 @@ __all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassB
 @dataclass
 class SamplingConfig:
     shape: Literal["sphere", "cylinder"] = "sphere"
-    radius: float = 10.0              # metres
-    max_points: int = 40000           # cap per region (nearest to the centre kept)
+    radius: float = option(min=0, exclusive=True, default=10.0)      # metres
+    max_points: int = option(min=1, default=40000)    # cap per region (nearest to the centre kept)
     class_balanced: bool = True       # centres: class uniformly, then a point of it
-    test_spacing: float = 1.0         # inference grid spacing as a fraction of the radius
+    #: inference grid spacing as a fraction of the radius
+    test_spacing: float = option(min=0, exclusive=True, predict=True, resume=False, default=1.0)
 
     def __post_init__(self) -> None:
-        if not self.radius > 0 or self.max_points < 1:
-            raise UserError("sampling.radius must be > 0 and sampling.max_points >= 1")
         limit = 2 / math.sqrt(3) if self.shape == "sphere" else math.sqrt(2)
         if not 0 < self.test_spacing <= limit:
-            raise UserError(f"sampling.test_spacing must be in (0, {limit:.3f}] for {self.shape}s "
+            raise UserError(f"test_spacing must be in (0, {limit:.3f}] for {self.shape}s "
                             f"(larger spacings leave gaps), got {self.test_spacing}")
 
 
@@ -60,12 +60,12 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise UserError(f"augment.scale must be [low, high] with 0 < low <= high, got {self.scale}")
+            raise UserError(f"scale must be [low, high] with 0 < low <= high, got {self.scale}")
         for name in ("flip_x", "flip_y", "feature_dropout"):
             if not 0 <= getattr(self, name) <= 1:
-                raise UserError(f"augment.{name} must be a probability in [0, 1]")
+                raise UserError(f"{name} must be a probability in [0, 1]")
         if self.jitter < 0 or self.jitter_clip < 0:
-            raise UserError("augment.jitter and augment.jitter_clip must be >= 0")
+            raise UserError("jitter and jitter_clip must be >= 0")
 
 
 @dataclass
@@ -85,7 +85,7 @@ class RegionSampler:
         self.cfg = cfg
         self.xyz = tiles_xyz
         dims = 3 if cfg.shape == "sphere" else 2
-        self.trees = [cKDTree(np.asarray(x[:, :dims], dtype=np.float64)) for x in tiles_xyz]
+        self.trees = [NeighborIndex(x[:, :dims]) for x in tiles_xyz]
 
     def regions(self, tile: int, centers: np.ndarray) -> list[Region]:
         """Regions around ``centers [m, 3]`` of one tile.
@@ -97,8 +97,7 @@ class RegionSampler:
         dims = 3 if self.cfg.shape == "sphere" else 2
         centers = np.asarray(centers, np.float64).reshape(-1, 3)
         xyz = self.xyz[tile]
-        members = self.trees[tile].query_ball_point(centers[:, :dims], float(np.nextafter(self.cfg.radius, np.inf)),
-                                                    workers=-1, return_sorted=True)
+        members = self.trees[tile].ball(centers[:, :dims], self.cfg.radius)
         out = []
         for c, row in zip(centers, members):
             row = np.asarray(row, np.int64)
@@ -251,7 +250,6 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     if missing:
         if not reached.any():
             raise RuntimeError("no region reached any point")
-        tree = cKDTree(np.asarray(xyz, np.float64)[reached])
-        _, j = tree.query(np.asarray(xyz, np.float64)[~reached], k=1, workers=-1)
-        acc[~reached] = acc[np.flatnonzero(reached)[j]]
+        _, j = NeighborIndex(np.asarray(xyz, np.float64)[reached]).knn(np.asarray(xyz, np.float64)[~reached], 1)
+        acc[~reached] = acc[np.flatnonzero(reached)[j[:, 0]]]
     return acc, missing

@@ -10,7 +10,7 @@ a cell of its own: adjacent tiles' rasters abut without overlapping (a 50 m tile
 
 ::
 
-    from data.grids import rasterize, voxelize
+    from geometry.grids import rasterize, voxelize
     r = rasterize(cloud.xyz, cloud.fields, cell_size=1.0, labels=class_idx)
     r.features            # [rows, cols, F] float32, NaN where a cell is empty
     r.mask                # [rows, cols] bool, True = the cell holds at least one point

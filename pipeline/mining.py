@@ -1,0 +1,65 @@
+"""Geometric feature mining as a spec component: ``features:`` options and ``mine``.
+
+The random forest trains on these features and the ``features`` step writes them as extra
+dimensions; both take a :class:`FeatureConfig` (``geometry.features.compute_features``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.errors import UserError
+from data.pointcloud import PointCloud
+
+from .schema import at_least
+
+
+@dataclass
+class FeatureConfig:
+    """Options of ``geometry.features.compute_features``."""
+
+    k: list[int] = at_least(3, default_factory=lambda: [10, 30])
+    radii: list[float] = at_least(0, exclusive=True, default_factory=list)
+    height_cells: list[float] = at_least(0, exclusive=True, default_factory=lambda: [2.0, 10.0, 30.0])
+    intensity: bool = False       # raw intensity differs between sensors and surveys
+    returns: bool = True
+    normals: bool = False         # normal_x/y/z depend on orientation; verticality is kept
+    ground: bool = True           # height above a morphological ground model ('hag_ground')
+    ground_cell: float = at_least(0, exclusive=True, default=1.0)      # metres, its grid
+    ground_window: float = at_least(0, exclusive=True, default=24.0)   # metres, the largest object it removes
+    coarse_cells: list[float] = at_least(0, exclusive=True, default_factory=list)  # metres: context scales
+    coarse_k: int = at_least(3, default=16)
+
+    def __post_init__(self) -> None:   # sizes and ranges: option(min=...) above, checked by the schema
+        if not (self.k or self.radii):
+            raise UserError("give at least one k or radius")
+
+
+def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
+    from geometry.features import compute_features
+
+    names, values = compute_features(cloud, k=tuple(cfg.k), radii=tuple(cfg.radii),
+                                     height_cells=tuple(cfg.height_cells), intensity=cfg.intensity,
+                                     returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
+                                     ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
+                                     coarse_k=cfg.coarse_k)
+    if cfg.normals:
+        return names, values
+    keep = [i for i, name in enumerate(names) if "_normal_" not in name]
+    return [names[i] for i in keep], values[:, keep]
+
+
+def mine_names(cfg: FeatureConfig, available: list[str]) -> list[str]:
+    """The feature names :func:`mine` gives for ``cfg``, restricted to the point features among
+    ``available`` (the LAS fields a file has decide those)."""
+    from geometry.features import POINT_FEATURES, feature_names
+
+    names = feature_names(k=tuple(cfg.k), radii=tuple(cfg.radii), height_cells=tuple(cfg.height_cells),
+                          intensity=cfg.intensity, returns=cfg.returns,
+                          ground_cell=cfg.ground_cell if cfg.ground else None, coarse_cells=tuple(cfg.coarse_cells),
+                          coarse_k=cfg.coarse_k)
+    names = [n for n in names if n not in POINT_FEATURES or n in available]
+    return names if cfg.normals else [n for n in names if "_normal_" not in n]
+
+__all__ = ["FeatureConfig", "mine", "mine_names"]

@@ -1,0 +1,69 @@
+"""Input encoding of the point model: per-point feature columns of a cloud.
+
+Input features per point (``features`` of a ``kpconvx`` model):
+
+- always a constant 1;
+- ``xyz``: coordinates relative to the region centre, divided by the region radius;
+- ``intensity``: ``log1p(intensity)/log(65536)``;
+- ``returns``: ``return_number/number_of_returns`` and ``min(number_of_returns, 5)/5``;
+- ``height``: height above the lowest point of the 3x3 block of ``height_cell`` cells;
+- ``ground``: height above a morphological ground model (``geometry.heights.height_above_ground``,
+  1 m cells, 24 m largest object), robust to buildings and bridges;
+- ``rgb`` / ``nir``: colour / near infrared divided by 65535 (every input file must have
+  them: training and prediction fail clearly otherwise).
+
+All but the constant and ``xyz`` are standardised with the mean and standard deviation of
+the training points (the model stores them in its bundle).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from data.errors import DataError
+from data.pointcloud import PointCloud
+
+__all__ = ["FEATURES", "FeatureName", "feature_columns", "point_feature_matrix"]
+
+FEATURES = ("xyz", "intensity", "returns", "height", "ground", "rgb", "nir")
+FeatureName = Literal["xyz", "intensity", "returns", "height", "ground", "rgb", "nir"]
+#: Point fields each feature needs.
+_NEEDS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_number", "number_of_returns"),
+          "height": (), "ground": (), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+#: Standardised input columns each feature adds (xyz adds geometric columns instead).
+_COLUMNS = {"xyz": (), "intensity": ("intensity",), "returns": ("return_ratio", "number_of_returns"),
+            "height": ("height",), "ground": ("hag_ground",), "rgb": ("red", "green", "blue"), "nir": ("nir",)}
+
+
+def feature_columns(features: list[str]) -> tuple[list[str], list[str]]:
+    """-> (geometric columns: constant + xyz, standardised point-feature columns)."""
+    geo = ["one"] + (["x", "y", "z"] if "xyz" in features else [])
+    return geo, [col for f in features for col in _COLUMNS[f]]
+
+
+def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: float) -> np.ndarray:
+    """``[N, F]`` float32 unstandardised point features (columns of :func:`feature_columns`)."""
+    from geometry.features import height_above_ground, height_features, point_features
+
+    cols: list[np.ndarray] = []
+    for f in features:
+        missing = [name for name in _NEEDS[f] if not cloud.has(name)]
+        if missing:
+            raise DataError(cloud.source, f"has no {', '.join(repr(m) for m in missing)} field, which the "
+                                          f"KPConvX input feature {f!r} needs (drop it from 'features')")
+        if f == "intensity":
+            cols.append(point_features(cloud.fields, ["intensity"])["intensity"])
+        elif f == "returns":
+            pf = point_features(cloud.fields, ["return_ratio", "number_of_returns"])
+            cols += [pf["return_ratio"], pf["number_of_returns"]]
+        elif f == "height":
+            cols.append(height_features(cloud.xyz, height_cell)["hag3"])
+        elif f == "ground":
+            cols.append(height_above_ground(cloud.xyz))
+        elif f in ("rgb", "nir"):
+            for name in _NEEDS[f]:
+                cols.append(np.asarray(cloud.fields[name], np.float32) / 65535.0)
+    if not cols:
+        return np.zeros((len(cloud), 0), np.float32)
+    return np.nan_to_num(np.stack(cols, axis=1).astype(np.float32))
