@@ -22,6 +22,7 @@ import numpy as np
 from .errors import DataError, UserError
 
 IGNORE = -1
+UNKNOWN = -2      # ClassMap.lookup: a code neither mapped nor ignored
 _MAX_CODE = 65535  # codes are at most uint16 (LAS classification is uint8, extra dims may be wider)
 
 
@@ -108,11 +109,16 @@ class ClassMap:
         return np.array([c[0] for c in self.codes], dtype=np.int64)
 
     def _lut(self) -> np.ndarray:
-        lut = np.full(_MAX_CODE + 1, -2, dtype=np.int64)  # -2 = unknown
+        lut = np.full(_MAX_CODE + 1, UNKNOWN, dtype=np.int64)
         for i, codes in enumerate(self.codes):
             lut[list(codes)] = i
         lut[list(self.ignore)] = IGNORE
         return lut
+
+    def lookup(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``[N]`` in ``0..65535`` -> class indices ``[N]`` int64, ``IGNORE`` for ignored
+        codes and ``UNKNOWN`` for codes neither mapped nor ignored (no error)."""
+        return self._lut()[np.asarray(codes, np.int64)]
 
     def encode(self, codes: np.ndarray, source: object = "input") -> np.ndarray:
         """Input codes ``[N]`` -> class indices ``[N]`` int64 (``IGNORE`` for ignored codes).
@@ -122,8 +128,8 @@ class ClassMap:
         codes = np.asarray(codes).astype(np.int64, copy=False)
         if codes.size and (codes.min() < 0 or codes.max() > _MAX_CODE):
             raise DataError(source, f"class codes outside 0..{_MAX_CODE}")
-        labels = self._lut()[codes]
-        unknown = labels == -2
+        labels = self.lookup(codes)
+        unknown = labels == UNKNOWN
         if unknown.any():
             bad, counts = np.unique(codes[unknown], return_counts=True)
             listing = ", ".join(f"{c} ({n} points)" for c, n in zip(bad.tolist(), counts.tolist()))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from data.atomic import atomic_path, make_folder
-from data.classmap import ClassMap
+from data.classmap import IGNORE, UNKNOWN, ClassMap
 from data.io import read_cloud
 
 DENSITY_CELL = 5.0      # metres
@@ -96,16 +96,13 @@ def audit_file(path: Path, class_map: ClassMap | None = None, role: str = "") ->
     audit = FileAudit(path, n, float(density), [float(v) for v in np.r_[xyz.min(0), xyz.max(0)]], crs,
                       getattr(cloud.meta, "point_format", None), list(cloud.fields), codes, role=role)
     if class_map is not None and codes:
-        lut = {c: i for i, cs in enumerate(class_map.codes) for c in cs}
-        counts = np.zeros(class_map.num_classes, np.int64)
-        for code, k in codes.items():
-            if code in class_map.ignore:
-                audit.ignored += k
-            elif code in lut:
-                counts[lut[code]] += k
-            else:
-                audit.unknown[code] = k
-        audit.classes = dict(zip(class_map.names, counts.tolist()))
+        keys, points = np.array(list(codes)), np.array(list(codes.values()))
+        labels = class_map.lookup(keys)
+        audit.ignored = int(points[labels == IGNORE].sum())
+        audit.unknown = {int(c): int(k) for c, k in zip(keys[labels == UNKNOWN], points[labels == UNKNOWN])}
+        known = labels >= 0
+        counts = np.bincount(labels[known], weights=points[known], minlength=class_map.num_classes)
+        audit.classes = dict(zip(class_map.names, counts.astype(np.int64).tolist()))
         audit.ignored_codes = sorted(class_map.ignore)
     return audit
 
@@ -135,10 +132,11 @@ def warnings_for(audits: list[FileAudit], class_map: ClassMap | None) -> list[st
     train = [a.density for a in audits if a.role == "train"]
     pred = [a.density for a in audits if a.role == "predict"]
     if train and pred:
-        ratio = max(np.median(train), np.median(pred)) / max(min(np.median(train), np.median(pred)), 1e-9)
+        mt, mp = float(np.median(train)), float(np.median(pred))
+        ratio = max(mt, mp) / max(min(mt, mp), 1e-9)
         if ratio > DENSITY_RATIO:
-            out.append(f"median density of the training files ({np.median(train):.1f} pts/m2) and of the files to "
-                       f"predict ({np.median(pred):.1f} pts/m2) differ {ratio:.0f}x")
+            out.append(f"median density of the training files ({mt:.1f} pts/m2) and of the files to "
+                       f"predict ({mp:.1f} pts/m2) differ {ratio:.0f}x")
     elif len(audits) > 1:
         d = [a.density for a in audits]
         if max(d) > DENSITY_RATIO * max(min(d), 1e-9):

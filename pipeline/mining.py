@@ -12,24 +12,24 @@ import numpy as np
 from data.errors import UserError
 from data.pointcloud import PointCloud
 
-from .schema import at_least
+from .schema import option
 
 
 @dataclass
 class FeatureConfig:
     """Options of ``geometry.features.compute_features``."""
 
-    k: list[int] = at_least(3, default_factory=lambda: [10, 30])
-    radii: list[float] = at_least(0, exclusive=True, default_factory=list)
-    height_cells: list[float] = at_least(0, exclusive=True, default_factory=lambda: [2.0, 10.0, 30.0])
+    k: list[int] = option(min=3, default_factory=lambda: [10, 30])
+    radii: list[float] = option(min=0, exclusive=True, default_factory=list)
+    height_cells: list[float] = option(min=0, exclusive=True, default_factory=lambda: [2.0, 10.0, 30.0])
     intensity: bool = False       # raw intensity differs between sensors and surveys
     returns: bool = True
     normals: bool = False         # normal_x/y/z depend on orientation; verticality is kept
     ground: bool = True           # height above a morphological ground model ('hag_ground')
-    ground_cell: float = at_least(0, exclusive=True, default=1.0)      # metres, its grid
-    ground_window: float = at_least(0, exclusive=True, default=24.0)   # metres, the largest object it removes
-    coarse_cells: list[float] = at_least(0, exclusive=True, default_factory=list)  # metres: context scales
-    coarse_k: int = at_least(3, default=16)
+    ground_cell: float = option(min=0, exclusive=True, default=1.0)      # metres, its grid
+    ground_window: float = option(min=0, exclusive=True, default=24.0)   # metres, the largest object it removes
+    coarse_cells: list[float] = option(min=0, exclusive=True, default_factory=list)  # metres: context scales
+    coarse_k: int = option(min=3, default=16)
 
     def __post_init__(self) -> None:   # sizes and ranges: option(min=...) above, checked by the schema
         if not (self.k or self.radii):

@@ -117,8 +117,8 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     ``train_density`` (the bundle summary's ``{median, min, max}`` points/m^2 of the training
     files) makes a file more than 5x sparser or denser than the training data a warning.
     """
-    targets = {output_path(p, out_dir, fmt).resolve(): p for p in inputs}
-    clash = [p for t, p in targets.items() if t in {q.resolve() for q in inputs}]
+    sources = {p.resolve() for p in inputs}
+    clash = [p for p in inputs if output_path(p, out_dir, fmt).resolve() in sources]
     if clash:
         raise UserError(f"--out {out_dir}: would overwrite the input {clash[0]} (inputs are never overwritten; "
                         "choose another output folder)")

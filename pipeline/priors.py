@@ -12,7 +12,12 @@ priors ``p_train``::
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def prior_log_ratio(train_counts: np.ndarray, seen_counts: np.ndarray) -> np.ndarray:
@@ -27,4 +32,13 @@ def prior_log_ratio(train_counts: np.ndarray, seen_counts: np.ndarray) -> np.nda
     return out
 
 
-__all__ = ["prior_log_ratio"]
+def adjust_logits(logits: "torch.Tensor", bias: np.ndarray | None) -> "torch.Tensor":
+    """``logits [..., C] + bias [C]`` on the logits' device (unchanged when ``bias`` is None)."""
+    if bias is None:
+        return logits
+    import torch
+
+    return logits + torch.from_numpy(np.asarray(bias, np.float32)).to(logits.device)
+
+
+__all__ = ["prior_log_ratio", "adjust_logits"]

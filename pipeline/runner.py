@@ -100,20 +100,20 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def check_inputs(loaded: LoadedSpec) -> None:
+def check_inputs(loaded: LoadedSpec) -> dict[str, list[Path]]:
     """Resolve every input a spec names (its datasets and each step's ``inputs``/``val_inputs``/
     ``reference``), so that ``validate`` fails where ``run`` would: a glob that matches nothing,
-    a missing ``data_root``, contradictory input entries."""
+    a missing ``data_root``, contradictory input entries. Returns each dataset's files."""
     if not loaded.data_root.is_dir():
         raise UserError(f"{loaded.path}: data_root: {loaded.data_root} is not a folder")
     ctx = RunContext(loaded, loaded.output_dir())
-    for name in loaded.spec.inputs:
-        ctx.resolve_labelled(name, f"inputs.{name}")
+    datasets = {name: ctx.resolve_inputs(name, f"inputs.{name}") for name in loaded.spec.inputs}
     for i, step in enumerate(loaded.spec.steps):
         for key in ("inputs", "val_inputs", "reference"):
             value = getattr(step, key, None)
             if value:
                 ctx.resolve_labelled(value, f"steps[{i}].{key}")
+    return datasets
 
 
 def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None, device: str | None = None,
@@ -126,14 +126,13 @@ def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None
         raise UserError("--resume and --overwrite exclude each other")
     device = resolve_device(device)
     loaded = load_spec(path, overrides)
-    check_inputs(loaded)
+    datasets = check_inputs(loaded)
     out_dir = make_folder(loaded.output_dir(out), "--out" if out else f"{loaded.path}: output")
     ctx = RunContext(loaded, out_dir, device, limit_steps, resume, stop_after=stop_after, overwrite=overwrite)
     resolved = to_plain(loaded.spec)
     resolved["resolved"] = {"spec_file": str(loaded.path), "data_root": str(loaded.data_root),
                             "output": str(out_dir), "device": ctx.device, "limit_steps": limit_steps,
-                            "inputs": {name: [str(p) for p in ctx.resolve_inputs(name, f"inputs.{name}")]
-                                       for name in loaded.spec.inputs}}
+                            "inputs": {name: [str(p) for p in files] for name, files in datasets.items()}}
     with atomic_path(out_dir / "resolved_spec.yaml") as tmp:
         Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     for i, step in enumerate(loaded.spec.steps):

@@ -207,11 +207,6 @@ def option(*, min: float | None = None, exclusive: bool = False, predict: bool =
                              **kw)
 
 
-def at_least(low: float, *, exclusive: bool = False, **kw: Any) -> Any:
-    """:func:`option` with only a lower bound."""
-    return option(min=low, exclusive=exclusive, **kw)
-
-
 def keys_where(cls: type, flag: str, value: bool = True, prefix: str = "") -> tuple[str, ...]:
     """Dotted keys of ``cls``'s fields (nested config dataclasses included) whose
     :func:`option` ``flag`` is ``value``; fields without metadata count as the defaults."""

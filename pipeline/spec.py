@@ -33,7 +33,7 @@ from data.errors import UserError
 from .datasets import InputEntry
 from .overrides import parse_assignment, set_path
 from .registry import STEPS
-from .schema import Component, SpecError, at_least, parse
+from .schema import Component, SpecError, option, parse
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Spec:
     ignore: list[int] = field(default_factory=list)
     output: str | None = None
     data_root: str = "."
-    seed: int = at_least(0, default=0)
+    seed: int = option(min=0, default=0)
 
     def __post_init__(self) -> None:
         if not self.steps:

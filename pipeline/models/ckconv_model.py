@@ -55,7 +55,7 @@ from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
 from pipeline.datasets import LabelledFile
-from pipeline.priors import prior_log_ratio
+from pipeline.priors import adjust_logits, prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 from pipeline.schema import keys_where, option, to_plain, without_keys
@@ -285,9 +285,7 @@ class CKConvGridModel:
                 xb = np.stack([window(g.x, r, q, c, 0.0) for r, q in part])
                 mb = np.stack([window(g.mask, r, q, c, False) for r, q in part])
                 logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)).float()
-                if self.logit_bias is not None:
-                    logits = logits + torch.from_numpy(self.logit_bias).to(logits.device)
-                p = logits.softmax(-1).cpu().numpy()
+                p = adjust_logits(logits, self.logit_bias).softmax(-1).cpu().numpy()
                 for j, (r, q) in enumerate(part):
                     h, w = min(c, rows - r), min(c, cols - q)
                     acc[r:r + h, q:q + w] += p[j, :h, :w] * tent[:h, :w, ..., None]

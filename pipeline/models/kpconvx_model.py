@@ -32,13 +32,12 @@ from data.classmap import IGNORE, ClassMap
 from data.errors import UserError
 from data.pointcloud import PointCloud
 from pipeline.datasets import LabelledFile
-from pipeline.priors import prior_log_ratio
+from pipeline.priors import adjust_logits, prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
+from pipeline.regions import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler, SamplingConfig, augment,
+                              predict_coverage, rotation_z, sampled_class_counts)
 from pipeline.schema import keys_where, option, to_plain, without_keys
-from pipeline.regions import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler,
-                                       SamplingConfig, augment, predict_coverage, rotation_z,
-                                       sampled_class_counts)
 from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, step_rng
 
 from .base import Prediction, TrainContext, load_torch_file, load_weights
@@ -269,10 +268,7 @@ class KPConvXModel:
             x, f, b = self._inputs(regions, [feats], None, angle=2 * np.pi * vote / votes)
             with torch.no_grad(), amp_autocast(cfg.optim, device):
                 logits = self._forward(x, f, b, device)
-            logits = logits.float()
-            if self.logit_bias is not None:
-                logits = logits + torch.from_numpy(self.logit_bias).to(logits.device)
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            return torch.softmax(adjust_logits(logits.float(), self.logit_bias), dim=1).cpu().numpy()
 
         return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
                                 block_points=cfg.block_points,
@@ -321,10 +317,11 @@ class KPConvXModel:
         F, C = len(model.pt_cols), class_map.num_classes
         if meta.get("feature_columns") != model.pt_cols or meta.get("in_channels") != model.in_channels:
             raise UserError(f"{folder}: kpconvx_model.json does not match the bundle's model config")
-        for key, size in (("mean", F), ("std", F), ("logit_bias", C)):
+        for key, size, optional in (("mean", F, False), ("std", F, False), ("logit_bias", C, True)):
             v = meta.get(key)
-            if (v is not None or key != "logit_bias") and not (
-                    isinstance(v, list) and len(v) == size and all(isinstance(x, (int, float)) for x in v)):
+            if v is None and optional:
+                continue
+            if not (isinstance(v, list) and len(v) == size and all(isinstance(x, (int, float)) for x in v)):
                 raise UserError(f"{folder}: kpconvx_model.json: {key!r} must be a list of {size} numbers")
         if meta.get("num_classes", C) != C:
             raise UserError(f"{folder}: the weights are for {meta.get('num_classes')} classes, the class map has {C}")

@@ -28,7 +28,7 @@ from pipeline.mining import FeatureConfig, mine, mine_names
 from pipeline.priors import prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
-from pipeline.schema import at_least, keys_where, option
+from pipeline.schema import keys_where, option
 
 from .base import Prediction, TrainContext
 
@@ -38,13 +38,13 @@ class RandomForestModel:
     @dataclass
     class Config:
         features: FeatureConfig = field(default_factory=FeatureConfig)
-        n_estimators: int = at_least(1, default=100)
-        max_depth: int | None = at_least(1, default=24)
-        min_samples_leaf: int = at_least(1, default=2)
+        n_estimators: int = option(min=1, default=100)
+        max_depth: int | None = option(min=1, default=24)
+        min_samples_leaf: int = option(min=1, default=2)
         max_features: float = 0.3
         sampling: Literal["proportional", "balanced"] = "proportional"
-        max_samples: int = at_least(1, default=200_000)      # proportional: points drawn from all labelled points
-        samples_per_class: int = at_least(1, default=30000)  # balanced: points drawn per class
+        max_samples: int = option(min=1, default=200_000)      # proportional: points drawn from all labelled points
+        samples_per_class: int = option(min=1, default=30000)  # balanced: points drawn per class
         balanced: bool = False         # class_weight='balanced_subsample' on the sampled points
         prior_correction: bool = True  # undo the sample's (and class weights') priors at prediction
         n_jobs: int = option(predict=True, default=-1)   # worker processes (-1: all cores)
@@ -52,8 +52,6 @@ class RandomForestModel:
         def __post_init__(self) -> None:
             if self.n_jobs == 0 or self.n_jobs < -1:
                 raise UserError(f"n_jobs must be -1 (all cores) or >= 1, got {self.n_jobs}")
-            if self.n_estimators < 1 or self.samples_per_class < 1 or self.max_samples < 1:
-                raise UserError("n_estimators, max_samples and samples_per_class must be >= 1")
             if not 0 < self.max_features <= 1:
                 raise UserError(f"max_features must be in (0, 1], got {self.max_features}")
 

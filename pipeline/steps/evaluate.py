@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.evaluation import evaluate_files, summary_line
 from pipeline.progress import log
@@ -49,6 +48,6 @@ class EvaluateStep:
             step = next(s for s in ctx.loaded.spec.steps
                         if type(s).component_type == "predict" and s.name == cfg.predictions)
             by_input = {f.path: f.class_map for f in ctx.resolve_labelled(step.inputs, f"{key}.predictions")}
-            maps = [by_input.get(Path(src).resolve(), ctx.class_map) for src, _ in pairs]
+            maps = [by_input.get(src, ctx.class_map) for src, _ in pairs]
         report = evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps)
         log(f"evaluation: {summary_line(report)} -> {ctx.out_dir / cfg.output}")

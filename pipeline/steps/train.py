@@ -7,9 +7,8 @@ picked on it is then scored on the data that chose it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,12 +58,12 @@ class TrainStep:
             train, val = split_files(train, cfg.val_split)
         else:
             val = ctx.resolve_labelled(cfg.val_inputs, f"{key}.val_inputs") if cfg.val_inputs else []
-        predicted = {p for s in ctx.loaded.spec.steps if type(s).component_type == "predict"
-                     for p in ctx.resolve_inputs(s.inputs, key)}
-        leaked = sorted({f.path.name for f in val if f.path in predicted and cfg.val_split is None})
-        if leaked:
-            log(f"warning: {key}: validation file(s) {', '.join(leaked)} are also labelled by a predict step; "
-                "the weights are then picked on the data that scores them (use val_split)")
+            predicted = {p for s in ctx.loaded.spec.steps if type(s).component_type == "predict"
+                         for p in ctx.resolve_inputs(s.inputs, key)}
+            leaked = sorted({f.path.name for f in val if f.path in predicted})
+            if leaked:
+                log(f"warning: {key}: validation file(s) {', '.join(leaked)} are also labelled by a predict step; "
+                    "the weights are then picked on the data that scores them (use val_split)")
         entry = MODELS.for_config(cfg.model)
         model = entry.target(cfg.model, ctx.class_map)
         work = ctx.out_dir / f"{cfg.name}.work"
