@@ -6,7 +6,10 @@ Three families, all returned as float32 and never NaN/inf:
   eigenvalues ``l1 >= l2 >= l3 >= 0`` of the neighbourhood covariance and the normal;
 - **height features** from a 2-D grid: height above the lowest point of the cell and of the
   3x3 block of cells around it, and the z range of the cell;
-- **point features** from the LAS attributes (intensity, returns).
+- **point features** from the LAS attributes (intensity, returns);
+- **vertical-column features** (``geometry.columns``): per cell, the lowest height above the
+  ground model, the point's rank in its column and the multi-return share; per point, plan-view
+  k-NN linearity, z spread and relative height.
 
 :func:`compute_features` assembles all of them for a :class:`~data.pointcloud.PointCloud`
 (one KD-tree for all scales) and :func:`feature_names` lists the column names it produces.
@@ -21,6 +24,7 @@ import numpy as np
 
 from data.pointcloud import PointCloud
 
+from .columns import CELL_COLUMN_FEATURES, PLAN_FEATURES, cell_column_features, plan_knn_features
 from .covariance import CHUNK, COVARIANCE_FEATURES, covariance_features, symmetric_eigen3
 from .heights import GROUND_FEATURE, HEIGHT_FEATURES, ground_surface, height_above_ground, height_features
 from .neighbors import NeighborIndex
@@ -53,7 +57,8 @@ def feature_names(*, k: Sequence[int] = (16,), radii: Sequence[float] = (),
                   height_cells: Sequence[float] = (2.0, 10.0), intensity: bool = True,
                   returns: bool = True, fields: Iterable[str] | None = None,
                   ground_cell: float | None = None, coarse_cells: Sequence[float] = (),
-                  coarse_k: int = 16) -> list[str]:
+                  coarse_k: int = 16, column_cells: Sequence[float] = (),
+                  plan_k: Sequence[int] = ()) -> list[str]:
     """Column names :func:`compute_features` produces for these options, in order.
 
     ``fields`` is the set of available LAS fields; when given, point features whose fields are
@@ -70,6 +75,11 @@ def feature_names(*, k: Sequence[int] = (16,), radii: Sequence[float] = (),
         names += [f"{f}_c{_fmt(c)}" for f in HEIGHT_FEATURES]
     if ground_cell is not None:
         names.append(GROUND_FEATURE)
+    has_returns = fields is None or "number_of_returns" in set(fields)
+    for c in column_cells:
+        names += [f"col{_fmt(c)}_{f}" for f in CELL_COLUMN_FEATURES if f != "multi_return" or has_returns]
+    for kk in plan_k:
+        names += [f"xy{int(kk)}_{f}" for f in PLAN_FEATURES]
     wanted = (["intensity"] if intensity else []) + (list(_RETURN_FEATURES) if returns else [])
     avail = None if fields is None else set(fields)
     names += [n for n in wanted if avail is None or all(f in avail for f in POINT_FEATURES[n])]
@@ -147,7 +157,8 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
                      returns: bool = True, workers: int = -1, radius_max_neighbors: int = 64,
                      min_neighbors: int = 3, ground_cell: float | None = None,
                      ground_window: float = 24.0, coarse_cells: Sequence[float] = (),
-                     coarse_k: int = 16) -> tuple[list[str], np.ndarray]:
+                     coarse_k: int = 16, column_cells: Sequence[float] = (),
+                     plan_k: Sequence[int] = ()) -> tuple[list[str], np.ndarray]:
     """All features of a cloud as one ``[N, F]`` float32 matrix.
 
     ``workers`` is passed to the k-d tree queries. One ``NeighborIndex`` is built (on coordinates centred on their mean, for precision;
@@ -160,8 +171,11 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     morphological DTM (:func:`height_above_ground`). Each ``coarse_cells`` scale ``g`` adds the
     covariance features of the ``coarse_k`` nearest cell barycentres of a ``g`` m grid
     subsampling (``geometry.sampling.grid_subsample``), given to every point of the cell: context
-    over several metres (a roof's plane, a crown) at the cost of one small k-NN query. Any
-    non-finite value is replaced by 0 (none is expected).
+    over several metres (a roof's plane, a crown) at the cost of one small k-NN query. Each
+    ``column_cells`` size adds ``geometry.columns.cell_column_features`` (on the same DTM,
+    ``ground_cell`` or 1 m cells) and each ``plan_k`` the plan-view k-NN features
+    (``geometry.columns.plan_knn_features``). Any non-finite value is replaced by 0 (none is
+    expected).
 
     Returns:
         ``(names, X)`` with ``X [N, len(names)]`` float32.
@@ -170,7 +184,7 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     n = len(xyz)
     names = feature_names(k=k, radii=radii, height_cells=height_cells, intensity=intensity,
                           returns=returns, fields=cloud.fields.keys(), ground_cell=ground_cell,
-                          coarse_cells=coarse_cells, coarse_k=coarse_k)
+                          coarse_cells=coarse_cells, coarse_k=coarse_k, column_cells=column_cells, plan_k=plan_k)
     cols: dict[str, np.ndarray] = {}
     local = xyz - (xyz.mean(0) if n else 0.0)
     # Height features need no neighbours: they run in a second thread (NumPy releases the GIL
@@ -182,8 +196,13 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     def start_heights():
         def work():
             res = [height_features(xyz, c) for c in height_cells]
-            if ground_cell is not None:
-                res.append({GROUND_FEATURE: height_above_ground(xyz, ground_cell, ground_window)})
+            if ground_cell is not None or column_cells:
+                hag = height_above_ground(xyz, ground_cell or 1.0, ground_window)
+                nr = cloud.fields.get("number_of_returns")
+                for c in column_cells:
+                    res.append({f"col{_fmt(c)}_{f}": v for f, v in cell_column_features(xyz, hag, c, nr).items()})
+                if ground_cell is not None:
+                    res.append({GROUND_FEATURE: hag})
             return res
         return pool.submit(work)
 
@@ -204,6 +223,11 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
             cols.update({f"r{_fmt(r)}_{f}": v for f, v in res.items()})
     for g in coarse_cells:
         cols.update(_coarse_features(local, g, coarse_k, min_neighbors, workers, n))
+    if plan_k and n:
+        plan_index = NeighborIndex(local[:, :2], balanced=False)
+        for kk in plan_k:
+            cols.update({f"xy{int(kk)}_{f}": v for f, v in
+                         plan_knn_features(local, kk, workers, plan_index).items()})
     if not n:
         for kk in k:
             cols.update({f"k{int(kk)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
@@ -219,8 +243,8 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
         pool.shutdown()
     for c, res in zip(height_cells, height_results):
         cols.update({f"{f}_c{_fmt(c)}": v for f, v in res.items()})
-    if ground_cell is not None:
-        cols.update(height_results[-1])
+    for res in height_results[len(height_cells):]:      # column features, then hag_ground
+        cols.update(res)
     wanted = [nm for nm in names if nm in POINT_FEATURES]
     cols.update(point_features(cloud.fields, wanted))
     x = np.empty((n, len(names)), np.float32)

@@ -30,6 +30,8 @@ class FeatureConfig:
     ground_window: float = option(min=0, exclusive=True, default=24.0)   # metres, the largest object it removes
     coarse_cells: list[float] = option(min=0, exclusive=True, default_factory=list)  # metres: context scales
     coarse_k: int = option(min=3, default=16)
+    column_cells: list[float] = option(min=0, exclusive=True, default_factory=lambda: [1.0, 2.0])  # metres
+    plan_k: list[int] = option(min=3, default_factory=lambda: [16, 48])   # plan-view (x, y) k-NN scales
 
     def __post_init__(self) -> None:   # sizes and ranges: option(min=...) above, checked by the schema
         if not (self.k or self.radii):
@@ -43,7 +45,8 @@ def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
                                      height_cells=tuple(cfg.height_cells), intensity=cfg.intensity,
                                      returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
                                      ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
-                                     coarse_k=cfg.coarse_k)
+                                     coarse_k=cfg.coarse_k, column_cells=tuple(cfg.column_cells),
+                                     plan_k=tuple(cfg.plan_k))
     if cfg.normals:
         return names, values
     keep = [i for i, name in enumerate(names) if "_normal_" not in name]
@@ -58,8 +61,9 @@ def mine_names(cfg: FeatureConfig, available: list[str]) -> list[str]:
     names = feature_names(k=tuple(cfg.k), radii=tuple(cfg.radii), height_cells=tuple(cfg.height_cells),
                           intensity=cfg.intensity, returns=cfg.returns,
                           ground_cell=cfg.ground_cell if cfg.ground else None, coarse_cells=tuple(cfg.coarse_cells),
-                          coarse_k=cfg.coarse_k)
-    names = [n for n in names if n not in POINT_FEATURES or n in available]
+                          coarse_k=cfg.coarse_k, column_cells=tuple(cfg.column_cells), plan_k=tuple(cfg.plan_k))
+    field_dependent = set(POINT_FEATURES) | {n for n in names if n.endswith("_multi_return")}
+    names = [n for n in names if n not in field_dependent or n in available]
     return names if cfg.normals else [n for n in names if "_normal_" not in n]
 
 __all__ = ["FeatureConfig", "mine", "mine_names"]

@@ -28,7 +28,7 @@ from geometry.neighbors import NeighborIndex
 from pipeline.schema import option
 
 __all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassBalancedCenters",
-           "augment", "rotation_z", "sampled_class_counts", "coverage_centers", "iter_blocks", "predict_coverage"]
+           "augment", "stretch_heights", "rotation_z", "sampled_class_counts", "coverage_centers", "iter_blocks", "predict_coverage"]
 
 
 @dataclass
@@ -57,6 +57,8 @@ class AugmentConfig:
     jitter_clip: float = 0.05                           # ... clipped at this
     feature_dropout: float = 0.1                        # probability of zeroing a region's
                                                         # non-geometric features
+    stretch_z: list[float] = field(default_factory=lambda: [1.0, 1.0])   # factor range on heights
+                                                        # above ground (needs the 'ground' feature)
 
     def __post_init__(self) -> None:
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
@@ -66,6 +68,12 @@ class AugmentConfig:
                 raise UserError(f"{name} must be a probability in [0, 1]")
         if self.jitter < 0 or self.jitter_clip < 0:
             raise UserError("jitter and jitter_clip must be >= 0")
+        if len(self.stretch_z) != 2 or not 0 < self.stretch_z[0] <= self.stretch_z[1]:
+            raise UserError(f"stretch_z must be [low, high] with 0 < low <= high, got {self.stretch_z}")
+
+    @property
+    def stretches(self) -> bool:
+        return tuple(self.stretch_z) != (1.0, 1.0)
 
 
 @dataclass
@@ -154,6 +162,21 @@ def rotation_z(angle: float) -> np.ndarray:
     """``[3, 3]`` float64 rotation by ``angle`` radians about the vertical axis."""
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def stretch_heights(xyz: np.ndarray, features: np.ndarray, hag: np.ndarray, height_columns: list[int],
+                    factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stretch a region vertically above its ground: ``z' = z + (s - 1) max(hag, 0)`` and every
+    height feature ``h' = s h`` (``features`` unstandardised, ``height_columns`` their columns).
+
+    Teaches a point model that buildings and trees come in any height (the training surveys'
+    buildings may all be lower than the ones it will label). Returns new arrays.
+    """
+    xyz = np.array(xyz, np.float32, copy=True)
+    xyz[:, 2] += np.float32(factor - 1.0) * np.maximum(np.asarray(hag, np.float32), 0)
+    feats = np.array(features, np.float32, copy=True)
+    feats[:, height_columns] *= np.float32(factor)
+    return xyz, feats
 
 
 def augment(xyz: np.ndarray, features: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,

@@ -16,9 +16,12 @@ import torch
 import yaml
 
 from conftest import REPO
+from geometry.heights import height_above_ground
+from pipeline.models.grid_inputs import point_bands
 
 TEST_TILES = ["ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz",
               "ign_lidarhd/test/test_data_77055_627755_LA93_IGN69.laz"]
+RASTER_BANDS = yaml.safe_load((REPO / "specs" / "ign_ckconv_raster.yaml").read_text())["steps"][0]["model"]["bands"]
 TINY = {"hidden": 8, "blocks": 1, "kernel": {"hidden": 8, "layers": 2}, "crop": 24, "batch_size": 2,
         "cond_dim": 4, "registers": 2}
 
@@ -72,12 +75,19 @@ def test_raster_spec_writes_laz_geotiff_and_report(raster_run, lidar_data, tmp_p
             t = tif.transform
             assert (t.a, t.e) == (2.0, -2.0) and t.c % 2 == 0 and t.f % 2 == 0
             band = tif.read(1)
-            # raster mode: a point's class is its cell's class in the GeoTIFF (a point on the
-            # grid's east or north edge belongs to the last column / first row: geometry.grids)
+            # raster mode with height bands: the map shows each cell's highest occupied band, so a
+            # point in its cell's highest band has the map's class there (a point on the grid's
+            # east or north edge belongs to the last column / first row: geometry.grids)
             x, y = np.asarray(src.x), np.asarray(src.y)
             rows = np.clip(np.floor(t.f / 2) - 1 - np.floor(y / 2), 0, band.shape[0] - 1).astype(int)
             cols = np.clip(np.floor(x / 2) - t.c / 2, 0, band.shape[1] - 1).astype(int)
-            np.testing.assert_array_equal(band[rows, cols], np.asarray(out.classification))
+            pb = point_bands(height_above_ground(np.c_[x, y, np.asarray(src.z)]), RASTER_BANDS)
+            flat = rows * band.shape[1] + cols
+            top = np.full(band.size, -1)
+            np.maximum.at(top, flat, pb)
+            on_top = pb == top[flat]
+            assert on_top.mean() > 0.5
+            np.testing.assert_array_equal(band[rows, cols][on_top], np.asarray(out.classification)[on_top])
             assert (band == 255).sum() < band.size
         with rasterio.open(raster_run / "predictions" / f"{stem}_proba.tif") as tif:
             assert tif.count == 6 and tif.nodata == -1.0 and tif.crs.to_epsg() == 2154
@@ -118,6 +128,11 @@ def test_specs_validate():
         assert res.returncode == 0, res.stderr + res.stdout
     res = cli("validate", REPO / "specs" / "ign_ckconv_raster.yaml", "--set", "train.model.kernel.typo=1")
     assert res.returncode == 2 and "kernel.typo" in res.stderr + res.stdout
+    for bad in ("[3.0, 0.5]", "[0.5, 0.5]", "[-1.0]"):
+        res = cli("validate", REPO / "specs" / "ign_ckconv_raster.yaml", "--set", f"train.model.bands={bad}")
+        assert res.returncode == 2 and "bands" in res.stderr, (bad, res.stderr)
+    res = cli("validate", REPO / "specs" / "ign_ckconv_voxel.yaml", "--set", "train.model.bands=[0.5]")
+    assert res.returncode == 2 and "raster" in res.stderr
 
 
 @pytest.mark.parametrize("data_dim,kernel,film", [(2, "BlockDiagonalLearnableOmegaSIRENKernelND", True),

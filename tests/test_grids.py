@@ -172,3 +172,39 @@ def test_adjacent_tiles_mosaic_without_overlap(lidar_data):
     assert west.col0 + west.cols == east.col0 and (west.rows, west.cols) == (50, 50) == (east.rows, east.cols)
     south, north = grids["77055_627755"].grid, grids["77055_627760"].grid
     assert south.row_top + 1 == north.row_top + 1 - north.rows                # rows abut in y too
+
+
+def test_raster_height_bands_match_loop_reference():
+    """encode_grid with bands: per (cell, band) majority labels, per-band counts and each
+    point's index into [rows, cols, K] agree with a plain loop over the points."""
+    from data.pointcloud import PointCloud
+    from geometry.heights import height_above_ground
+    from pipeline.models.grid_inputs import encode_grid, point_bands
+
+    xyz, fields, labels = _cloud(2500, seed=3)
+    cloud = PointCloud(xyz, fields)
+    bands = [0.5, 3.0]
+    g = encode_grid(cloud, labels, mode="raster", cell_size=2.0, voxel_height=1.0, levels=2, ground_window=10.0,
+                    label_rule="majority", intensity=False, bands=bands)
+    K = len(bands) + 1
+    rows, cols = g.mask.shape
+    assert g.bands == K and g.labels.shape == (rows, cols, K) and g.band_mask.shape == (rows, cols, K)
+    hag = height_above_ground(xyz)
+    band = [sum(b <= h for b in bands) for h in hag]
+    np.testing.assert_array_equal(point_bands(hag, bands), band)
+    r, c = g.raw.grid.cell_of(xyz)
+    np.testing.assert_array_equal(g.point_index, (r * cols + c) * K + np.asarray(band))
+    items = defaultdict(list)
+    for k, (ri, ci, b) in enumerate(zip(r, c, band)):
+        items[(ri, ci, b)].append((xyz[k, 2], labels[k], k))
+    for (ri, ci, b), its in items.items():
+        assert g.labels[ri, ci, b] == _loop_label(its, "majority")
+        assert g.band_mask[ri, ci, b]
+        np.testing.assert_allclose(g.x[ri, ci, 5 + b], np.log1p(len(its)) / 3, rtol=1e-6)
+    cell_pts = defaultdict(list)
+    for k, (ri, ci) in enumerate(zip(r, c)):
+        cell_pts[(ri, ci)].append(hag[k])
+    for (ri, ci), hs in cell_pts.items():     # the cell's highest point above the DTM, / 10
+        np.testing.assert_allclose(g.x[ri, ci, 5 + K], max(hs) / 10, atol=1e-5)
+    assert g.band_mask.sum() == len(items)
+    assert (g.labels[~g.band_mask] == -1).all()

@@ -262,6 +262,40 @@ def test_augmentation_keeps_shapes_and_labels():
     assert np.abs(jit - region.xyz).max() <= 0.02 + 1e-6
 
 
+def test_stretch_heights_lifts_points_by_their_height_above_ground():
+    from pipeline.regions import AugmentConfig, stretch_heights
+
+    rng = np.random.default_rng(1)
+    xyz = rng.uniform(-5, 5, (300, 3)).astype(np.float32)
+    hag = rng.uniform(-0.3, 12, 300).astype(np.float32)
+    feats = np.c_[rng.normal(size=300), hag, 2 * hag].astype(np.float32)
+    new_xyz, new_feats = stretch_heights(xyz, feats, hag, [1, 2], 2.5)
+    np.testing.assert_allclose(new_xyz[:, :2], xyz[:, :2])
+    np.testing.assert_allclose(new_xyz[:, 2], xyz[:, 2] + 1.5 * np.maximum(hag, 0), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(new_feats[:, 0], feats[:, 0])                    # not a height: untouched
+    np.testing.assert_allclose(new_feats[:, 1:], 2.5 * feats[:, 1:], rtol=1e-6)
+    assert not AugmentConfig().stretches and AugmentConfig(stretch_z=[1.0, 2.0]).stretches
+
+
+def test_column_inputs_and_stretch_need_their_fields(tmp_path, data_root):
+    from data.io import read_cloud
+    from geometry.columns import cell_column_features
+    from geometry.heights import height_above_ground
+    from pipeline.models.point_inputs import COLUMN_CELL, feature_columns, point_feature_matrix
+
+    cloud = read_cloud(data_root / "test" / "tile.laz")
+    m = point_feature_matrix(cloud, ["ground", "columns"], 10.0)
+    assert feature_columns(["ground", "columns"])[1] == ["hag_ground", "col_ground_gap", "col_rank",
+                                                          "col_multi_return"]
+    ref = cell_column_features(cloud.xyz, height_above_ground(cloud.xyz), COLUMN_CELL,
+                               cloud.fields["number_of_returns"])
+    np.testing.assert_allclose(m[:, 1:], np.c_[ref["ground_gap"], ref["rank"], ref["multi_return"]], atol=1e-6)
+    spec = tiny_spec(tmp_path, data_root)
+    res = cli("validate", spec, "--set", "train.model.augment.stretch_z=[1.0, 2.0]",
+              "--set", "train.model.features=[xyz, returns]")
+    assert res.returncode == 2 and "stretch_z" in res.stderr and "ground" in res.stderr
+
+
 def test_config_errors_name_the_key(tmp_path, data_root):
     spec = tiny_spec(tmp_path, data_root)
     res = cli("validate", spec)

@@ -30,17 +30,22 @@ edges, overlapping by ``overlap``), softmax outputs are blended with a tent weig
 Per-point probabilities (``predict_proba``):
 
 - voxel mode: a point takes its voxel's probabilities;
-- raster mode (the 2-D height rule): a point takes its cell's probabilities whatever its
-  height, so every point of a column gets the same class. With ``label_rule: majority``
-  the raster learns the column's majority class, with ``top`` the top surface (ground
-  under trees then reads as vegetation). Use ``mode: voxel`` to separate layers.
+- raster mode with ``bands`` (heights above the ground model, e.g. ``[0.5, 3.0]``): each
+  cell carries one class per height band (``label_rule`` over that band's points) and the
+  network predicts ``K = len(bands) + 1`` distributions per cell (``K * C`` output
+  channels, softmax per band); a point takes its cell's distribution for its own band, so
+  the ground under a tree or beside a wall keeps its own class (``grid_inputs``);
+- raster mode without bands (the 2-D height rule): a point takes its cell's probabilities
+  whatever its height, so every point of a column gets the same class. With
+  ``label_rule: majority`` the raster learns the column's majority class, with ``top`` the
+  top surface (ground under trees then reads as vegetation).
 
 Grid outputs (a ``GridProduct`` in :meth:`CKConvGridModel.predict`'s result, written by
 ``pipeline.predict``): ``<stem>_class.tif``
 (input codes, nodata 255/65535), ``<stem>_proba.tif`` when probabilities are asked
 (float32 per class, nodata -1) and ``<stem>_class.png`` (preview with legend), in the
 cloud's CRS, origin on multiples of ``cell_size``. Voxel mode maps the top-most occupied
-voxel of each column.
+voxel of each column, raster mode with bands the highest occupied band of each cell.
 """
 from __future__ import annotations
 
@@ -102,6 +107,7 @@ class CKConvGridModel:
         levels: int = 24                  # voxel layers above the local ground
         ground_window: float = 10.0       # m, local ground = min z in this window
         label_rule: Literal["majority", "top"] = "majority"
+        bands: list[float] = option(min=0, default_factory=list)   # raster: metres above the DTM, e.g. [0.5, 3.0]
         intensity: bool = False           # raw intensity differs between sensors
         hidden: int = 32
         blocks: int = 4
@@ -128,6 +134,9 @@ class CKConvGridModel:
                 raise UserError("cell_size, voxel_height and ground_window must be > 0")
             if self.levels < 2 or self.crop < 4 or self.hidden < 1 or self.blocks < 1 or self.batch_size < 1:
                 raise UserError("levels >= 2, crop >= 4, hidden >= 1, blocks >= 1, batch_size >= 1 expected")
+            if list(self.bands) != sorted(set(self.bands)) or (self.bands and self.mode != "raster"):
+                raise UserError(f"bands must be increasing heights above the ground model (raster mode only), "
+                                f"got {list(self.bands)}")
             if not 0 <= self.overlap < 1 or not 0 <= self.dropout < 1:
                 raise UserError("overlap and dropout in [0, 1) expected")
             if self.kernel.type != KERNEL_TYPES[0] and (self.hidden % self.kernel.omega_blocks
@@ -154,7 +163,12 @@ class CKConvGridModel:
         cfg = self.config
         return encode_grid(cloud, labels, mode=cfg.mode, cell_size=cfg.cell_size, voxel_height=cfg.voxel_height,
                            levels=cfg.levels, ground_window=cfg.ground_window, label_rule=cfg.label_rule,
-                           intensity=cfg.intensity)
+                           intensity=cfg.intensity, bands=cfg.bands)
+
+    @property
+    def bands(self) -> int:
+        """K: class distributions the network predicts per cell (height bands, 1 without)."""
+        return len(self.config.bands) + 1 if self.config.mode == "raster" else 1
 
     def _build_net(self, in_dim: int):
         from ckconv.network import CKConvSegNet
@@ -162,7 +176,7 @@ class CKConvGridModel:
         cfg, k = self.config, self.config.kernel
         L = (cfg.crop, cfg.crop) if cfg.mode == "raster" else (cfg.crop, cfg.crop, cfg.levels)
         self.in_dim = in_dim
-        self.net = CKConvSegNet(self.data_dim, in_dim, self.class_map.num_classes, hidden=cfg.hidden,
+        self.net = CKConvSegNet(self.data_dim, in_dim, self.class_map.num_classes * self.bands, hidden=cfg.hidden,
                                 num_blocks=cfg.blocks, kernel_type=k.type, kernel_hidden=k.hidden,
                                 kernel_layers=k.layers, omega_0=k.omega_0, omega_blocks=k.omega_blocks,
                                 L_cache=L, window=cfg.window, film=cfg.film, cond_dim=cfg.cond_dim,
@@ -248,7 +262,7 @@ class CKConvGridModel:
 
                 cm = np.zeros((C, C), np.int64)
                 for g, ref in vdata:
-                    pred = self.predict_cells(g, ctx.device).argmax(-1).reshape(-1)[g.point_index]
+                    pred = self.predict_cells(g, ctx.device).reshape(-1, C).argmax(-1)[g.point_index]
                     cm += confusion_matrix(ref, pred, C)
                 m = metrics_from_confusion(cm, list(self.class_map.names))
                 return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
@@ -268,14 +282,15 @@ class CKConvGridModel:
 
     # -- inference ----------------------------------------------------------------------
     def predict_cells(self, g: EncodedGrid, device: str = "cpu") -> np.ndarray:
-        """Blended softmax ``[*S, C]`` over overlapping ``crop`` tiles (padded at the edges);
-        ``optim.amp`` autocast on CUDA, as in training."""
+        """Blended softmax ``[*S, K * C]`` (``K`` height bands, softmax per band) over overlapping
+        ``crop`` tiles (padded at the edges); ``optim.amp`` autocast on CUDA, as in training."""
         import torch
 
         cfg, c = self.config, self.config.crop
         rows, cols = g.mask.shape[:2]
         tent = tent_weight(c, g.mask.ndim - 2)
-        acc = np.zeros(g.mask.shape + (self.class_map.num_classes,), np.float32)
+        C, K = self.class_map.num_classes, self.bands
+        acc = np.zeros(g.mask.shape + (K * C,), np.float32)
         wsum = np.zeros(g.mask.shape + (1,), np.float32)
         tiles = [(r, q) for r in tile_starts(rows, c, cfg.overlap) for q in tile_starts(cols, c, cfg.overlap)]
         net = self.net.to(device).eval()
@@ -285,7 +300,8 @@ class CKConvGridModel:
                 xb = np.stack([window(g.x, r, q, c, 0.0) for r, q in part])
                 mb = np.stack([window(g.mask, r, q, c, False) for r, q in part])
                 logits = net(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)).float()
-                p = adjust_logits(logits, self.logit_bias).softmax(-1).cpu().numpy()
+                logits = logits.unflatten(-1, (K, C))
+                p = adjust_logits(logits, self.logit_bias).softmax(-1).flatten(-2).cpu().numpy()
                 for j, (r, q) in enumerate(part):
                     h, w = min(c, rows - r), min(c, cols - q)
                     acc[r:r + h, q:q + w] += p[j, :h, :w] * tent[:h, :w, ..., None]
@@ -302,8 +318,13 @@ class CKConvGridModel:
         proba = cells.reshape(-1, self.class_map.num_classes)[g.point_index].astype(np.float32)
         if not self.config.geotiff:
             return Prediction(proba)
-        if self.config.mode == "raster":
-            mask2, p2 = g.mask, cells
+        if self.config.mode == "raster":    # the map shows each cell's highest occupied band
+            mask2, p2 = g.mask, cells.reshape(g.mask.shape + (self.bands, -1))
+            if g.band_mask is not None:
+                top = g.band_mask.shape[-1] - 1 - np.argmax(g.band_mask[..., ::-1], axis=-1)
+            else:
+                top = np.zeros(g.mask.shape, np.int64)
+            p2 = np.take_along_axis(p2, top[..., None, None], axis=2)[:, :, 0]
         else:
             occ = g.mask
             mask2 = occ.any(-1)

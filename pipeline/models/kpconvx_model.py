@@ -36,12 +36,12 @@ from pipeline.priors import adjust_logits, prior_log_ratio
 from pipeline.progress import log, progress
 from pipeline.registry import MODELS
 from pipeline.regions import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler, SamplingConfig, augment,
-                              predict_coverage, rotation_z, sampled_class_counts)
+                              predict_coverage, rotation_z, sampled_class_counts, stretch_heights)
 from pipeline.schema import keys_where, option, to_plain, without_keys
 from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, step_rng
 
 from .base import Prediction, TrainContext, load_torch_file, load_weights
-from .point_inputs import FEATURES, FeatureName, feature_columns, point_feature_matrix
+from .point_inputs import FEATURES, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
 
 def _network_overrides() -> type:
     """``NetworkOverrides``: every field of ``kpconvx.KPConvXConfig``, each optional (null keeps
@@ -112,6 +112,8 @@ class KPConvXModel:
         def __post_init__(self) -> None:
             if len(set(self.features)) != len(self.features):
                 raise UserError(f"features: duplicates in {self.features}")
+            if self.augment.stretches and "ground" not in self.features:
+                raise UserError("augment.stretch_z needs the 'ground' feature (height above the ground model)")
             resolve_network(self.preset, self.network)  # validates the overrides now
 
         @property
@@ -149,9 +151,14 @@ class KPConvXModel:
         cfg = self.config
         xs, fs, bs = [], [], []
         for b, r in enumerate(regions):
-            pf = (tiles_feats[r.tile][r.index] - self.mean) / self.std
+            raw, xyz = tiles_feats[r.tile][r.index], r.xyz
+            if rng is not None and cfg.augment.stretches:
+                factor = rng.uniform(*cfg.augment.stretch_z)
+                heights = [i for i, c in enumerate(self.pt_cols) if c in HEIGHT_COLUMNS]
+                xyz, raw = stretch_heights(xyz, raw, raw[:, self.pt_cols.index("hag_ground")], heights, factor)
+            pf = (raw - self.mean) / self.std
             if rng is not None:
-                xyz, pf = augment(r.xyz, pf, cfg.augment, rng)
+                xyz, pf = augment(xyz, pf, cfg.augment, rng)
             else:
                 xyz = r.xyz @ rotation_z(angle).astype(np.float32).T
             geo = [np.ones((len(xyz), 1), np.float32)]
