@@ -318,18 +318,15 @@ class CKConvGridModel:
         proba = cells.reshape(-1, self.class_map.num_classes)[g.point_index].astype(np.float32)
         if not self.config.geotiff:
             return Prediction(proba)
-        if self.config.mode == "raster":    # the map shows each cell's highest occupied band
-            mask2, p2 = g.mask, cells.reshape(g.mask.shape + (self.bands, -1))
-            if g.band_mask is not None:
-                top = g.band_mask.shape[-1] - 1 - np.argmax(g.band_mask[..., ::-1], axis=-1)
-            else:
-                top = np.zeros(g.mask.shape, np.int64)
-            p2 = np.take_along_axis(p2, top[..., None, None], axis=2)[:, :, 0]
+        # the 2-D map: each column's highest occupied layer (voxel level, or height band)
+        if self.config.mode == "raster":
+            layers = cells.reshape(g.mask.shape + (self.bands, -1))
+            occ = g.band_mask if g.band_mask is not None else g.mask[..., None]
         else:
-            occ = g.mask
-            mask2 = occ.any(-1)
-            top = occ.shape[-1] - 1 - np.argmax(occ[..., ::-1], axis=-1)
-            p2 = np.take_along_axis(cells, top[..., None, None], axis=2)[:, :, 0]
+            layers, occ = cells, g.mask
+        mask2 = occ.any(-1)
+        top = occ.shape[-1] - 1 - np.argmax(occ[..., ::-1], axis=-1)
+        p2 = np.take_along_axis(layers, top[..., None, None], axis=2)[:, :, 0]
         product = GridProduct(g.raw.grid, p2.argmax(-1), p2.astype(np.float32), mask2,
                               f"{self.config.mode}, {self.config.cell_size:g} m", preview=self.config.preview)
         return Prediction(proba, product)
