@@ -30,8 +30,10 @@ class FeatureConfig:
     ground_window: float = option(min=0, exclusive=True, default=24.0)   # metres, the largest object it removes
     coarse_cells: list[float] = option(min=0, exclusive=True, default_factory=list)  # metres: context scales
     coarse_k: int = option(min=3, default=16)
-    column_cells: list[float] = option(min=0, exclusive=True, default_factory=lambda: [1.0, 2.0])  # metres
-    plan_k: list[int] = option(min=3, default_factory=lambda: [16, 48])   # plan-view (x, y) k-NN scales
+    # vertical-column cells (metres) and plan-view (x, y) k-NN scales: off by default so that
+    # bundles trained before them still load; the shipped specs set [1.0, 2.0] and [16, 48]
+    column_cells: list[float] = option(min=0, exclusive=True, default_factory=list)
+    plan_k: list[int] = option(min=3, default_factory=list)
 
     def __post_init__(self) -> None:   # sizes and ranges: option(min=...) above, checked by the schema
         if not (self.k or self.radii):
