@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .covariance import CHUNK
+from .grids import Groups
 from .neighbors import NeighborIndex
 
 __all__ = ["CELL_COLUMN_FEATURES", "PLAN_FEATURES", "cell_column_features", "plan_knn_features"]
@@ -36,7 +37,8 @@ def cell_column_features(xyz: np.ndarray, hag: np.ndarray, cell: float,
     """Per-point column statistics of ``cell`` m cells (module docstring).
 
     ``xyz [N, 3]``, ``hag [N]`` height above the ground model, ``number_of_returns [N]``
-    (``multi_return`` is left out without it). One sort by ``(cell, z)``: ``O(N log N)``.
+    (``multi_return`` is left out without it). A sort by z, then the cells' stable sort
+    (``geometry.grids.Groups``): ``O(N log N)``.
 
     Returns ``{key: [N] float32}`` with the keys of :data:`CELL_COLUMN_FEATURES`.
     """
@@ -47,20 +49,18 @@ def cell_column_features(xyz: np.ndarray, hag: np.ndarray, cell: float,
     ij = np.floor(xyz[:, :2] / cell).astype(np.int64)
     ij -= ij.min(0)
     key = ij[:, 0] * (int(ij[:, 1].max()) + 1) + ij[:, 1]
-    order = np.lexsort((xyz[:, 2], key))              # by cell, then z
-    ks = key[order]
-    start = np.r_[True, ks[1:] != ks[:-1]]
-    first = np.flatnonzero(start)
-    group = np.cumsum(start) - 1                      # cell of each sorted point
-    count = np.diff(np.r_[first, n])
-    rank = np.empty(n, np.float64)
-    rank[order] = (np.arange(n) - first[group]) / np.maximum(count[group] - 1, 1)
+    by_z = np.argsort(xyz[:, 2], kind="stable")
+    groups = Groups(key[by_z])                        # stable: by cell, then z
     inv = np.empty(n, np.int64)
-    inv[order] = group
-    gap = np.minimum.reduceat(np.asarray(hag, np.float64)[order], first)
+    inv[by_z] = groups.inv
+    count = np.diff(np.r_[groups.first, n])
+    rank = np.empty(n, np.float64)                    # place in the sorted cell / (count - 1)
+    rank[by_z[groups.order]] = np.arange(n) - groups.first[groups.inv[groups.order]]
+    rank /= np.maximum(count[inv] - 1, 1)
+    gap = groups.reduce(np.minimum, np.asarray(hag, np.float64)[by_z])
     out = {"ground_gap": gap[inv].astype(np.float32), "rank": rank.astype(np.float32)}
     if number_of_returns is not None:
-        multi = np.bincount(inv, weights=np.asarray(number_of_returns) > 1, minlength=len(first)) / count
+        multi = np.bincount(inv, weights=np.asarray(number_of_returns) > 1, minlength=len(count)) / count
         out["multi_return"] = multi[inv].astype(np.float32)
     return out
 

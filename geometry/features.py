@@ -75,13 +75,13 @@ def feature_names(*, k: Sequence[int] = (16,), radii: Sequence[float] = (),
         names += [f"{f}_c{_fmt(c)}" for f in HEIGHT_FEATURES]
     if ground_cell is not None:
         names.append(GROUND_FEATURE)
-    has_returns = fields is None or "number_of_returns" in set(fields)
+    avail = None if fields is None else set(fields)
+    has_returns = avail is None or "number_of_returns" in avail
     for c in column_cells:
         names += [f"col{_fmt(c)}_{f}" for f in CELL_COLUMN_FEATURES if f != "multi_return" or has_returns]
     for kk in plan_k:
         names += [f"xy{int(kk)}_{f}" for f in PLAN_FEATURES]
     wanted = (["intensity"] if intensity else []) + (list(_RETURN_FEATURES) if returns else [])
-    avail = None if fields is None else set(fields)
     names += [n for n in wanted if avail is None or all(f in avail for f in POINT_FEATURES[n])]
     return names
 

@@ -128,6 +128,8 @@ class KPConvXModel:
         self.class_map = class_map
         self.net_cfg = resolve_network(config.preset, config.network)
         self.geo_cols, self.pt_cols = feature_columns(list(config.features))
+        #: standardised columns that are heights (scaled by augment.stretch_z)
+        self.height_cols = [i for i, c in enumerate(self.pt_cols) if c in HEIGHT_COLUMNS]
         self.mean = np.zeros(len(self.pt_cols), np.float32)
         self.std = np.ones(len(self.pt_cols), np.float32)
         self.class_counts: list[int] | None = None
@@ -154,8 +156,8 @@ class KPConvXModel:
             raw, xyz = tiles_feats[r.tile][r.index], r.xyz
             if rng is not None and cfg.augment.stretches:
                 factor = rng.uniform(*cfg.augment.stretch_z)
-                heights = [i for i, c in enumerate(self.pt_cols) if c in HEIGHT_COLUMNS]
-                xyz, raw = stretch_heights(xyz, raw, raw[:, self.pt_cols.index("hag_ground")], heights, factor)
+                hag = raw[:, self.pt_cols.index("hag_ground")]
+                xyz, raw = stretch_heights(xyz, raw, hag, self.height_cols, factor)
             pf = (raw - self.mean) / self.std
             if rng is not None:
                 xyz, pf = augment(xyz, pf, cfg.augment, rng)
