@@ -304,6 +304,17 @@ def _extra_dims_for(meta: LasMeta, fields: dict[str, np.ndarray], path: Path) ->
     return extra_dims
 
 
+#: VLR/EVLR user ids that describe the source file's byte layout, not its points: COPC's info
+#: VLR and hierarchy EVLR (``copc``) point at chunk offsets that no rewrite keeps, so a labelled
+#: copy of a COPC file that carried them would claim to be COPC and fail validation.
+LAYOUT_USER_IDS = ("copc",)
+
+
+def _still_valid(vlrs: list[RawVlr]) -> list[RawVlr]:
+    """``vlrs`` without the records of ``LAYOUT_USER_IDS`` (stale in any file we write)."""
+    return [v for v in vlrs if v.user_id.rstrip("\0") not in LAYOUT_USER_IDS]
+
+
 def _header_for(meta: LasMeta, version: str, pf_id: int, extra_dims: list[ExtraDim]) -> laspy.LasHeader:
     """The output header: version, point format, the input's VLRs (raw bytes, original order;
     the extra-bytes VLR rewritten for ``extra_dims``), scales/offsets and header fields."""
@@ -315,7 +326,7 @@ def _header_for(meta: LasMeta, version: str, pf_id: int, extra_dims: list[ExtraD
             d.struct if d.struct is not None else generated[i * _EB_STRUCT_SIZE:(i + 1) * _EB_STRUCT_SIZE]
             for i, d in enumerate(extra_dims))
     vlrs = []
-    for v in meta.vlrs:
+    for v in _still_valid(meta.vlrs):
         if (v.user_id, v.record_id) == EXTRA_BYTES_ID:
             if extra_dims:
                 vlrs.append(RawVlr(v.user_id, v.record_id, v.description, eb_data))
@@ -406,9 +417,10 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             with laspy.LasWriter(f, header, do_compress=compress, closefd=False) as writer:
                 writer.write_points(record)
-                if meta.evlrs and header.version.minor >= 4:
+                evlrs = _still_valid(meta.evlrs)
+                if evlrs and header.version.minor >= 4:
                     writer.write_evlrs(VLRList(
-                        [laspy.VLR(v.user_id, v.record_id, v.description, v.data) for v in meta.evlrs]))
+                        [laspy.VLR(v.user_id, v.record_id, v.description, v.data) for v in evlrs]))
     except DataError:
         raise
     except Exception as e:

@@ -72,8 +72,8 @@ def test_registration_happens_in_one_module():
     """Steps and models are registered by importing pipeline.components, nowhere else."""
     for path in list((REPO / "pipeline").rglob("*.py")) + [REPO / "run.py"]:
         text = path.read_text(encoding="utf-8")
-        if path.name != "components.py":
-            assert "(registers" not in text or path.name == "run.py", path
+        if path.name not in ("components.py", "cli.py"):
+            assert "(registers" not in text, path
 
 
 def test_no_source_file_over_500_lines():

@@ -248,3 +248,23 @@ def test_write_rejects_values_that_do_not_fit(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="NaN"):
         write_cloud(PointCloud(np.full((3, 3), np.nan)), tmp_path / "b.las")
     assert not list(tmp_path.iterdir())
+
+
+def test_copc_layout_records_are_not_copied(tmp_path: Path) -> None:
+    """A labelled copy of a COPC file is a plain LAZ: COPC's info VLR and hierarchy EVLR point at
+    the source's chunk offsets, so carrying them would make the copy claim to be COPC."""
+    src = tmp_path / "src.laz"
+    las = make_las(src, 6, "1.4", extra=False)
+    las.header.vlrs.insert(0, laspy.VLR("copc", 1, "copc info", b"\x00" * 160))
+    las.evlrs = VLRList([laspy.VLR("copc", 1000, "EPT hierarchy", b"\x01" * 32),
+                         laspy.VLR("my_app", 7, "evlr", b"E" * 100)])
+    las.write(src)
+    cloud = read_cloud(src)
+    assert ("copc", 1) in {(v.user_id, v.record_id) for v in cloud.meta.vlrs}  # kept on read
+    out = tmp_path / "labelled.laz"
+    write_cloud(cloud, out, extra={"pred": np.zeros(len(cloud), np.uint8)})
+    with laspy.open(out) as f:
+        ids = [(v.user_id, v.record_id) for v in f.header.vlrs]
+        assert ("my_app", 42) in ids and not any(u == "copc" for u, _ in ids), ids
+        assert [(v.user_id, v.record_id) for v in f.header.evlrs] == [("my_app", 7)]
+        assert f.header.point_count == len(cloud)

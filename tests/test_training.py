@@ -103,6 +103,12 @@ def test_limit_steps_is_a_small_real_run(tmp_path):
         lrs = [float(r["lr"]) for r in csv.DictReader(f)]
     assert len(lrs) == 20 and lrs[0] == pytest.approx(0.01) and lrs[-1] < 0.001
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # the set-up installs tensorboard: the same curve is in the TensorBoard events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx(lrs, rel=1e-5)
     # a trial's checkpoint is not resumed as the full run (its schedule was another)
     net, train_step, _ = make_problem()
     full = Trainer(net, cfg, total_steps=3000, device="cpu", work_dir=tmp_path)

@@ -1,0 +1,194 @@
+"""Command line (``lidarseg`` or ``python run.py``): run specs, predict with a bundle, evaluate predictions, validate specs.
+
+    python run.py run SPEC [--set dotted.key=VALUE ...] [--out DIR] [--device cpu|cuda] [--limit-steps N]
+    python run.py predict --model BUNDLE --input PATH_OR_GLOB [...] --out DIR [--device ...]
+    python run.py evaluate --pred PATH_OR_GLOB [...] --ref PATH_OR_GLOB [...] --out DIR [--classes SPEC]
+    python run.py validate SPEC
+    python run.py inspect PATH_OR_GLOB [...] [--classes SPEC] [--out DIR]
+
+User errors (bad spec, unreadable file, missing field) print one paragraph naming the file
+and key, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lidarseg", description="LiDAR segmentation pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a spec: train, predict, evaluate ...",
+                       description="Run every step of a spec (YAML or JSON).")
+    p.add_argument("spec", help="spec file (.yaml, .yml or .json)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value by dotted path, VALUE parsed as YAML (repeatable)")
+    p.add_argument("--out", help="output folder (default: the spec's 'output')")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--limit-steps", type=int, metavar="N",
+                   help="a trial: every training step runs N optimisation steps, its schedule (warm-up "
+                        "included) scaled to N")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop every training step after step N with a checkpoint (schedule unchanged; "
+                        "continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="resume training from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again from step 0 where the output folder holds an earlier training's checkpoint")
+    _common(p)
+
+    p = sub.add_parser("predict", help="label point clouds with a trained model bundle",
+                       description="Write one labelled cloud per input into --out (same file stem).")
+    p.add_argument("--model", required=True, help="model bundle (OUT/NAME.bundle written by a train step)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB", help="input files, folders or globs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--probabilities", action="store_true", help="also write prob_<class> extra dimensions")
+    p.add_argument("--format", choices=["same", "las", "laz"], default="same", help="output format")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a prediction option of the model (e.g. votes=1 for kpconvx; repeatable)")
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="compare predicted clouds with reference labels",
+                       description="Writes report.json, report.md and confusion_matrix.png into --out.")
+    p.add_argument("--pred", nargs="+", required=True, metavar="PATH_OR_GLOB", help="predicted clouds")
+    p.add_argument("--ref", nargs="+", metavar="PATH_OR_GLOB",
+                   help="reference clouds, matched by file stem (default: classification_ref of the predictions)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--classes", metavar="SPEC",
+                   help="spec file or model bundle whose class map to use (default: one class per code)")
+    _common(p)
+
+    p = sub.add_parser("inspect", help="audit point-cloud files: fields, CRS, density, class histogram, warnings",
+                       description="Per-file audit printed as Markdown; --out also writes inspect.md, "
+                                   "inspect.json and class_shares.png.")
+    p.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="files, folders or globs")
+    p.add_argument("--classes", metavar="SPEC",
+                   help="spec (its class map, per-input overrides and train/predict roles) or model bundle")
+    p.add_argument("--out", help="folder for inspect.md, inspect.json and class_shares.png")
+    _common(p)
+
+    p = sub.add_parser("validate", help="check a spec without running it")
+    p.add_argument("spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _common(p)
+    return parser
+
+
+def _class_map_from(path: str):
+    from data.classmap import ClassMap
+    from data.errors import UserError
+    from pipeline.bundle import load_bundle
+    from pipeline.spec import read_spec_file
+
+    p = Path(path)
+    if p.is_dir():
+        return load_bundle(p)[1]
+    data = read_spec_file(p)
+    if "classes" not in data or not isinstance(data["classes"], dict):
+        raise UserError(f"{p}: --classes needs a file with a 'classes' mapping (class -> input codes)")
+    try:
+        return ClassMap.from_config(data["classes"], data.get("ignore") or [])
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{p}: classes: {exc}") from None
+
+
+def _inspect(args) -> None:
+    from pipeline.audit import audit_file, report_markdown, warnings_for, write_audit
+    from pipeline.inputs import expand_patterns
+    from pipeline.progress import progress
+
+    files = expand_patterns(args.paths, None, "inspect")
+    class_map, maps, roles = None, {}, {}
+    if args.classes:
+        from pipeline.spec import read_spec_file
+
+        p = Path(args.classes)
+        if p.is_file() and "steps" in read_spec_file(p):
+            from pipeline.runner import RunContext
+            from pipeline.spec import load_spec
+
+            loaded = load_spec(p)
+            ctx = RunContext(loaded, loaded.output_dir())
+            class_map = loaded.class_map
+            for i, step in enumerate(loaded.spec.steps):
+                kind = type(step).component_type
+                if kind in ("train", "predict"):
+                    for item in ctx.resolve_labelled(step.inputs, f"steps[{i}].inputs"):
+                        roles.setdefault(item.path, "train" if kind == "train" else "predict")
+                        if kind == "train":
+                            maps[item.path] = item.class_map
+        else:
+            class_map = _class_map_from(args.classes)
+    audits = [audit_file(f, maps.get(f, class_map), roles.get(f, ""))
+              for f in progress(files, "inspect", unit="file")]
+    warnings = warnings_for(audits, class_map)
+    print(report_markdown(audits, warnings, class_map), end="")
+    if args.out:
+        write_audit(audits, warnings, class_map, Path(args.out))
+        print(f"\naudit written to {Path(args.out).resolve()} (inspect.md, inspect.json, class_shares.png)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import pipeline.components  # noqa: F401  (registers every step and model type)
+    from data.errors import UserError
+    from pipeline.progress import set_quiet
+
+    set_quiet(args.quiet)
+    try:
+        from data.atomic import check_folder_target
+
+        if getattr(args, "out", None):
+            check_folder_target(args.out, "--out")
+        if args.command == "run":
+            from pipeline.runner import run_spec
+
+            ctx = run_spec(args.spec, args.overrides, args.out, args.device, args.limit_steps, args.resume,
+                           args.stop_after, args.overwrite)
+            print(f"done: outputs in {ctx.out_dir}")
+        elif args.command == "validate":
+            from pipeline.runner import check_inputs
+            from pipeline.spec import load_spec
+
+            loaded = load_spec(args.spec, args.overrides)
+            check_inputs(loaded)
+            print(f"{loaded.path}: valid ({len(loaded.spec.steps)} steps, "
+                  f"{loaded.class_map.num_classes} classes)")
+        elif args.command == "inspect":
+            _inspect(args)
+        elif args.command == "predict":
+            from pipeline.bundle import load_bundle
+            from pipeline.inputs import expand_patterns
+            from pipeline.predict import predict_files
+            from pipeline.runner import resolve_device
+
+            device = resolve_device(args.device)
+            model, class_map, meta = load_bundle(args.model, args.overrides)
+            inputs = expand_patterns(args.input, None, "--input")
+            pairs = predict_files(model, class_map, inputs, Path(args.out), device=device,
+                                  probabilities=args.probabilities, fmt=args.format,
+                                  train_density=meta.get("summary", {}).get("train_density"))
+            print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}")
+        elif args.command == "evaluate":
+            from pipeline.evaluation import evaluate_files, summary_line
+            from pipeline.inputs import expand_patterns
+
+            preds = expand_patterns(args.pred, None, "--pred")
+            refs = expand_patterns(args.ref, None, "--ref") if args.ref else None
+            class_map = _class_map_from(args.classes) if args.classes else None
+            report = evaluate_files(preds, refs, class_map, Path(args.out))
+            print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
