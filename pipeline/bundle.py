@@ -48,12 +48,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, Any]) -> Path:
+def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, Any],
+                attachments: dict[str, Path] | None = None) -> Path:
+    """Write the bundle folder atomically: the model's files, ``bundle.json`` and
+    ``attachments`` (name in the bundle -> file to copy; pictures for people, never read back)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save(tmp)
+        for name, src in (attachments or {}).items():
+            if Path(src).is_file():
+                shutil.copyfile(src, tmp / name)
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "project_version": __version__,
             "model": to_plain(model.config), "class_map": class_map.to_config(), "summary": summary,

@@ -32,6 +32,7 @@ from torch import nn
 from data.atomic import atomic_path
 from data.errors import UserError
 from pipeline.progress import log, progress
+from pipeline.curves import plot_curves
 
 __all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "class_weights", "lr_factor", "Trainer",
            "CsvLog", "atomic_torch_save", "amp_autocast"]
@@ -351,6 +352,8 @@ class Trainer:
         finally:
             if csv_log is not None:
                 csv_log.close()
+        if csv_log is not None:
+            plot_curves(csv_log.path, self.work_dir / "curves.png", title=self.work_dir.name)
         return {"steps": self.step, "steps_this_run": self.step - start,
                 "final_loss": self.losses[-1] if self.losses else None,
                 "best_val_miou": None if self.best_step is None else self.best_score,

@@ -109,6 +109,7 @@ def test_limit_steps_is_a_small_real_run(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [e.value for e in events.Scalars("lr")] == pytest.approx(lrs, rel=1e-5)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a trial's checkpoint is not resumed as the full run (its schedule was another)
     net, train_step, _ = make_problem()
     full = Trainer(net, cfg, total_steps=3000, device="cpu", work_dir=tmp_path)
@@ -179,3 +180,12 @@ def test_class_weights_formula():
     np.testing.assert_allclose(w, ref, rtol=1e-12)
     assert w[1] == 1.0
     np.testing.assert_allclose(class_weights(counts, 1.0)[[0, 2, 3]].mean(), 1.0)
+
+
+def test_curve_smoothing_matches_a_loop():
+    from pipeline.curves import smooth
+
+    x = np.random.default_rng(0).normal(size=57)
+    for w in (1, 5, 60):
+        ref = [x[max(0, i - w + 1):i + 1].mean() for i in range(len(x))]
+        np.testing.assert_allclose(smooth(x, w), ref, rtol=1e-12)

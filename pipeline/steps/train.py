@@ -83,6 +83,7 @@ class TrainStep:
                                     "max": float(max(densities))}
         summary["train_files"] = [f.label for f in train]
         summary["val_files"] = [f.label for f in val]
-        path = save_bundle(ctx.out_dir / f"{cfg.name}.bundle", model, ctx.class_map, summary)
+        path = save_bundle(ctx.out_dir / f"{cfg.name}.bundle", model, ctx.class_map, summary,
+                           attachments={"curves.png": work / "curves.png"})
         ctx.bundles[cfg.name] = path
         log(f"bundle -> {path}" + (f"  ({line})" if (line := _summary_line(summary)) else ""))
