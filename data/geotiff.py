@@ -6,9 +6,12 @@
     write_class_map("tile_class.tif", grid, codes, crs=crs_of(cloud), class_names=..., class_codes=...)
     write_probability_map("tile_proba.tif", grid, proba, mask, crs=..., class_names=...)
 
+- every GeoTIFF is a Cloud-Optimized GeoTIFF (GDAL's COG driver: 512 px tiles, overviews,
+  deflate), which QGIS, GDAL and web viewers read by range requests.
 - class map: one band of input codes (the first code of each class), ``uint8`` with nodata
   255 when every code is <= 254, else ``uint16`` with nodata 65535; empty cells = nodata.
-  Tags ``CLASS_<code>=<name>`` and the band description ``classification``.
+  Tags ``CLASS_<code>=<name>``, the band description ``classification`` and, for ``uint8``, a
+  colour table in ASPRS colours (``data.asprs``: QGIS opens it coloured).
 - probability map: one ``float32`` band per class (description = class name), nodata -1.
 - CRS: from the cloud's WKT (or ``EPSG:NNNN``); the EPSG code is used when the LAS names
   one (a compound horizontal + vertical WKT is reduced to its horizontal EPSG, which is
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from .asprs import colour, colour_table
 from .atomic import atomic_path
 from .crs import rasterio_crs
 
@@ -50,9 +54,9 @@ def _affine(grid: Grid2D):
 
 
 def _profile(grid: Grid2D, count: int, dtype: str, nodata, crs) -> dict:
-    return {"driver": "GTiff", "width": grid.cols, "height": grid.rows, "count": count, "dtype": dtype,
+    return {"driver": "COG", "width": grid.cols, "height": grid.rows, "count": count, "dtype": dtype,
             "nodata": nodata, "crs": crs, "transform": _affine(grid), "compress": "deflate",
-            "tiled": grid.cols >= 256 and grid.rows >= 256}
+            "overview_resampling": "nearest" if dtype.startswith("uint") else "average"}
 
 
 def write_class_map(path: str | os.PathLike, grid: Grid2D, codes: np.ndarray, *, mask: np.ndarray | None = None,
@@ -76,6 +80,9 @@ def write_class_map(path: str | os.PathLike, grid: Grid2D, codes: np.ndarray, *,
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **_profile(grid, 1, dtype, nodata, crs)) as dst:
             dst.write(band, 1)
+            if dtype == "uint8":
+                present = sorted({int(c) for c in np.unique(band)} - {nodata} | {int(c) for c in class_codes})
+                dst.write_colormap(1, {c: (*colour(c), 255) for c in present if c != nodata})
             dst.set_band_description(1, "classification")
             dst.update_tags(**{f"CLASS_{c}": n for c, n in zip(class_codes, class_names)},
                             CELL_SIZE=repr(grid.cell_size))
@@ -110,8 +117,11 @@ def write_preview(path: str | os.PathLike, grid: Grid2D, class_idx: np.ndarray, 
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    base = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
-    colors = [base(i % base.N) for i in range(len(class_names))]
+    if len(class_codes) == len(class_names):
+        colors = [tuple(v / 255 for v in rgb) for rgb in colour_table(class_codes)]
+    else:
+        base = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+        colors = [base(i % base.N) for i in range(len(class_names))]
     img = np.ma.masked_where(~np.asarray(mask, bool) | (class_idx < 0), class_idx)
     a, _, c, _, e, f = grid.transform
     extent = (c, c + a * grid.cols, f + e * grid.rows, f)
@@ -125,9 +135,10 @@ def write_preview(path: str | os.PathLike, grid: Grid2D, class_idx: np.ndarray, 
     ax.set_title(title or f"classes, {grid.cell_size:g} m cells", fontsize=9)
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.tick_params(labelsize=7)
-    fig.tight_layout()
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.locator_params(nbins=6)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    with atomic_path(path) as tmp:  # "tight": the legend and the long coordinate labels stay inside
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path

@@ -74,6 +74,10 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
     crs = crs_of(cloud)
     if crs is None:
         log(f"{stem}: no CRS in the input; GeoTIFF written without one")
+    empty = 1.0 - float(np.mean(product.mask))
+    if empty > 0.5:
+        log(f"warning: {stem}: {empty:.0%} of the {product.grid.cell_size:g} m raster's cells hold no point "
+            f"(sparse input for this cell size: predict with a larger grid cell or a denser scan)")
     codes = class_map.output_codes[product.class_index]
     kw = dict(class_names=class_map.names, class_codes=class_map.output_codes.tolist())
     written = [write_class_map(out_dir / f"{stem}_class.tif", product.grid, codes, mask=product.mask, crs=crs, **kw)]

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from rio_cogeo.cogeo import cog_validate
+
+from data.asprs import colour
 from data.classmap import ClassMap
 from data.geotiff import crs_of, write_class_map, write_preview, write_probability_map
 from geometry.grids import Grid2D, rasterize
@@ -42,6 +45,10 @@ def test_class_and_probability_maps_round_trip(tile, tmp_path):
         assert (src.height, src.width) == r.grid.shape
         band = src.read(1)
         assert src.tags()["CLASS_6"] == "building"
+        # QGIS opens it coloured: an ASPRS colour table (ground brown, building red-orange)
+        palette = src.colormap(1)
+        assert palette[2] == (*colour(2), 255) and palette[6] == (*colour(6), 255)
+        assert palette[2][0] > palette[2][2] and palette[6][0] > 200
         # every point lies inside the cell the transform puts it in (points exactly on a
         # horizontal cell edge belong to the cell above it here: [y0, y0 + s); rasterio's
         # rowcol puts them in the row below, so they are left out of this comparison; so are
@@ -64,6 +71,22 @@ def test_class_and_probability_maps_round_trip(tile, tmp_path):
         bands = src.read()
     np.testing.assert_array_equal(bands[:, r.mask], proba[r.mask].T)
     assert (bands[:, ~r.mask] == -1).all()
+    for written in (path, ppath):
+        valid, errors, _ = cog_validate(str(written))
+        assert valid, errors
+
+
+def test_large_class_map_is_a_tiled_cog_with_overviews(tmp_path):
+    g = Grid2D(1.0, 0, 0, 1000, 1000)
+    codes = np.random.default_rng(0).choice([2, 3, 6], size=g.shape)
+    path = write_class_map(tmp_path / "big.tif", g, codes, class_names=["ground", "vegetation", "building"],
+                           class_codes=[2, 3, 6])
+    assert cog_validate(str(path))[0]
+    with rasterio.open(path) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.block_shapes == [(512, 512)] and src.overviews(1)
+        np.testing.assert_array_equal(src.read(1), codes)
+        assert set(np.unique(src.read(1, out_shape=(250, 250)))) <= {2, 3, 6}   # nearest overviews
 
 
 def test_wide_codes_use_uint16_and_no_crs(tmp_path):
@@ -82,3 +105,22 @@ def test_preview_png(tile, tmp_path):
     _, r = tile
     path = write_preview(tmp_path / "c.png", r.grid, r.labels, r.mask, CMAP.names, CMAP.output_codes.tolist())
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_mostly_empty_raster_is_warned(tile, tmp_path, capsys):
+    """0.3 pts/m2 at 1 m cells leaves most cells empty: the writer says so."""
+    from pipeline.models.base import GridProduct
+    from pipeline.predict import write_grid_product
+
+    cloud, r = tile
+    sparse = r.mask.copy()
+    sparse[:, 5:] = False
+    idx = np.maximum(r.labels, 0)
+    proba = np.full((*r.grid.shape, CMAP.num_classes), 1 / CMAP.num_classes, np.float32)
+    for mask, warned in ((r.mask, False), (sparse, True)):
+        out = tmp_path / str(warned)
+        out.mkdir()
+        write_grid_product(GridProduct(r.grid, idx, proba, mask, "test"), cloud, CMAP, out, "tile", False)
+        err = capsys.readouterr().err
+        assert ("80% of the 2 m raster's cells hold no point" in err) == warned, err
+        assert sorted(p.name for p in out.iterdir()) == ["tile_class.png", "tile_class.tif"]
