@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.layouts import LAYOUTS
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines on stderr")
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--probabilities", action="store_true", help="also write prob_<class> extra dimensions")
     p.add_argument("--format", choices=["same", "las", "laz"], default="same", help="output format")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="lidarseg",
+                   help="lidarseg: predicted code in classification, the input's in classification_ref; "
+                        "myria3d: new PredictedClassification + entropy + one dimension per class, "
+                        "classification untouched")
+    p.add_argument("--vegetation-heights", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="write vegetation as ASPRS 3/4/5 by height above the ground model (metres)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a prediction option of the model (e.g. votes=1 for kpconvx; repeatable)")
     _common(p)
@@ -165,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from pipeline.bundle import load_bundle
             from pipeline.inputs import expand_patterns
-            from pipeline.predict import predict_files
+            from pipeline.layouts import check_vegetation_heights
+            from pipeline.predict import OutputOptions, predict_files
             from pipeline.runner import resolve_device
 
             device = resolve_device(args.device)
             model, class_map, meta = load_bundle(args.model, args.overrides)
             inputs = expand_patterns(args.input, None, "--input")
-            pairs = predict_files(model, class_map, inputs, Path(args.out), device=device,
-                                  probabilities=args.probabilities, fmt=args.format,
+            options = OutputOptions(args.probabilities, args.layout, check_vegetation_heights(
+                args.vegetation_heights, class_map, "--vegetation-heights"))
+            pairs = predict_files(model, class_map, inputs, Path(args.out), device=device, options=options, fmt=args.format,
                                   train_density=meta.get("summary", {}).get("train_density"))
             print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}")
         elif args.command == "evaluate":

@@ -25,6 +25,7 @@ from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud
 
+from .layouts import prediction_and_reference
 from .progress import progress
 
 
@@ -173,12 +174,13 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
     codes_pred, codes_ref, sources = [], [], []
     for pred_path, ref_path in progress(pairs, "evaluate", unit="file"):
         pred = read_cloud(pred_path)
-        if not pred.has("classification"):
-            raise DataError(pred_path, "has no 'classification' field to evaluate")
+        predicted, own_ref = prediction_and_reference(pred.fields)   # lidarseg or myria3d layout
+        if not pred.has(predicted):
+            raise DataError(pred_path, f"has no {predicted!r} field to evaluate")
         if ref_path is None:
-            if not pred.has("classification_ref"):
-                raise DataError(pred_path, "has no 'classification_ref' field; give reference files with --ref")
-            ref_codes = pred.fields["classification_ref"]
+            if not pred.has(own_ref):
+                raise DataError(pred_path, f"has no {own_ref!r} field; give reference files with --ref")
+            ref_codes = pred.fields[own_ref]
         else:
             ref = read_cloud(ref_path)
             if len(ref) != len(pred):
@@ -186,7 +188,7 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
             if not ref.has("classification"):
                 raise DataError(ref_path, "has no 'classification' field to use as reference")
             ref_codes = ref.fields["classification"]
-        codes_pred.append(np.asarray(pred.fields["classification"]))
+        codes_pred.append(np.asarray(pred.fields[predicted]))
         codes_ref.append(np.asarray(ref_codes))
         sources.append((pred_path, ref_path or pred_path))
     if class_map is None:   # one class per code of the references and the predictions

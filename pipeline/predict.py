@@ -1,12 +1,12 @@
 """Prediction writer: class probabilities -> labelled point clouds.
 
 For every input cloud, one output file with the same stem holding all input points in input
-order, all input dimensions, header, VLRs and CRS, plus:
-
-- ``classification``: predicted class as its input code (first code of the class);
-- ``confidence`` (float32) = max_c p_c; ``entropy`` (float32) = -sum_c p_c ln p_c;
-- ``classification_ref``: the input's original classification, when it had one;
-- optionally ``prob_<class>`` (float32) per class.
+order, all input dimensions, header, VLRs and CRS, plus the predicted codes and per-point
+extras in one of the layouts of ``pipeline.layouts`` (default ``lidarseg``:
+``classification`` = predicted code (first code of the class), ``classification_ref`` = the
+input's, ``confidence``, ``entropy``, optionally ``prob_<class>``; ``myria3d``: a new
+``PredictedClassification``, ``entropy`` and one dimension per class), optionally with
+vegetation written back as ASPRS 3/4/5 by height above the ground model.
 
 A model's :class:`~pipeline.models.base.Prediction` may carry a 2-D
 :class:`~pipeline.models.base.GridProduct` (grid models, e.g. ``ckconv_grid``); it is written
@@ -15,6 +15,7 @@ probabilities are asked, ``<stem>_class.png`` (preview), in the cloud's CRS.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ from data.classmap import ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud, write_cloud
 from data.pointcloud import PointCloud
+from geometry.heights import height_above_ground
 
 from .audit import bbox_density, density_warning
+from .layouts import LAYOUTS, split_vegetation
 from .models.base import GridProduct, PointModel
 from .progress import log, progress
 
@@ -39,25 +42,48 @@ def label_outputs(proba: np.ndarray, class_map: ClassMap) -> dict[str, np.ndarra
             "entropy": (-(p * logp).sum(1)).astype(np.float32)}
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a labelled cloud holds besides the predicted code (``pipeline.layouts``)."""
+
+    probabilities: bool = False                       # per-class probability dimensions
+    layout: str = "lidarseg"                          # a key of ``LAYOUTS``
+    vegetation_heights: tuple[float, float] | None = None   # ASPRS 3/4/5 split, metres above ground
+
+
 def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
-                   probabilities: bool = False) -> tuple[PointCloud, dict[str, np.ndarray]]:
-    """The cloud with predicted ``classification`` and the extra dimensions to write."""
+                   options: OutputOptions = OutputOptions()) -> tuple[PointCloud, dict[str, np.ndarray]]:
+    """The cloud with the predicted codes stored as ``options.layout`` says, and the extra
+    dimensions to write (``pipeline.layouts``)."""
     if proba.shape != (len(cloud), class_map.num_classes) or not np.isfinite(proba).all():
         raise DataError(cloud.source, f"model returned probabilities of shape {proba.shape} "
                                       f"(expected {(len(cloud), class_map.num_classes)}, finite)")
+    lay = LAYOUTS[options.layout]
     out = label_outputs(proba, class_map)
+    codes = out["codes"]
+    if options.vegetation_heights is not None:
+        codes = split_vegetation(codes, proba.argmax(1), class_map, height_above_ground(cloud.xyz),
+                                 options.vegetation_heights)
     fields = dict(cloud.fields)
-    extras: dict[str, np.ndarray] = {"confidence": out["confidence"], "entropy": out["entropy"]}
-    if "classification" in fields:
-        ref = fields["classification"]
-        extras["classification_ref"] = ref.copy()
-        dtype = ref.dtype if np.issubdtype(ref.dtype, np.integer) else np.uint16
+    extras: dict[str, np.ndarray] = {"confidence": out["confidence"]} if lay.confidence else {}
+    extras["entropy"] = out["entropy"]
+    narrow = np.uint8 if codes.max(initial=0) <= 255 else np.uint16
+    if lay.reference is None:                          # a new dimension; classification untouched
+        extras[lay.prediction] = codes.astype(narrow)
     else:
-        dtype = np.uint8 if out["codes"].max(initial=0) <= 255 else np.uint16
-    fields["classification"] = out["codes"].astype(dtype)
-    if probabilities:
+        dtype = narrow
+        if "classification" in fields:
+            ref = fields["classification"]
+            extras[lay.reference] = ref.copy()
+            dtype = ref.dtype if np.issubdtype(ref.dtype, np.integer) else np.uint16
+        fields["classification"] = codes.astype(dtype)
+    if options.probabilities or lay.always_probabilities:
         for i, name in enumerate(class_map.names):
-            extras[f"prob_{name}"] = proba[:, i].astype(np.float32)
+            dim = lay.probability.format(name)
+            if dim in fields or dim in extras:
+                raise DataError(cloud.source, f"class {name!r}: its probability dimension {dim!r} would replace "
+                                              f"the input's {dim!r} (rename the class or use layout 'lidarseg')")
+            extras[dim] = proba[:, i].astype(np.float32)
     return PointCloud(cloud.xyz, fields, cloud.meta, cloud.source), extras
 
 
@@ -92,7 +118,7 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
 
 
 def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Path, device: str,
-                 probabilities: bool, fmt: str, train_density: dict[str, float] | None) -> tuple[Path, Path]:
+                 options: OutputOptions, fmt: str, train_density: dict[str, float] | None) -> tuple[Path, Path]:
     cloud = read_cloud(path)
     if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
@@ -100,18 +126,18 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
     if warning:
         log(warning)
     result = model.predict(cloud, device)
-    labelled, extras = labelled_cloud(cloud, result.proba, class_map, probabilities)
+    labelled, extras = labelled_cloud(cloud, result.proba, class_map, options)
     target = output_path(path, out_dir, fmt)
     write_cloud(labelled, target, extra=extras)
     log(f"{path.name}: {len(cloud):,} points -> {target}")
     if result.grid is not None:
-        for written in write_grid_product(result.grid, cloud, class_map, out_dir, path.stem, probabilities):
+        for written in write_grid_product(result.grid, cloud, class_map, out_dir, path.stem, options.probabilities):
             log(f"{path.name}: -> {written}")
     return path, target
 
 
 def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
-                  probabilities: bool = False, fmt: str = "same",
+                  options: OutputOptions = OutputOptions(), fmt: str = "same",
                   train_density: dict[str, float] | None = None) -> list[tuple[Path, Path]]:
     """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
 
@@ -135,7 +161,7 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     done = []
     for path in progress(inputs, "predict", unit="file"):
         try:
-            done.append(_predict_one(model, class_map, path, out_dir, device, probabilities, fmt, train_density))
+            done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density))
         except UserError as exc:
             if not done:
                 if created and not any(out_dir.iterdir()):

@@ -200,3 +200,58 @@ def test_features_step_prefixes_mined_dimensions(tmp_path, lidar_data):
     assert "feat_number_of_returns" in mined and "feat_hag_c2_0" in mined and "feat_hag_ground" in mined
     np.testing.assert_array_equal(out.number_of_returns, src.number_of_returns)   # the LAS dimension untouched
     assert f": {len(mined)} features ->" in res.stderr
+
+
+def test_myria3d_layout_and_vegetation_split(run_out, lidar_data, tmp_path):
+    """--layout myria3d leaves classification as read and adds PredictedClassification, entropy
+    and one float per class; evaluate reads either layout and gives the same report;
+    --vegetation-heights writes vegetation as ASPRS 3/4/5 by height above the ground model."""
+    from geometry.heights import height_above_ground
+
+    tile = lidar_data / TEST_TILE
+    for name, extra in (("plain", []), ("myria", ["--layout", "myria3d"]),
+                        ("split", ["--vegetation-heights", "0.5", "1.5"])):
+        res = cli("predict", "--model", run_out / "model.bundle", "--input", tile, "--out", tmp_path / name,
+                  "--quiet", *extra)
+        assert res.returncode == 0, res.stderr
+    plain = laspy.read(tmp_path / "plain" / tile.name)
+    myria = laspy.read(tmp_path / "myria" / tile.name)
+    src = laspy.read(tile)
+    np.testing.assert_array_equal(myria.classification, src.classification)
+    np.testing.assert_array_equal(myria["PredictedClassification"], plain.classification)
+    np.testing.assert_array_equal(myria["entropy"], plain["entropy"])
+    names = ["ground", "vegetation", "building", "water", "bridge", "other"]
+    proba = np.stack([np.asarray(myria[n]) for n in names], 1)
+    assert proba.dtype == np.float32 and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert "classification_ref" not in myria.point_format.dimension_names
+    for name in ("plain", "myria"):
+        res = cli("evaluate", "--pred", tmp_path / name / "*.laz", "--out", tmp_path / f"eval_{name}",
+                  "--classes", run_out / "resolved_spec.yaml", "--quiet")
+        assert res.returncode == 0, res.stderr
+    a, b = (json.loads((tmp_path / f"eval_{n}" / "report.json").read_text()) for n in ("plain", "myria"))
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["miou"] == b["miou"]
+
+    split = laspy.read(tmp_path / "split" / tile.name)
+    hag = height_above_ground(np.stack([src.x, src.y, src.z], 1))
+    veg = np.asarray(plain.classification) == 3
+    expected = np.asarray(plain.classification).copy()
+    expected[veg] = np.where(hag[veg] < 0.5, 3, np.where(hag[veg] < 1.5, 4, 5))
+    np.testing.assert_array_equal(split.classification, expected)   # (this tiny model: few vegetation points)
+
+    bad = cli("predict", "--model", run_out / "model.bundle", "--input", tile, "--out", tmp_path / "bad",
+              "--vegetation-heights", "2", "1")
+    assert bad.returncode == 2 and "--vegetation-heights: expected 0 < low < high" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_vegetation_heights_need_the_asprs_codes(tmp_path, lidar_data):
+    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec["data_root"] = str(lidar_data)
+    spec["steps"][1]["vegetation_heights"] = [0.5, 1.5]
+    spec["classes"]["vegetation"] = [3, 4]
+    spec["classes"]["other"] = [1, 5, 64, 67]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = cli("validate", path)
+    assert res.returncode == 2 and "steps[1].vegetation_heights" in res.stderr
+    assert "no class holding the ASPRS vegetation codes 3, 4 and 5" in res.stderr, res.stderr

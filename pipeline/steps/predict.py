@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.bundle import load_bundle
-from pipeline.predict import predict_files
+from data.errors import UserError
+from pipeline.layouts import check_vegetation_heights
+from pipeline.predict import OutputOptions, predict_files
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError
 from pipeline.spec import check_output_name
@@ -22,10 +24,20 @@ class PredictStep:
         output: str = "predictions"     # folder inside the run's output folder
         probabilities: bool = False     # also write prob_<class> extra dimensions
         format: Literal["same", "las", "laz"] = "same"
+        layout: Literal["lidarseg", "myria3d"] = "lidarseg"   # where predictions go (pipeline/layouts.py)
+        vegetation_heights: list[float] | None = None   # [low, high] m: vegetation written as ASPRS 3/4/5
+
+        def output_options(self, class_map, key: str) -> OutputOptions:
+            return OutputOptions(self.probabilities, self.layout,
+                                 check_vegetation_heights(self.vegetation_heights, class_map, f"{key}.vegetation_heights"))
 
     @staticmethod
     def check(cfg: "PredictStep.Config", loaded, key: str) -> None:
         check_output_name(loaded, f"{key}.output", cfg.output)
+        try:
+            cfg.output_options(loaded.class_map, key)
+        except UserError as exc:
+            raise SpecError(str(loaded.path), f"{key}.vegetation_heights", str(exc).split(": ", 1)[1]) from None
         trained = [s.name for s in loaded.spec.steps if type(s).component_type == "train"]
         if cfg.model not in trained and not cfg.model.endswith(".bundle"):
             raise SpecError(str(loaded.path), f"{key}.model",
@@ -44,5 +56,5 @@ class PredictStep:
         inputs = ctx.resolve_inputs(cfg.inputs, f"{key}.inputs")
         out = ctx.out_dir / cfg.output
         ctx.predictions[cfg.name] = predict_files(model, class_map, inputs, out, device=ctx.device,
-                                                  probabilities=cfg.probabilities, fmt=cfg.format,
+                                                  options=cfg.output_options(class_map, key), fmt=cfg.format,
                                                   train_density=meta.get("summary", {}).get("train_density"))
