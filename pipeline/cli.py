@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lidarseg: predicted code in classification, the input's in classification_ref; "
                         "myria3d: new PredictedClassification + entropy + one dimension per class, "
                         "classification untouched")
+    p.add_argument("--preview", action="store_true",
+                   help="also <stem>_view.png: top and oblique views of the labelled cloud, beside the "
+                        "input's classification and the points where they differ")
     p.add_argument("--vegetation-heights", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="write vegetation as ASPRS 3/4/5 by height above the ground model (metres)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--classes", metavar="SPEC",
                    help="spec file or model bundle whose class map to use (default: one class per code)")
+    p.add_argument("--no-views", action="store_true",
+                   help="skip views/<stem>.png (top and oblique views of prediction, reference and errors)")
     _common(p)
 
     p = sub.add_parser("inspect", help="audit point-cloud files: fields, CRS, density, class histogram, warnings",
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             model, class_map, meta = load_bundle(args.model, args.overrides)
             inputs = expand_patterns(args.input, None, "--input")
             options = OutputOptions(args.probabilities, args.layout, check_vegetation_heights(
-                args.vegetation_heights, class_map, "--vegetation-heights"))
+                args.vegetation_heights, class_map, "--vegetation-heights"), args.preview)
             pairs = predict_files(model, class_map, inputs, Path(args.out), device=device, options=options, fmt=args.format,
                                   train_density=meta.get("summary", {}).get("train_density"))
             print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}")
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             preds = expand_patterns(args.pred, None, "--pred")
             refs = expand_patterns(args.ref, None, "--ref") if args.ref else None
             class_map = _class_map_from(args.classes) if args.classes else None
-            report = evaluate_files(preds, refs, class_map, Path(args.out))
+            report = evaluate_files(preds, refs, class_map, Path(args.out), views=not args.no_views)
             print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

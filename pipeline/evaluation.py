@@ -24,6 +24,7 @@ from data.atomic import atomic_path, make_folder
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud
+from data.render import class_labels, render_views
 
 from .layouts import prediction_and_reference
 from .progress import progress
@@ -162,16 +163,18 @@ def pair_files(preds: list[Path], refs: list[Path] | None) -> list[tuple[Path, P
 
 
 def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassMap | None,
-                   out_dir: Path, ref_maps: list[ClassMap] | None = None) -> dict[str, Any]:
+                   out_dir: Path, ref_maps: list[ClassMap] | None = None, views: bool = True) -> dict[str, Any]:
     """Metrics over all points of all (prediction, reference) pairs; writes the report files.
 
     ``refs=None`` takes the reference from each prediction's ``classification_ref``
     dimension. ``class_map=None`` makes one class per reference code found. ``ref_maps``
     (one per prediction) reads each reference with its survey's class map (a spec input
     entry's ``ignore``/``classes``); predictions are always read with ``class_map``.
+    ``views``: also ``views/<stem>.png`` per file (top and oblique views of prediction,
+    reference and the points where they differ; ``data.render``).
     """
     pairs = pair_files(preds, refs)
-    codes_pred, codes_ref, sources = [], [], []
+    codes_pred, codes_ref, sources, points, titles, wrong = [], [], [], [], [], []
     for pred_path, ref_path in progress(pairs, "evaluate", unit="file"):
         pred = read_cloud(pred_path)
         predicted, own_ref = prediction_and_reference(pred.fields)   # lidarseg or myria3d layout
@@ -190,6 +193,9 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
             ref_codes = ref.fields["classification"]
         codes_pred.append(np.asarray(pred.fields[predicted]))
         codes_ref.append(np.asarray(ref_codes))
+        points.append(pred.xyz if views else None)
+        titles.append(f"{pred_path.name}: prediction ({predicted}) against "
+                      f"{ref_path.name if ref_path else own_ref}")
         sources.append((pred_path, ref_path or pred_path))
     if class_map is None:   # one class per code of the references and the predictions
         class_map = ClassMap.identity(np.unique(np.concatenate(codes_ref + codes_pred)).tolist())
@@ -205,6 +211,7 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         if (pred_lab[valid] == IGNORE).any():
             raise DataError(pred_path, "predicts codes that the class map ignores")
         file_cm = confusion_matrix(ref_lab, pred_lab, num)
+        wrong.append(valid & (pred_lab != ref_lab))
         cm += file_cm
         m = metrics_from_confusion(file_cm, class_map.names)
         per_file.append({"file": pred_path.name, "overall_accuracy": m["overall_accuracy"], "miou": m["miou"],
@@ -213,6 +220,13 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
     report["per_file"] = per_file
     report["files"] = [{"prediction": p.name, "reference": r.name} for p, r in sources]
     report["class_map"] = class_map.to_config()
+    if views:   # once every file has been scored: a failed evaluation leaves no pictures behind
+        make_folder(out_dir, "--out")
+        make_folder(out_dir / "views", "--out")
+        names = class_labels(class_map.names, class_map.codes)
+        for xyz, pc, rc, title, err, (pred_path, _) in zip(points, codes_pred, codes_ref, titles, wrong, sources):
+            render_views(out_dir / "views" / f"{pred_path.stem}.png", xyz, pc, rc, title=title, names=names,
+                         errors=err)
     write_report(report, out_dir)
     return report
 

@@ -25,10 +25,11 @@ from data.classmap import ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud, write_cloud
 from data.pointcloud import PointCloud
+from data.render import class_labels, render_views
 from geometry.heights import height_above_ground
 
 from .audit import bbox_density, density_warning
-from .layouts import LAYOUTS, split_vegetation
+from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, PointModel
 from .progress import log, progress
 
@@ -49,6 +50,7 @@ class OutputOptions:
     probabilities: bool = False                       # per-class probability dimensions
     layout: str = "lidarseg"                          # a key of ``LAYOUTS``
     vegetation_heights: tuple[float, float] | None = None   # ASPRS 3/4/5 split, metres above ground
+    preview: bool = False                             # <stem>_view.png (data.render)
 
 
 def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
@@ -85,6 +87,21 @@ def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
                                               f"the input's {dim!r} (rename the class or use layout 'lidarseg')")
             extras[dim] = proba[:, i].astype(np.float32)
     return PointCloud(cloud.xyz, fields, cloud.meta, cloud.source), extras
+
+
+def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: ClassMap, path: Path) -> Path:
+    """Top and oblique views of a labelled cloud; beside the input's classification, with the
+    points whose class differs, when the input had one."""
+    fields = {**labelled.fields, **extras}
+    predicted, reference = prediction_and_reference(fields)
+    codes, ref = fields[predicted], fields.get(reference)
+    errors = None
+    if ref is not None:
+        ref_lab, pred_lab = class_map.lookup(ref), class_map.lookup(codes)
+        errors = (ref_lab >= 0) & (pred_lab != ref_lab)
+    return render_views(path, labelled.xyz, codes, ref, title=f"{path.stem[:-5]}: prediction against the input's "
+                        "classification" if ref is not None else path.stem[:-5],
+                        names=class_labels(class_map.names, class_map.codes), errors=errors)
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
@@ -130,6 +147,9 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
     target = output_path(path, out_dir, fmt)
     write_cloud(labelled, target, extra=extras)
     log(f"{path.name}: {len(cloud):,} points -> {target}")
+    if options.preview:
+        view = write_view(labelled, extras, class_map, out_dir / f"{path.stem}_view.png")
+        log(f"{path.name}: -> {view}")
     if result.grid is not None:
         for written in write_grid_product(result.grid, cloud, class_map, out_dir, path.stem, options.probabilities):
             log(f"{path.name}: -> {written}")

@@ -209,11 +209,14 @@ def test_myria3d_layout_and_vegetation_split(run_out, lidar_data, tmp_path):
     from geometry.heights import height_above_ground
 
     tile = lidar_data / TEST_TILE
-    for name, extra in (("plain", []), ("myria", ["--layout", "myria3d"]),
+    for name, extra in (("plain", ["--preview"]), ("myria", ["--layout", "myria3d", "--preview"]),
                         ("split", ["--vegetation-heights", "0.5", "1.5"])):
         res = cli("predict", "--model", run_out / "model.bundle", "--input", tile, "--out", tmp_path / name,
                   "--quiet", *extra)
         assert res.returncode == 0, res.stderr
+    for name in ("plain", "myria"):
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == [tile.name, f"{tile.stem}_view.png"]
+    assert sorted(p.name for p in (run_out / "evaluation" / "views").iterdir()) == [f"{tile.stem}.png"]
     plain = laspy.read(tmp_path / "plain" / tile.name)
     myria = laspy.read(tmp_path / "myria" / tile.name)
     src = laspy.read(tile)

@@ -17,6 +17,7 @@ class EvaluateStep:
         predictions: str = "predict"               # name of a predict step of this spec
         reference: str | list[str] | None = None   # dataset/globs; default: classification_ref in predictions
         output: str = "evaluation"                 # folder inside the run's output folder
+        views: bool = True                         # views/<stem>.png: prediction, reference, errors
 
     @staticmethod
     def check(cfg: "EvaluateStep.Config", loaded, key: str) -> None:
@@ -49,5 +50,5 @@ class EvaluateStep:
                         if type(s).component_type == "predict" and s.name == cfg.predictions)
             by_input = {f.path: f.class_map for f in ctx.resolve_labelled(step.inputs, f"{key}.predictions")}
             maps = [by_input.get(src, ctx.class_map) for src, _ in pairs]
-        report = evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps)
+        report = evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps, views=cfg.views)
         log(f"evaluation: {summary_line(report)} -> {ctx.out_dir / cfg.output}")

@@ -26,10 +26,12 @@ class PredictStep:
         format: Literal["same", "las", "laz"] = "same"
         layout: Literal["lidarseg", "myria3d"] = "lidarseg"   # where predictions go (pipeline/layouts.py)
         vegetation_heights: list[float] | None = None   # [low, high] m: vegetation written as ASPRS 3/4/5
+        preview: bool = False           # <stem>_view.png: top and oblique views (data/render.py)
 
         def output_options(self, class_map, key: str) -> OutputOptions:
             return OutputOptions(self.probabilities, self.layout,
-                                 check_vegetation_heights(self.vegetation_heights, class_map, f"{key}.vegetation_heights"))
+                                 check_vegetation_heights(self.vegetation_heights, class_map, f"{key}.vegetation_heights"),
+                                 self.preview)
 
     @staticmethod
     def check(cfg: "PredictStep.Config", loaded, key: str) -> None:
