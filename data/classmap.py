@@ -138,6 +138,14 @@ class ClassMap:
                                     "add them to a class or to 'ignore'")
         return labels
 
+    def canonical(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``[N]`` -> the first code of their class (``4`` -> ``3`` when vegetation is
+        ``[3, 4, 5]``); ignored and unknown codes unchanged. Pictures colour by it, so a
+        reference and a prediction of the same class look alike."""
+        codes = np.asarray(codes).astype(np.int64)
+        labels = self.lookup(codes)
+        return np.where(labels >= 0, self.output_codes[np.maximum(labels, 0)], codes)
+
     def decode(self, labels: np.ndarray) -> np.ndarray:
         """Class indices ``[N]`` -> input codes ``[N]`` (the first code of each class)."""
         return self.output_codes[np.asarray(labels)]

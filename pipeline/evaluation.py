@@ -225,8 +225,8 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         make_folder(out_dir / "views", "--out")
         names = class_labels(class_map.names, class_map.codes)
         for xyz, pc, rc, title, err, (pred_path, _) in zip(points, codes_pred, codes_ref, titles, wrong, sources):
-            render_views(out_dir / "views" / f"{pred_path.stem}.png", xyz, pc, rc, title=title, names=names,
-                         errors=err)
+            render_views(out_dir / "views" / f"{pred_path.stem}.png", xyz, class_map.canonical(pc),
+                         class_map.canonical(rc), title=title, names=names, errors=err)
     write_report(report, out_dir)
     return report
 

@@ -99,7 +99,8 @@ def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: C
     if ref is not None:
         ref_lab, pred_lab = class_map.lookup(ref), class_map.lookup(codes)
         errors = (ref_lab >= 0) & (pred_lab != ref_lab)
-    return render_views(path, labelled.xyz, codes, ref, title=f"{path.stem[:-5]}: prediction against the input's "
+        ref = class_map.canonical(ref)
+    return render_views(path, labelled.xyz, class_map.canonical(codes), ref, title=f"{path.stem[:-5]}: prediction against the input's "
                         "classification" if ref is not None else path.stem[:-5],
                         names=class_labels(class_map.names, class_map.codes), errors=errors)
 

@@ -34,3 +34,8 @@ def test_unknown_code_names_file_code_and_count():
 def test_bad_class_maps(classes, ignore, needle):
     with pytest.raises(UserError, match=needle):
         ClassMap.from_config(classes, ignore)
+
+
+def test_canonical_codes_for_pictures():
+    cmap = ClassMap.from_config({"ground": [2], "vegetation": [3, 4, 5]}, [7])
+    assert cmap.canonical(np.array([2, 3, 4, 5, 7, 9])).tolist() == [2, 3, 3, 3, 7, 9]
