@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline import distributed
 from pipeline.layouts import LAYOUTS
 
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lidarseg: predicted code in classification, the input's in classification_ref; "
                         "myria3d: new PredictedClassification + entropy + one dimension per class, "
                         "classification untouched")
+    p.add_argument("--buffer", type=float, default=0.0, metavar="METRES",
+                   help="points of the other inputs within METRES of a file's bounds are context for its "
+                        "prediction (seamless tile edges); each output keeps only its own points")
     p.add_argument("--preview", action="store_true",
                    help="also <stem>_view.png: top and oblique views of the labelled cloud, beside the "
                         "input's classification and the points where they differ")
@@ -91,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _common(p)
     return parser
+
+
+def _non_negative(value: float, option: str) -> float:
+    from data.errors import UserError
+
+    if not (value >= 0 and value < float("inf")):
+        raise UserError(f"{option}: expected a finite number of metres >= 0, got {value}")
+    return value
 
 
 def _class_map_from(path: str):
@@ -154,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.progress import set_quiet
 
     set_quiet(args.quiet)
+    status = 2
     try:
         from data.atomic import check_folder_target
 
@@ -164,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
             ctx = run_spec(args.spec, args.overrides, args.out, args.device, args.limit_steps, args.resume,
                            args.stop_after, args.overwrite)
-            print(f"done: outputs in {ctx.out_dir}")
+            if distributed.is_main():
+                print(f"done: outputs in {ctx.out_dir}")
         elif args.command == "validate":
             from pipeline.runner import check_inputs
             from pipeline.spec import load_spec
@@ -182,14 +196,17 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.predict import OutputOptions, predict_files
             from pipeline.runner import resolve_device
 
-            device = resolve_device(args.device)
+            device = distributed.setup(resolve_device(args.device))
             model, class_map, meta = load_bundle(args.model, args.overrides)
             inputs = expand_patterns(args.input, None, "--input")
             options = OutputOptions(args.probabilities, args.layout, check_vegetation_heights(
                 args.vegetation_heights, class_map, "--vegetation-heights"), args.preview)
             pairs = predict_files(model, class_map, inputs, Path(args.out), device=device, options=options, fmt=args.format,
-                                  train_density=meta.get("summary", {}).get("train_density"))
-            print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}")
+                                  train_density=meta.get("summary", {}).get("train_density"),
+                                  buffer=_non_negative(args.buffer, "--buffer"))
+            if distributed.is_main():
+                print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}"
+                      + (f" ({distributed.world_size()} processes)" if distributed.active() else ""))
         elif args.command == "evaluate":
             from pipeline.evaluation import evaluate_files, summary_line
             from pipeline.inputs import expand_patterns
@@ -197,13 +214,18 @@ def main(argv: list[str] | None = None) -> int:
             preds = expand_patterns(args.pred, None, "--pred")
             refs = expand_patterns(args.ref, None, "--ref") if args.ref else None
             class_map = _class_map_from(args.classes) if args.classes else None
+            distributed.setup("cpu")
             report = evaluate_files(preds, refs, class_map, Path(args.out), views=not args.no_views)
-            print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
+            if distributed.is_main():
+                print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
+        status = 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        prefix = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+        print(f"{prefix}error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        status = 130
+    finally:
+        distributed.teardown(clean=status == 0)
+    return status
 

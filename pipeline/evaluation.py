@@ -26,6 +26,7 @@ from data.errors import DataError, UserError
 from data.io import read_cloud
 from data.render import class_labels, render_views
 
+from . import distributed
 from .layouts import prediction_and_reference
 from .progress import progress
 
@@ -175,7 +176,8 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
     """
     pairs = pair_files(preds, refs)
     codes_pred, codes_ref, sources, points, titles, wrong = [], [], [], [], [], []
-    for pred_path, ref_path in progress(pairs, "evaluate", unit="file"):
+    mine = distributed.shard(range(len(pairs)))     # torchrun: each rank scores its share
+    for pred_path, ref_path in progress([pairs[i] for i in mine], "evaluate", unit="file"):
         pred = read_cloud(pred_path)
         predicted, own_ref = prediction_and_reference(pred.fields)   # lidarseg or myria3d layout
         if not pred.has(predicted):
@@ -197,13 +199,14 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         titles.append(f"{pred_path.name}: prediction ({predicted}) against "
                       f"{ref_path.name if ref_path else own_ref}")
         sources.append((pred_path, ref_path or pred_path))
-    if class_map is None:   # one class per code of the references and the predictions
-        class_map = ClassMap.identity(np.unique(np.concatenate(codes_ref + codes_pred)).tolist())
+    if class_map is None:   # one class per code of the references and the predictions (of every rank)
+        found = np.unique(np.concatenate(codes_ref + codes_pred)).tolist() if codes_ref else []
+        class_map = ClassMap.identity(sorted({c for part in distributed.all_gather(found) for c in part}))
     num = class_map.num_classes
     cm = np.zeros((num, num), dtype=np.int64)
     ignored = 0
     per_file = []
-    for i, (pc, rc, (pred_path, ref_path)) in enumerate(zip(codes_pred, codes_ref, sources)):
+    for i, pc, rc, (pred_path, ref_path) in zip(mine, codes_pred, codes_ref, sources):
         ref_lab = (ref_maps[i] if ref_maps is not None else class_map).encode(rc, ref_path)
         pred_lab = class_map.encode(pc, pred_path)
         valid = ref_lab != IGNORE
@@ -216,9 +219,15 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         m = metrics_from_confusion(file_cm, class_map.names)
         per_file.append({"file": pred_path.name, "overall_accuracy": m["overall_accuracy"], "miou": m["miou"],
                          "num_points": m["num_points"]})
+    files = [{"prediction": p.name, "reference": r.name} for p, r in sources]
+    if distributed.active():   # the ranks' counts summed, their per-file rows in input order
+        cm = distributed.all_reduce_sum(cm)
+        ignored = int(distributed.all_reduce_sum(np.array([ignored], np.int64))[0])
+        rows = sorted(row for part in distributed.all_gather(list(zip(mine, per_file, files))) for row in part)
+        per_file, files = [r[1] for r in rows], [r[2] for r in rows]
     report = metrics_from_confusion(cm, class_map.names, ignored)
     report["per_file"] = per_file
-    report["files"] = [{"prediction": p.name, "reference": r.name} for p, r in sources]
+    report["files"] = files
     report["class_map"] = class_map.to_config()
     if views:   # once every file has been scored: a failed evaluation leaves no pictures behind
         make_folder(out_dir, "--out")
@@ -227,7 +236,9 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
         for xyz, pc, rc, title, err, (pred_path, _) in zip(points, codes_pred, codes_ref, titles, wrong, sources):
             render_views(out_dir / "views" / f"{pred_path.stem}.png", xyz, class_map.canonical(pc),
                          class_map.canonical(rc), title=title, names=names, errors=err)
-    write_report(report, out_dir)
+    if distributed.is_main():
+        write_report(report, out_dir)
+    distributed.barrier()
     return report
 
 

@@ -28,7 +28,9 @@ from data.pointcloud import PointCloud
 from data.render import class_labels, render_views
 from geometry.heights import height_above_ground
 
+from . import distributed
 from .audit import bbox_density, density_warning
+from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, PointModel
 from .progress import log, progress
@@ -136,14 +138,21 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
 
 
 def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Path, device: str,
-                 options: OutputOptions, fmt: str, train_density: dict[str, float] | None) -> tuple[Path, Path]:
+                 options: OutputOptions, fmt: str, train_density: dict[str, float] | None,
+                 context: tuple[NeighbourContext, int] | None = None) -> tuple[Path, Path]:
     cloud = read_cloud(path)
     if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
     warning = density_warning(path.name, bbox_density(cloud.xyz), train_density)
     if warning:
         log(warning)
-    result = model.predict(cloud, device)
+    if context is None:
+        result = model.predict(cloud, device)
+    else:
+        buffered = context[0].with_context(context[1], cloud)
+        if len(buffered) > len(cloud):
+            log(f"{path.name}: {len(buffered) - len(cloud):,} points of neighbouring files as context")
+        result = own_part(model.predict(buffered, device), cloud)
     labelled, extras = labelled_cloud(cloud, result.proba, class_map, options)
     target = output_path(path, out_dir, fmt)
     write_cloud(labelled, target, extra=extras)
@@ -159,7 +168,7 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
 
 def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
                   options: OutputOptions = OutputOptions(), fmt: str = "same",
-                  train_density: dict[str, float] | None = None) -> list[tuple[Path, Path]]:
+                  train_density: dict[str, float] | None = None, buffer: float = 0.0) -> list[tuple[Path, Path]]:
     """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
 
     Each output is written atomically. When file ``k`` fails, files ``1..k-1`` stay (they are
@@ -167,6 +176,9 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
 
     ``train_density`` (the bundle summary's ``{median, min, max}`` points/m^2 of the training
     files) makes a file more than 5x sparser or denser than the training data a warning.
+
+    ``buffer`` (metres, > 0): the other inputs' points within that distance of a file's bounds
+    are context for its prediction and are not written (``pipeline.buffers``).
     """
     sources = {p.resolve() for p in inputs}
     clash = [p for p in inputs if output_path(p, out_dir, fmt).resolve() in sources]
@@ -179,16 +191,37 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
         raise DataError(inputs[stems.index(dup.pop())], "two inputs share this file stem; outputs would collide")
     created = not out_dir.exists()
     make_folder(out_dir, "--out")
-    done = []
-    for path in progress(inputs, "predict", unit="file"):
+    done: list[tuple[Path, Path]] = []
+    error: UserError | None = None
+    neighbours = NeighbourContext(inputs, buffer) if buffer > 0 and len(inputs) > 1 else None
+    position = {path: i for i, path in enumerate(inputs)}
+    mine = distributed.shard(inputs)     # torchrun: inputs[rank::world]; else all of them
+    for path in progress(mine, "predict", unit="file"):
         try:
-            done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density))
+            done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,
+                                     None if neighbours is None else (neighbours, position[path])))
         except UserError as exc:
-            if not done:
+            if not done and not distributed.active():
                 if created and not any(out_dir.iterdir()):
                     out_dir.rmdir()          # a failed run leaves no empty folder it made
-                raise
-            raise UserError(f"{exc}\n(the {len(done)} file(s) before it are complete in {out_dir}: "
-                            f"{', '.join(t.name for _, t in done)}; {path.name} and the "
-                            f"{len(inputs) - len(done) - 1} after it were not written)") from None
-    return done
+                error = exc
+            else:
+                error = UserError(f"{exc}\n(the {len(done)} file(s) before it are complete in {out_dir}: "
+                                  f"{', '.join(t.name for _, t in done)}; {path.name} and the "
+                                  f"{len(mine) - len(done) - 1} after it were not written)")
+            break
+    if not distributed.active():
+        if error is not None:
+            raise error
+        return done
+    # torchrun: every rank finishes its own files first; then each failure is reported by its
+    # rank, rank 0 says how many ranks failed, and every rank gets the whole list of outputs
+    shared = distributed.all_gather(([(str(a), str(b)) for a, b in done], None if error is None else str(error)))
+    if error is not None:
+        raise error
+    failed = [(r, msg) for r, (_, msg) in enumerate(shared) if msg]
+    if failed and distributed.is_main():
+        raise UserError(f"{len(failed)} of {len(shared)} ranks failed (rank {failed[0][0]}: "
+                        f"{failed[0][1].splitlines()[0]}); their other files are listed in their messages")
+    pairs = [(Path(a), Path(b)) for part, _ in shared for a, b in part]
+    return sorted(pairs, key=lambda pair: position[pair[0]])

@@ -16,6 +16,7 @@ from data.atomic import atomic_path, make_folder
 from data.classmap import ClassMap
 from data.errors import UserError
 
+from . import distributed
 from .datasets import InputEntry, LabelledFile
 from .inputs import expand_patterns
 from .progress import log
@@ -124,7 +125,7 @@ def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None
             raise UserError(f"{flag} {value}: must be >= 1")
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
-    device = resolve_device(device)
+    device = distributed.setup(resolve_device(device))
     loaded = load_spec(path, overrides)
     datasets = check_inputs(loaded)
     out_dir = make_folder(loaded.output_dir(out), "--out" if out else f"{loaded.path}: output")
@@ -133,8 +134,9 @@ def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None
     resolved["resolved"] = {"spec_file": str(loaded.path), "data_root": str(loaded.data_root),
                             "output": str(out_dir), "device": ctx.device, "limit_steps": limit_steps,
                             "inputs": {name: [str(p) for p in files] for name, files in datasets.items()}}
-    with atomic_path(out_dir / "resolved_spec.yaml") as tmp:
-        Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    if distributed.is_main():
+        with atomic_path(out_dir / "resolved_spec.yaml") as tmp:
+            Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     for i, step in enumerate(loaded.spec.steps):
         entry = STEPS.for_config(step)
         t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from torch import nn
 from data.atomic import atomic_path
 from data.errors import UserError
 from pipeline.progress import log, progress
+from pipeline import distributed
 from pipeline.curves import plot_curves
 
 __all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "class_weights", "lr_factor", "Trainer",
@@ -200,6 +201,14 @@ class Trainer:
                  val_every: int = 500, checkpoint_every: int = 500,
                  signature: dict[str, Any] | None = None, stop_after: int | None = None):
         self.model, self.device = model, torch.device(device)
+        self.rank, self.main = distributed.rank(), distributed.is_main()
+        #: the module a training step calls: ``model`` itself, or its DistributedDataParallel
+        #: wrapper under torchrun (gradients averaged over the ranks in backward)
+        self.net: nn.Module = model
+        if distributed.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
         planned = int(total_steps)
         self.total_steps = planned if limit_steps is None else min(planned, int(limit_steps))
         if self.total_steps < planned:   # trial: the warm-up and step schedule shrink with the run
@@ -211,6 +220,8 @@ class Trainer:
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.seed, self.val_every, self.checkpoint_every = int(seed), int(val_every), int(checkpoint_every)
         self.signature = {**(signature or {}), "schedule_steps": self.total_steps}
+        if distributed.world_size() > 1:   # a checkpoint resumes with the same number of processes
+            self.signature["world_size"] = distributed.world_size()
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg))
@@ -230,7 +241,7 @@ class Trainer:
 
     def save_last(self) -> None:
         path = self._path("last.pt")
-        if path is None:
+        if path is None or not self.main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"step": self.step, "model": self.model.state_dict(),
@@ -254,6 +265,11 @@ class Trainer:
         if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler"} <= set(state):
             raise UserError(f"{path}: not a training checkpoint of this project (keys missing)")
         theirs = state.get("signature") or {}
+        if theirs.get("world_size", 1) != self.signature.get("world_size", 1):
+            n = theirs.get("world_size", 1)
+            raise UserError(f"{path}: this checkpoint was written by {n} process(es), this run has "
+                            f"{distributed.world_size()}; resume with the same number "
+                            f"({'torchrun --nproc_per_node ' + str(n) + ' run.py ...' if n > 1 else 'python run.py ...'})")
         if (theirs.get("schedule_steps") != self.total_steps
                 and {k: v for k, v in theirs.items() if k != "schedule_steps"}
                 == {k: v for k, v in self.signature.items() if k != "schedule_steps"}):
@@ -294,7 +310,7 @@ class Trainer:
         if resume:
             self.resume()
         csv_log = None
-        if self.work_dir is not None:
+        if self.work_dir is not None and self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             csv_log = CsvLog(self.work_dir / "log.csv", keep_until=self.step if resume else None)
         start = self.step
@@ -303,7 +319,7 @@ class Trainer:
         try:
             for step in bar:
                 self.model.train()
-                torch.manual_seed((self.seed * 1_000_003 + step) % 2**63)
+                torch.manual_seed((self.seed * 1_000_003 + step + 7_919 * self.rank) % 2**63)
                 with amp_autocast(self.cfg, self.device):
                     loss, info = train_step(step)
                 if not torch.isfinite(loss):
@@ -324,7 +340,7 @@ class Trainer:
                 row: dict[str, Any] = {"step": self.step, "lr": lr, "loss": value, "val_miou": "",
                                        "seconds": round(self.elapsed_now(), 3), **info}
                 last = self.step == self.end_step
-                if validate is not None and (self.step % self.val_every == 0 or last):
+                if validate is not None and self.main and (self.step % self.val_every == 0 or last):
                     self.model.eval()
                     with torch.no_grad():
                         res = validate()
@@ -352,6 +368,7 @@ class Trainer:
         finally:
             if csv_log is not None:
                 csv_log.close()
+        distributed.barrier()       # the other ranks wait for rank 0's last checkpoint
         if csv_log is not None:
             plot_curves(csv_log.path, self.work_dir / "curves.png", title=self.work_dir.name)
         return {"steps": self.step, "steps_this_run": self.step - start,

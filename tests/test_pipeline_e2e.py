@@ -258,3 +258,20 @@ def test_vegetation_heights_need_the_asprs_codes(tmp_path, lidar_data):
     res = cli("validate", path)
     assert res.returncode == 2 and "steps[1].vegetation_heights" in res.stderr
     assert "no class holding the ASPRS vegetation codes 3, 4 and 5" in res.stderr, res.stderr
+
+
+def test_buffered_predict_keeps_each_file_to_its_own_points(run_out, lidar_data, tmp_path):
+    tiles = sorted((lidar_data / "ign_lidarhd" / "test").glob("*.laz"))
+    res = cli("predict", "--model", run_out / "model.bundle", "--input", *tiles, "--out", tmp_path / "buf",
+              "--buffer", "10")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("points of neighbouring files as context") == 4
+    for tile in tiles:
+        src, out = laspy.read(tile), laspy.read(tmp_path / "buf" / tile.name)
+        assert len(out.points) == len(src.points)
+        np.testing.assert_array_equal(out.X, src.X)
+        np.testing.assert_array_equal(out.classification_ref, src.classification)
+    bad = cli("predict", "--model", run_out / "model.bundle", "--input", *tiles, "--out", tmp_path / "bad",
+              "--buffer", "nan")
+    assert bad.returncode == 2 and "--buffer: expected a finite number of metres >= 0" in bad.stderr
+    assert not (tmp_path / "bad").exists()

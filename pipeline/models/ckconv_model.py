@@ -59,6 +59,7 @@ from ckconv.network import KERNEL_TYPES
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
+from pipeline import distributed
 from pipeline.datasets import LabelledFile
 from pipeline.priors import adjust_logits, prior_log_ratio
 from pipeline.progress import log, progress
@@ -243,10 +244,10 @@ class CKConvGridModel:
             f"{n_params:,} parameters, {planned_steps(cfg.steps, ctx)} steps x {cfg.batch_size} crops on {ctx.device}")
 
         def train_step(step: int):
-            rng = step_rng(ctx.seed, step)
+            rng = step_rng(ctx.seed, step, distributed.rank())     # each rank its own crops
             batch = [self._crop(grids[int(rng.choice(len(grids), p=file_p))], rng) for _ in range(cfg.batch_size)]
             x, m, y = (torch.from_numpy(np.stack([b[i] for b in batch])).to(ctx.device) for i in range(3))
-            logits = net(x, m).float()
+            logits = trainer.net(x, m).float()
             if (y >= 0).any():
                 loss = torch.nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1), weight=weight,
                                                          ignore_index=IGNORE)

@@ -31,6 +31,7 @@ import numpy as np
 from data.classmap import IGNORE, ClassMap
 from data.errors import UserError
 from data.pointcloud import PointCloud
+from pipeline import distributed
 from pipeline.datasets import LabelledFile
 from pipeline.priors import adjust_logits, prior_log_ratio
 from pipeline.progress import log, progress
@@ -171,11 +172,12 @@ class KPConvXModel:
             bs.append(np.full(len(xyz), b, np.int64))
         return np.concatenate(xs), np.concatenate(fs), np.concatenate(bs)
 
-    def _forward(self, xyz: np.ndarray, feats: np.ndarray, batch: np.ndarray, device: str):
+    def _forward(self, xyz: np.ndarray, feats: np.ndarray, batch: np.ndarray, device: str, net=None):
+        """Logits of packed regions; ``net``: the module to call (the trainer's, under torchrun)."""
         import torch
 
-        return self.net(torch.from_numpy(xyz).to(device), torch.from_numpy(feats).to(device),
-                        torch.from_numpy(batch).to(device))
+        return (net or self.net)(torch.from_numpy(xyz).to(device), torch.from_numpy(feats).to(device),
+                                 torch.from_numpy(batch).to(device))
 
     # -- training -----------------------------------------------------------------------
     def _load_labelled(self, items: list[LabelledFile], what: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -234,12 +236,12 @@ class KPConvXModel:
                                             label_smoothing=cfg.loss.label_smoothing)
 
         def train_step(step: int):
-            rng = step_rng(ctx.seed, step)
+            rng = step_rng(ctx.seed, step, distributed.rank())     # each rank its own regions
             tiles, rows, _ = centers.draw(cfg.batch_size, rng)
             regions = [sampler.regions(int(t), xyzs[t][r][None])[0] for t, r in zip(tiles, rows)]
             xyz, f, b = self._inputs(regions, feats, rng)
             y = torch.from_numpy(np.concatenate([labels[r.tile][r.index] for r in regions])).to(ctx.device)
-            logits = self._forward(xyz, f, b, ctx.device)
+            logits = self._forward(xyz, f, b, ctx.device, trainer.net)
             return loss_fn(logits.float(), y), {"points": int(len(xyz))}
 
         validate = None

@@ -10,7 +10,7 @@ from data.errors import UserError
 from pipeline.layouts import check_vegetation_heights
 from pipeline.predict import OutputOptions, predict_files
 from pipeline.registry import STEPS
-from pipeline.schema import SpecError
+from pipeline.schema import SpecError, option
 from pipeline.spec import check_output_name
 
 
@@ -27,6 +27,7 @@ class PredictStep:
         layout: Literal["lidarseg", "myria3d"] = "lidarseg"   # where predictions go (pipeline/layouts.py)
         vegetation_heights: list[float] | None = None   # [low, high] m: vegetation written as ASPRS 3/4/5
         preview: bool = False           # <stem>_view.png: top and oblique views (data/render.py)
+        buffer: float = option(min=0, default=0.0)   # metres of neighbouring inputs' points as context
 
         def output_options(self, class_map, key: str) -> OutputOptions:
             return OutputOptions(self.probabilities, self.layout,
@@ -59,4 +60,5 @@ class PredictStep:
         out = ctx.out_dir / cfg.output
         ctx.predictions[cfg.name] = predict_files(model, class_map, inputs, out, device=ctx.device,
                                                   options=cfg.output_options(class_map, key), fmt=cfg.format,
-                                                  train_density=meta.get("summary", {}).get("train_density"))
+                                                  train_density=meta.get("summary", {}).get("train_density"),
+                                                  buffer=cfg.buffer)

@@ -15,6 +15,7 @@ import numpy as np
 from data.errors import UserError
 from data.io import read_header_info
 from pipeline.audit import bbox_density
+from pipeline import distributed
 from pipeline.bundle import save_bundle
 from pipeline.datasets import ValSplit, split_files
 from pipeline.models import base
@@ -71,7 +72,9 @@ class TrainStep:
             if not ctx.overwrite:
                 raise UserError(f"{work}: holds the checkpoint of an earlier training; add --resume to continue "
                                 "it or --overwrite to train again from step 0")
-            shutil.rmtree(work)
+            if distributed.is_main():
+                shutil.rmtree(work)
+            distributed.barrier()
         tctx = base.TrainContext(device=ctx.device, limit_steps=ctx.limit_steps, seed=ctx.seed, work_dir=work,
                                  resume=ctx.resume, stop_after=ctx.stop_after)
         how = (f", validating on {cfg.val_split.fraction:.0%} of their points in {cfg.val_split.block:g} m blocks"
@@ -83,7 +86,9 @@ class TrainStep:
                                     "max": float(max(densities))}
         summary["train_files"] = [f.label for f in train]
         summary["val_files"] = [f.label for f in val]
-        path = save_bundle(ctx.out_dir / f"{cfg.name}.bundle", model, ctx.class_map, summary,
-                           attachments={"curves.png": work / "curves.png"})
+        path = ctx.out_dir / f"{cfg.name}.bundle"
+        if distributed.is_main():   # under torchrun rank 0 writes the bundle; the others wait for it
+            save_bundle(path, model, ctx.class_map, summary, attachments={"curves.png": work / "curves.png"})
+        distributed.barrier()
         ctx.bundles[cfg.name] = path
         log(f"bundle -> {path}" + (f"  ({line})" if (line := _summary_line(summary)) else ""))
