@@ -34,6 +34,7 @@ from data.errors import UserError
 from pipeline.progress import log, progress
 from pipeline import distributed
 from pipeline.curves import plot_curves
+from pipeline.schema import option
 
 __all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "class_weights", "lr_factor", "Trainer",
            "CsvLog", "atomic_torch_save", "amp_autocast"]
@@ -54,6 +55,9 @@ class OptimConfig:
     grad_clip: float | None = 10.0    # max global gradient norm (None: no clipping)
     amp: bool = True                  # mixed precision; only ever used on CUDA
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    #: under torchrun on CUDA: batch-norm statistics over every rank's batch (torch's
+    #: SyncBatchNorm, GPU only); one process: no effect
+    sync_batchnorm: bool = option(resume=False, default=False)
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -205,6 +209,11 @@ class Trainer:
         #: the module a training step calls: ``model`` itself, or its DistributedDataParallel
         #: wrapper under torchrun (gradients averaged over the ranks in backward)
         self.net: nn.Module = model
+        if distributed.active() and cfg.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise UserError("optim.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only; "
+                                "leave it off for CPU training")
+            model = self.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # children replaced in place
         if distributed.active():
             from torch.nn.parallel import DistributedDataParallel
 

@@ -125,3 +125,17 @@ def test_two_process_training_checkpoints_and_resume(tmp_path, data_root):  # no
     assert json.loads((out / "model.bundle" / "bundle.json").read_text())["summary"]["steps"] == 4
     one = cli("run", spec, "--limit-steps", "4", "--resume")
     assert one.returncode == 2 and "written by 2 process(es), this run has 1" in one.stderr
+
+
+def test_sync_batchnorm_is_refused_on_cpu_with_its_key(tmp_path, data_root):  # noqa: F811
+    import yaml
+
+    spec = tiny_spec(tmp_path / "sbn", data_root, val=False)
+    data = yaml.safe_load(spec.read_text())
+    data["steps"][0]["model"].setdefault("optim", {})["sync_batchnorm"] = True
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert cli("validate", spec).returncode == 0
+    res = torchrun("run.py", "run", spec, "--limit-steps", "2", "--quiet")
+    assert res.returncode != 0
+    assert "optim.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only" in res.stderr
+    assert "[rank0]: Traceback" not in res.stderr
