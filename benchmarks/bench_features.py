@@ -59,8 +59,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--torch-n", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--open3d", action="store_true",
+                    help="only: open3d.ml.torch.ops.knn_search vs cKDTree on the same points")
     args = ap.parse_args()
     cloud = load(args.n)
+    if args.open3d:
+        bench_open3d(cloud.xyz, args.k, args.repeats)
+        return
     xyz = cloud.xyz
     print(f"data: {len(cloud):,} points from {DATA} (4 real 1 km tiles, concatenated); "
           f"k={args.k}; cores={os.cpu_count()}; torch threads={torch.get_num_threads()}")
@@ -110,6 +115,33 @@ def main() -> None:
     print(f"{'geometry.neighbors.knn, torch grid search, %d threads' % nthreads:58s} {tt:8.2f}")
     print(f"{'geometry.neighbors.knn, torch grid search, 1 thread':58s} {tt1:8.2f}")
     print(f"{'max |dist difference| (float32 rounding)':58s} {agree:8.1e}")
+
+
+def bench_open3d(xyz: np.ndarray, k: int, repeats: int) -> None:
+    """open3d's CPU k-NN (``open3d.ml.torch.ops.knn_search``, float32) against cKDTree build +
+    query (float64, ``workers=-1``) on the same centred points; the best of ``repeats`` runs."""
+    try:
+        import open3d.ml.torch as ml3d
+    except Exception as exc:  # noqa: BLE001 - missing package or its system libraries
+        print(f"open3d.ml.torch not importable ({type(exc).__name__}: {exc}); pip install open3d and "
+              "apt-get install libusb-1.0-0 to run this comparison")
+        return
+    local = xyz - xyz.mean(0)
+    pts = torch.from_numpy(local.astype(np.float32))
+    splits = torch.tensor([0, len(pts)], dtype=torch.int64)
+    tc = to = float("inf")
+    for _ in range(max(1, repeats)):
+        t, (dc, ic) = timed(lambda: cKDTree(local).query(local, k=k, workers=-1))
+        tc = min(tc, t)
+        t, res = timed(lambda: ml3d.ops.knn_search(pts, pts, k, splits, splits, metric="L2",
+                                                   return_distances=True))
+        to = min(to, t)
+    do = np.sqrt(res.neighbors_distance.numpy().reshape(len(pts), k).astype(np.float64))
+    print(f"k-NN on {len(pts):,} points, k={k}, torch threads {torch.get_num_threads()}, best of {repeats}")
+    print(f"{'(a) cKDTree build + query (float64, workers=-1)':58s} {tc:8.2f}")
+    print(f"{'(b) open3d.ml.torch.ops.knn_search (float32)':58s} {to:8.2f}")
+    print(f"{'ratio b/a':58s} {to / tc:8.2f}")
+    print(f"{'max |distance difference| (float32 rounding)':58s} {np.abs(do - dc).max():8.1e}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,14 @@ and key, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# OpenMP threads sleep between parallel regions instead of spinning: beside another busy
+# process, spinning waiters slowed a KPConvX layer 2.3x; asleep 1.5x (benchmarks/README.md).
+# Read once when torch loads, so it is set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pipeline import distributed
 from pipeline.layouts import LAYOUTS

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from data.atomic import atomic_path
 from data.errors import UserError
 from pipeline.progress import log, progress
 from pipeline import distributed
+from pipeline.cpu_share import ThreadGovernor
 from pipeline.curves import plot_curves
 from pipeline.schema import option
 
@@ -324,9 +326,13 @@ class Trainer:
             csv_log = CsvLog(self.work_dir / "log.csv", keep_until=self.step if resume else None)
         start = self.step
         self._t0 = time.time()
+        governor = (ThreadGovernor() if self.device.type == "cpu" and os.environ.get("LIDARSEG_ADAPTIVE_THREADS", "1") != "0"
+                    else None)
         bar = progress(range(start, self.end_step), "training", total=self.end_step - start, unit="step")
         try:
             for step in bar:
+                if governor is not None:     # fewer torch threads while other processes hold cores
+                    governor.update()
                 self.model.train()
                 torch.manual_seed((self.seed * 1_000_003 + step + 7_919 * self.rank) % 2**63)
                 with amp_autocast(self.cfg, self.device):
