@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .asprs import ASPRS, colour_table
 from .atomic import atomic_path
+from .classmap import ClassMap
 
 ERROR_RGB = np.array([220, 20, 20], np.uint8)
 AGREE_RGB = np.array([200, 200, 200], np.uint8)
@@ -103,6 +103,15 @@ def render_views(path: str | os.PathLike, xyz: np.ndarray, codes: np.ndarray, re
     return path
 
 
-def class_labels(class_names: Sequence[str], class_codes: Sequence[Sequence[int]]) -> dict[int, str]:
-    """code -> ``class name`` for a class map's codes (legend labels)."""
-    return {int(c): n for n, codes in zip(class_names, class_codes) for c in codes}
+def render_classes(path: str | os.PathLike, xyz: np.ndarray, codes: np.ndarray, reference: np.ndarray | None,
+                   class_map: ClassMap, title: str = "", errors: np.ndarray | None = None) -> Path:
+    """:func:`render_views` through a class map: codes drawn as their class's first code
+    (``ClassMap.canonical``, so a class looks alike in both panels), the class names in the
+    legend, and ``errors`` (default: reference codes the map scores whose class differs)."""
+    if reference is not None and errors is None:
+        ref_lab = class_map.lookup(reference)
+        errors = (ref_lab >= 0) & (class_map.lookup(codes) != ref_lab)
+    names = {int(c): n for n, cs in zip(class_map.names, class_map.codes) for c in cs}
+    return render_views(path, xyz, class_map.canonical(codes),
+                        None if reference is None else class_map.canonical(reference),
+                        title=title, names=names, errors=errors)

@@ -24,7 +24,7 @@ from data.atomic import atomic_path, make_folder
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud
-from data.render import class_labels, render_views
+from data.render import render_classes
 
 from . import distributed
 from .layouts import prediction_and_reference
@@ -232,10 +232,8 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
     if views:   # once every file has been scored: a failed evaluation leaves no pictures behind
         make_folder(out_dir, "--out")
         make_folder(out_dir / "views", "--out")
-        names = class_labels(class_map.names, class_map.codes)
         for xyz, pc, rc, title, err, (pred_path, _) in zip(points, codes_pred, codes_ref, titles, wrong, sources):
-            render_views(out_dir / "views" / f"{pred_path.stem}.png", xyz, class_map.canonical(pc),
-                         class_map.canonical(rc), title=title, names=names, errors=err)
+            render_classes(out_dir / "views" / f"{pred_path.stem}.png", xyz, pc, rc, class_map, title, err)
     if distributed.is_main():
         write_report(report, out_dir)
     distributed.barrier()

@@ -25,7 +25,7 @@ from data.classmap import ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud, write_cloud
 from data.pointcloud import PointCloud
-from data.render import class_labels, render_views
+from data.render import render_classes
 from geometry.heights import height_above_ground
 
 from . import distributed
@@ -91,20 +91,15 @@ def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
     return PointCloud(cloud.xyz, fields, cloud.meta, cloud.source), extras
 
 
-def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: ClassMap, path: Path) -> Path:
+def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: ClassMap, path: Path,
+               stem: str) -> Path:
     """Top and oblique views of a labelled cloud; beside the input's classification, with the
     points whose class differs, when the input had one."""
     fields = {**labelled.fields, **extras}
     predicted, reference = prediction_and_reference(fields)
-    codes, ref = fields[predicted], fields.get(reference)
-    errors = None
-    if ref is not None:
-        ref_lab, pred_lab = class_map.lookup(ref), class_map.lookup(codes)
-        errors = (ref_lab >= 0) & (pred_lab != ref_lab)
-        ref = class_map.canonical(ref)
-    return render_views(path, labelled.xyz, class_map.canonical(codes), ref, title=f"{path.stem[:-5]}: prediction against the input's "
-                        "classification" if ref is not None else path.stem[:-5],
-                        names=class_labels(class_map.names, class_map.codes), errors=errors)
+    ref = fields.get(reference)
+    title = f"{stem}: prediction against the input's classification" if ref is not None else stem
+    return render_classes(path, labelled.xyz, fields[predicted], ref, class_map, title)
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
@@ -158,7 +153,7 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
     write_cloud(labelled, target, extra=extras)
     log(f"{path.name}: {len(cloud):,} points -> {target}")
     if options.preview:
-        view = write_view(labelled, extras, class_map, out_dir / f"{path.stem}_view.png")
+        view = write_view(labelled, extras, class_map, out_dir / f"{path.stem}_view.png", path.stem)
         log(f"{path.name}: -> {view}")
     if result.grid is not None:
         for written in write_grid_product(result.grid, cloud, class_map, out_dir, path.stem, options.probabilities):

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.bundle import load_bundle
 from data.errors import UserError
+from pipeline.bundle import load_bundle
 from pipeline.layouts import check_vegetation_heights
 from pipeline.predict import OutputOptions, predict_files
 from pipeline.registry import STEPS
