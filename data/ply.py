@@ -1,11 +1,18 @@
-"""PLY point clouds in plain NumPy: ascii, binary_little_endian and binary_big_endian.
+"""PLY point clouds through ``plyfile``: ascii, binary_little_endian and binary_big_endian.
 
-Reading keeps the ``vertex`` element: x/y/z (float or double, any position) go to
-``cloud.xyz`` (float64), every other scalar property to ``cloud.fields`` in file order and
-file dtype. ``PlyMeta`` keeps the format, the property order and type names, comments and
-obj_info lines, so read -> write -> read is exact (x/y/z are cast back to their stored type).
-A ``comment crs <WKT or EPSG:NNNN>`` line is exposed as ``meta.crs_wkt``. Scalar-only elements
-before ``vertex`` are skipped; elements after it (e.g. faces) are ignored and not written.
+``plyfile`` parses the header and the element data (binary data is memory-mapped); this
+module is the thin wrapper that turns a PLY ``vertex`` element into a ``PointCloud`` and back:
+
+- x/y/z (float or double, any position) go to ``cloud.xyz`` (float64); every other scalar
+  property goes to ``cloud.fields`` in file order and file dtype (in native byte order);
+- ``PlyMeta`` keeps the format, the property order and types (canonical PLY names: ``float``
+  for ``float32``...), comments and obj_info lines, so read -> write -> read is exact (x/y/z
+  are cast back to their stored type) and a second generation is byte-identical;
+- a ``comment crs <WKT or EPSG:NNNN>`` line is exposed as ``meta.crs_wkt`` / ``meta.epsg``;
+- other elements (faces, camera records...) are read by plyfile and not written back;
+- every failure is a ``DataError`` naming the file (plyfile's own errors are translated).
+
+Not open3d: it drops comments and ``ushort`` properties.
 """
 from __future__ import annotations
 
@@ -16,18 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plyfile
 
 from .atomic import atomic_path
 from .crs import crs_comment, crs_from_comments
 from .errors import DataError
 from .pointcloud import PointCloud
 
-_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-          "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4",
-          "uint32": "u4", "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+# numpy code -> canonical PLY type name (the names plyfile writes)
 _NAMES = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int",
           "u4": "uint", "f4": "float", "f8": "double"}
-_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
+_TYPES = {name: code for code, name in _NAMES.items()}
+_FORMATS = {"ascii": "=", "binary_little_endian": "<", "binary_big_endian": ">"}
 
 
 @dataclass
@@ -42,137 +49,68 @@ class PlyMeta:
     epsg: int | None = None
 
 
-@dataclass
-class _PlyHeader:
-    format: str
-    elements: list[tuple[str, int, list[tuple[str, str]]]]  # (name, count, [(prop, type)])
-    comments: list[str]
-    obj_info: list[str]
-    data_start: int
-
-
-def _parse_header(path: Path) -> _PlyHeader:
+def _open(path: Path) -> plyfile.PlyData:
+    """plyfile's parse of the whole file, its errors turned into DataErrors."""
     try:
-        f = open(path, "rb")
+        with open(path, "rb") as f:
+            magic = f.read(4)
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except OSError as e:
         raise DataError(path, f"cannot open: {e.strerror or e}") from None
-    with f:
-        first = f.read(4)
-        if first[:3] != b"ply" or first[3:4] not in (b"\n", b"\r"):
-            raise DataError(path, "not a PLY file (does not start with 'ply')")
-        f.seek(0)
-        lines, fmt, elements, comments, obj_info = [], None, [], [], []
-        while True:
-            raw = f.readline()
-            if not raw:
-                raise DataError(path, "truncated PLY header (no 'end_header')")
-            if len(lines) > 100000:
-                raise DataError(path, "corrupt PLY header (too long)")
-            line = raw.decode("ascii", "replace").rstrip("\r\n")
-            lines.append(line)
-            words = line.split()
-            if not words or len(lines) == 1:
-                continue
-            key = words[0]
-            if key == "end_header":
-                break
-            if key == "format":
-                if len(words) < 2 or words[1] not in _FORMATS:
-                    raise DataError(path, f"unsupported PLY format line {line!r}")
-                fmt = words[1]
-            elif key == "comment":
-                comments.append(line[len("comment "):] if len(line) > 8 else "")
-            elif key == "obj_info":
-                obj_info.append(line[len("obj_info "):] if len(line) > 9 else "")
-            elif key == "element":
-                if len(words) != 3 or not words[2].isdigit():
-                    raise DataError(path, f"bad PLY element line {line!r}")
-                elements.append((words[1], int(words[2]), []))
-            elif key == "property":
-                if not elements:
-                    raise DataError(path, f"PLY property before any element: {line!r}")
-                if words[1] == "list":
-                    elements[-1][2].append((words[-1], "list"))
-                elif len(words) == 3 and words[1] in _TYPES:
-                    elements[-1][2].append((words[2], words[1]))
-                else:
-                    raise DataError(path, f"bad PLY property line {line!r}")
-            else:
-                raise DataError(path, f"unknown PLY header line {line!r}")
-        if fmt is None:
-            raise DataError(path, "PLY header has no 'format' line")
-        return _PlyHeader(fmt, elements, comments, obj_info, f.tell())
+    if magic[:3] != b"ply" or magic[3:4] not in (b"\n", b"\r"):
+        raise DataError(path, "not a PLY file (does not start with 'ply')")
+    try:
+        return plyfile.PlyData.read(str(path))
+    except plyfile.PlyHeaderParseError as e:
+        if "early end-of-file" in str(e):
+            raise DataError(path, "truncated PLY header (no 'end_header')") from None
+        raise DataError(path, f"bad PLY header: {e}") from None
+    except plyfile.PlyElementParseError as e:
+        name = e.element.name if e.element is not None else "?"
+        if "early end-of-file" in str(e) and e.element is not None:
+            raise DataError(path, f"truncated PLY: header says {e.element.count} {name} records "
+                                  f"but the file holds {e.row}".replace(" vertex records", " vertices")) from None
+        raise DataError(path, f"truncated or malformed PLY {name!r} data: {e}") from None
+    except (ValueError, OSError, MemoryError) as e:  # e.g. 'two properties with same name'
+        raise DataError(path, f"corrupt PLY file: {e}") from None
 
 
-def _vertex_layout(path: Path, h: _PlyHeader) -> tuple[int, list[tuple[str, str]], int, int]:
-    """(vertex count, properties, bytes or lines to skip before the vertex block, index)."""
-    skip = 0
-    for i, (name, count, props) in enumerate(h.elements):
-        if name == "vertex":
-            if any(t == "list" for _, t in props):
-                raise DataError(path, "PLY vertex element has list properties (unsupported)")
-            return count, props, skip, i
-        if any(t == "list" for _, t in props):
-            raise DataError(path, f"PLY element {name!r} with list properties comes before "
-                                  f"'vertex' (unsupported)")
-        skip += count * (1 if h.format == "ascii" else sum(np.dtype(_TYPES[t]).itemsize for _, t in props))
-    raise DataError(path, "PLY file has no 'vertex' element")
-
-
-def _read_vertices(path: Path, h: _PlyHeader) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    count, props, skip, _ = _vertex_layout(path, h)
-    if count == 0:
-        raise DataError(path, "PLY file has no points")
-    names = [p for p, _ in props]
+def _vertices(path: Path, ply: plyfile.PlyData) -> plyfile.PlyElement:
+    try:
+        vertex = ply["vertex"]
+    except KeyError:
+        raise DataError(path, "PLY file has no 'vertex' element") from None
+    if any(isinstance(p, plyfile.PlyListProperty) for p in vertex.properties):
+        raise DataError(path, "PLY vertex element has list properties (unsupported)")
+    names = [p.name for p in vertex.properties]
     missing = [c for c in ("x", "y", "z") if c not in names]
     if missing:
         raise DataError(path, f"PLY vertex element has no {'/'.join(missing)} property "
                               f"(has: {', '.join(names) or 'none'})")
-    if len(set(names)) != len(names):
-        raise DataError(path, "PLY vertex element has duplicate property names")
-    if h.format == "ascii":
-        dtype = np.dtype([(p, _TYPES[t]) for p, t in props])
-        with open(path, "rb") as f:
-            f.seek(h.data_start)
-            lines = f.read().splitlines()[skip:skip + count]
-        tokens = b" ".join(lines).split()
-        if len(lines) < count or len(tokens) != count * len(props):
-            raise DataError(path, f"truncated or malformed ASCII PLY: expected {count} vertex "
-                                  f"lines of {len(props)} values")
-        try:
-            values = np.array(tokens, dtype=np.float64).reshape(count, len(props))
-        except ValueError as e:
-            raise DataError(path, f"malformed ASCII PLY value: {e}") from None
-        arr = np.empty(count, dtype)
-        for i, p in enumerate(names):
-            arr[p] = values[:, i]
-        return arr, props
-    order = _FORMATS[h.format]
-    dtype = np.dtype([(p, order + _TYPES[t]) for p, t in props])
-    start = h.data_start + skip
-    size = os.path.getsize(path)
-    if start + count * dtype.itemsize > size:
-        have = max(0, size - start) // dtype.itemsize
-        raise DataError(path, f"truncated PLY: header says {count} vertices but the file holds "
-                              f"{have}")
-    return np.fromfile(path, dtype=dtype, count=count, offset=start), props
+    if vertex.count == 0:
+        raise DataError(path, "PLY file has no points")
+    return vertex
 
 
 def read_ply(path: str | os.PathLike) -> PointCloud:
     """Read a PLY file's vertex element into a PointCloud; DataError on bad input."""
     path = Path(path)
-    h = _parse_header(path)
-    arr, props = _read_vertices(path, h)
-    xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1).astype(np.float64)
-    bad = ~np.isfinite(xyz).all(axis=1)
-    if bad.any():
-        raise DataError(path, f"{int(bad.sum())} of {len(xyz)} points have NaN/inf coordinates")
-    fields = {p: arr[p].astype(arr.dtype[p].newbyteorder("=")) for p, _ in props
-              if p not in ("x", "y", "z")}
-    crs_wkt, epsg = crs_from_comments(h.comments)
-    meta = PlyMeta(h.format, list(props), h.comments, h.obj_info, crs_wkt, epsg)
+    ply = _open(path)
+    vertex = _vertices(path, ply)
+    data = vertex.data  # memory-mapped for binary files: copy each column once
+    xyz = np.empty((vertex.count, 3), np.float64)
+    for i, c in enumerate("xyz"):
+        xyz[:, i] = data[c]
+    if not np.isfinite(xyz).all():
+        bad = int((~np.isfinite(xyz).all(axis=1)).sum())
+        raise DataError(path, f"{bad} of {len(xyz)} points have NaN/inf coordinates")
+    props = [(p.name, _NAMES[p.val_dtype]) for p in vertex.properties]
+    fields = {p: np.array(data[p], dtype=_TYPES[t]) for p, t in props if p not in ("x", "y", "z")}
+    fmt = "ascii" if ply.text else ("binary_big_endian" if ply.byte_order == ">"
+                                    else "binary_little_endian")
+    crs_wkt, epsg = crs_from_comments(ply.comments)
+    meta = PlyMeta(fmt, props, list(ply.comments), list(ply.obj_info), crs_wkt, epsg)
     return PointCloud(xyz, fields, meta, str(path))
 
 
@@ -187,6 +125,7 @@ def ply_header_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _ply_type(path: Path, name: str, values: np.ndarray) -> str:
+    """The PLY type that stores ``values`` exactly (bool -> uchar, int64 -> int or double)."""
     dt = np.dtype(np.uint8) if values.dtype == np.bool_ else values.dtype
     code = f"{dt.kind}{dt.itemsize}"
     if code in _NAMES:
@@ -203,8 +142,10 @@ def write_ply(cloud: PointCloud, path: str | os.PathLike, extra: dict[str, np.nd
     """Write ``cloud`` (+ ``extra`` properties) as PLY. Atomic.
 
     ``format``: 'ascii', 'binary_little_endian' or 'binary_big_endian'; default: the
-    format it was read in (PlyMeta), else binary little endian. x/y/z keep their stored type
-    (default double); a CRS (``cloud.crs_wkt``) is written as ``comment crs ...``.
+    format it was read in (PlyMeta), else binary little endian. Properties keep the order
+    and type they were read with (a stored type that cannot hold new values exactly is
+    widened); x/y/z default to double; a CRS (``cloud.crs_wkt``) is written as
+    ``comment crs ...``.
     """
     path = Path(path)
     n = len(cloud)
@@ -229,35 +170,32 @@ def write_ply(cloud: PointCloud, path: str | os.PathLike, extra: dict[str, np.nd
     for p in order:
         values = np.asarray(columns[p])
         t = old.get(p)
-        if t is None or np.dtype(_TYPES[t]).kind not in "f" and not np.array_equal(
-                values.astype(_TYPES[t]), values):
+        if t is None or (values.dtype != np.dtype(_TYPES[t]) and np.dtype(_TYPES[t]).kind != "f"
+                         and not np.array_equal(values.astype(_TYPES[t]), values)):
             t = "double" if p in ("x", "y", "z") else _ply_type(path, p, values)
         props.append((p, t))
     comments = list(meta.comments)
     crs = cloud.crs_wkt
     if crs and not any(re.match(r"\s*crs\s", c, re.IGNORECASE) for c in comments):
         comments.append(crs_comment(crs))
-    header = ["ply", f"format {fmt} 1.0"] + [f"comment {c}" for c in comments] + \
-        [f"obj_info {c}" for c in meta.obj_info] + [f"element vertex {n}"] + \
-        [f"property {t} {p}" for p, t in props] + ["end_header"]
-    byteorder = _FORMATS[fmt] or "<"
-    dtype = np.dtype([(p, byteorder + _TYPES[t]) for p, t in props])
-    arr = np.empty(n, dtype)
+    if any(not c.isascii() or "\n" in c or "\r" in c for c in comments + list(meta.obj_info)):
+        raise DataError(path, "PLY header (comment or CRS) must be ASCII text on one line")
+    arr = np.empty(n, [(p, _TYPES[t]) for p, t in props])
     for p, _ in props:
         arr[p] = columns[p]
+    ply = plyfile.PlyData([plyfile.PlyElement.describe(arr, "vertex")], text=fmt == "ascii",
+                          byte_order=_FORMATS[fmt], comments=comments, obj_info=list(meta.obj_info))
     if not path.parent.is_dir():
         raise DataError(path, f"cannot write: folder {str(path.parent)!r} does not exist")
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            if fmt == "ascii":
-                # floats with round-trip precision (float32: 9 digits, float64: 17), ints exact
-                np.savetxt(f, arr, fmt=["%.9g" if _TYPES[t] == "f4" else "%.17g" if _TYPES[t] == "f8"
-                                        else "%d" for _, t in props])
+        with atomic_path(path) as tmp:
+            if fmt == "ascii":  # plyfile writes text row by row (6x slower): body by savetxt
+                with open(tmp, "wb") as f:
+                    f.write((ply.header + "\n").encode("ascii"))
+                    # round-trip precision: float32 9 digits, float64 17, integers exact
+                    np.savetxt(f, arr, fmt=["%.9g" if t == "float" else "%.17g" if t == "double"
+                                            else "%d" for _, t in props])
             else:
-                arr.tofile(f)
-    except UnicodeEncodeError:
-        raise DataError(path, "PLY header (comment or CRS) must be ASCII") from None
+                ply.write(str(tmp))
     except OSError as e:
         raise DataError(path, f"cannot write PLY: {e}") from e
-

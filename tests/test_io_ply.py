@@ -9,6 +9,7 @@ import pytest
 from conftest import DATA
 
 from data.io import PlyMeta, read_cloud, read_header_info, write_cloud
+from data.errors import DataError
 from data.ply import write_ply
 from data.pointcloud import PointCloud
 
@@ -120,3 +121,27 @@ def test_new_cloud_to_ply(tmp_path: Path) -> None:
     again = read_cloud(tmp_path / "n.ply")
     assert again.meta.format == "binary_little_endian"
     assert np.array_equal(again.xyz, cloud.xyz) and np.array_equal(again.fields["label"], [1, 2, 3, 64])
+
+
+def test_ply_elements_around_vertex(tmp_path: Path) -> None:
+    """Elements with list properties before 'vertex' are read past (plyfile parses them);
+    list properties on 'vertex' itself and duplicate names are clear errors."""
+    head = "ply\nformat ascii 1.0\nelement camera 1\nproperty list uchar float view\n"
+    (tmp_path / "cam.ply").write_text(head + "element vertex 2\nproperty double x\nproperty double y\n"
+                                      "property double z\nproperty ushort intensity\nend_header\n"
+                                      "3 0.5 1.5 2.5\n1 2 3 7\n4 5 6 65535\n")
+    cloud = read_cloud(tmp_path / "cam.ply")
+    assert np.array_equal(cloud.xyz, [[1, 2, 3], [4, 5, 6]])
+    assert cloud.fields["intensity"].dtype == np.uint16 and cloud.fields["intensity"][1] == 65535
+    (tmp_path / "lst.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty double x\n"
+                                      "property double y\nproperty double z\n"
+                                      "property list uchar int n\nend_header\n1 2 3 1 9\n")
+    with pytest.raises(DataError, match="lst.ply: PLY vertex element has list properties"):
+        read_cloud(tmp_path / "lst.ply")
+    (tmp_path / "dup.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty double x\n"
+                                      "property double x\nproperty double z\nend_header\n1 2 3\n")
+    with pytest.raises(DataError, match="dup.ply: corrupt PLY file: two properties with same name"):
+        read_cloud(tmp_path / "dup.ply")
+    (tmp_path / "typ.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty half x\nend_header\n1\n")
+    with pytest.raises(DataError, match="typ.ply: bad PLY header: line 4: field type 'half'"):
+        read_cloud(tmp_path / "typ.ply")
