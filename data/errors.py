@@ -17,3 +17,7 @@ class DataError(UserError):
     def __init__(self, path: object, message: str):
         self.path = str(path)
         super().__init__(f"{self.path}: {message}")
+
+
+class EmptyWindowError(DataError):
+    """A bounded read (``data.bounds``) found no point of the file inside the window."""

@@ -4,6 +4,7 @@
 
     from data.io import read_cloud, write_cloud, read_header_info
     cloud = read_cloud("tile.laz")                   # .las / .laz / .ply (any case)
+    part = read_cloud("tile.copc.laz", bounds=Bounds(x0, y0, x1, y1))  # a window
     write_cloud(cloud, "out.laz", extra={"pred": p})  # atomic; extra dims added/replaced
     info = read_header_info("tile.laz")               # no point decoding
 
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .bounds import Bounds
 from .errors import DataError
 from .las import LasMeta, RawVlr, ExtraDim, las_header_info, read_las, write_las
 from .ply import PlyMeta, ply_header_info, read_ply, write_ply
 from .pointcloud import PointCloud
 
-__all__ = ["read_cloud", "write_cloud", "read_header_info", "HeaderInfo", "LasMeta", "PlyMeta",
+__all__ = ["read_cloud", "write_cloud", "read_header_info", "HeaderInfo", "Bounds", "LasMeta", "PlyMeta",
            "RawVlr", "ExtraDim", "SUFFIXES"]
 
 SUFFIXES = (".las", ".laz", ".ply")
@@ -46,6 +48,7 @@ class HeaderInfo:
     offsets: np.ndarray | None
     dimensions: list[str]           # every dimension but X/Y/Z, file order
     compressed: bool
+    copc: bool = False              # a COPC file: bounded reads decode only the nodes they need
     warnings: list[str] = field(default_factory=list)  # suspicious but readable layout
 
 
@@ -72,14 +75,18 @@ def _regular(path: Path) -> None:
         raise DataError(path, "is not a regular file (a folder, FIFO or device)")
 
 
-def read_cloud(path: str | os.PathLike) -> PointCloud:
-    """Read a LAS/LAZ/PLY file (by suffix, case-insensitive) into a PointCloud."""
+def read_cloud(path: str | os.PathLike, bounds: Bounds | None = None) -> PointCloud:
+    """Read a LAS/LAZ/PLY file (by suffix, case-insensitive) into a PointCloud.
+
+    ``bounds``: only the points in the window ``[xmin, xmax) x [ymin, ymax)``; COPC files
+    decode only the octree nodes that meet it (``data.bounds``).
+    """
     path = Path(path)
     _suffix(path)
     _regular(path)
     if _suffix(path) == ".ply":
-        return read_ply(path)
-    return read_las(path)
+        return read_ply(path, bounds)
+    return read_las(path, bounds)
 
 
 def write_cloud(cloud: PointCloud, path: str | os.PathLike,

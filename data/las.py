@@ -48,7 +48,8 @@ from laspy.point import dims as laspy_dims
 from laspy.vlrs.vlrlist import VLRList
 
 from .atomic import atomic_path
-from .errors import DataError
+from .bounds import Bounds
+from .errors import DataError, EmptyWindowError
 from .pointcloud import PointCloud
 
 from .crs import crs_from_vlr_records, crs_vlr_record
@@ -142,8 +143,34 @@ def _open_checked(path: Path) -> tuple[BinaryIO, _Header]:
         raise
 
 
-def read_las(path: str | os.PathLike) -> PointCloud:
-    """Read a LAS/LAZ file into a PointCloud (see module docstring); DataError on bad input."""
+def _decode_copc_window(path: Path, bounds: Bounds) -> np.ndarray:
+    """The records of the COPC octree nodes that meet ``bounds`` (laspy's CopcReader query)."""
+    try:
+        with laspy.CopcReader.open(path) as reader:
+            window = laspy.copc.Bounds(mins=np.array([bounds.xmin, bounds.ymin]),
+                                       maxs=np.array([bounds.xmax, bounds.ymax]))
+            return reader.query(bounds=window).array
+    except BaseException as e:  # includes lazrs' PanicException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise DataError(path, f"corrupt COPC file (bounded read): {type(e).__name__}: {e}") from None
+
+
+COPC_INFO_ID = ("copc", 1)
+
+
+def is_copc(h: _Header) -> bool:
+    """A COPC file: LAZ whose first VLR is the COPC info record (``copc``/1)."""
+    return h.compressed and bool(h.vlrs) and (h.vlrs[0].user_id, h.vlrs[0].record_id) == COPC_INFO_ID
+
+
+def read_las(path: str | os.PathLike, bounds: Bounds | None = None) -> PointCloud:
+    """Read a LAS/LAZ file into a PointCloud (see module docstring); DataError on bad input.
+
+    ``bounds``: only the points with ``xmin <= x < xmax`` and ``ymin <= y < ymax``. A COPC
+    file decodes only the octree nodes that meet the window (laspy's ``CopcReader``); other
+    files are decoded whole and cropped. No point inside is a DataError.
+    """
     path = Path(path)
     f, h = _open_checked(path)
     with f:
@@ -153,14 +180,25 @@ def read_las(path: str | os.PathLike) -> PointCloud:
         problems = _check_layout(path, f, h)
         evlrs = _read_evlrs(path, f, h)
         pf = _laspy_point_format(path, f)
-    arr = _decode_in_child(path, problems) if problems else _decode_in_process(path, kind)
-    if len(arr) != h.point_count:
-        raise DataError(path, f"truncated or corrupt {kind}: decoded {len(arr)} points, header "
-                              f"says {h.point_count}")
+    windowed = bounds is not None and not problems and is_copc(h)
+    if windowed:
+        arr = _decode_copc_window(path, bounds)
+    else:
+        arr = _decode_in_child(path, problems) if problems else _decode_in_process(path, kind)
+        if len(arr) != h.point_count:
+            raise DataError(path, f"truncated or corrupt {kind}: decoded {len(arr)} points, header "
+                                  f"says {h.point_count}")
     # X, Y, Z are the first 12 bytes of every record: one strided [N, 3] int32 view, one copy.
     raw_xyz = np.ndarray((len(arr), 3), dtype="<i4", buffer=arr, strides=(arr.itemsize, 4)).copy()
     xyz = np.multiply(raw_xyz, h.scales)
     xyz += h.offsets
+    if bounds is not None:
+        inside = bounds.contains(xyz)
+        if not inside.any():
+            raise EmptyWindowError(path, f"no point inside the bounds {bounds} (the file spans x "
+                                  f"{h.mins[0]:.2f}..{h.maxs[0]:.2f}, y {h.mins[1]:.2f}..{h.maxs[1]:.2f})")
+        if not inside.all():
+            arr, raw_xyz, xyz = arr[inside], raw_xyz[inside], xyz[inside]
     vlrs = [v for v in h.vlrs if (v.user_id, v.record_id) != LASZIP_ID]
     eb = h.find_vlr(EXTRA_BYTES_ID)
     eb_structs = {}
@@ -195,7 +233,7 @@ def las_header_info(path: str | os.PathLike) -> dict[str, Any]:
         mins=h.mins, maxs=h.maxs, crs_wkt=crs_wkt, epsg=epsg, point_format=h.pf,
         version=h.version_str, scales=h.scales, offsets=h.offsets,
         dimensions=[n for n in pf.dimension_names if n not in ("X", "Y", "Z")],
-        compressed=h.compressed, warnings=problems)
+        compressed=h.compressed, copc=is_copc(h), warnings=problems)
 
 
 # -------------------------------------------------------------------------------- writing

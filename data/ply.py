@@ -26,8 +26,9 @@ import numpy as np
 import plyfile
 
 from .atomic import atomic_path
+from .bounds import Bounds
 from .crs import crs_comment, crs_from_comments
-from .errors import DataError
+from .errors import DataError, EmptyWindowError
 from .pointcloud import PointCloud
 
 # numpy code -> canonical PLY type name (the names plyfile writes)
@@ -93,8 +94,10 @@ def _vertices(path: Path, ply: plyfile.PlyData) -> plyfile.PlyElement:
     return vertex
 
 
-def read_ply(path: str | os.PathLike) -> PointCloud:
-    """Read a PLY file's vertex element into a PointCloud; DataError on bad input."""
+def read_ply(path: str | os.PathLike, bounds: Bounds | None = None) -> PointCloud:
+    """Read a PLY file's vertex element into a PointCloud; DataError on bad input.
+
+    ``bounds``: only the points in that x/y window (the file is read whole and cropped)."""
     path = Path(path)
     ply = _open(path)
     vertex = _vertices(path, ply)
@@ -111,7 +114,13 @@ def read_ply(path: str | os.PathLike) -> PointCloud:
                                     else "binary_little_endian")
     crs_wkt, epsg = crs_from_comments(ply.comments)
     meta = PlyMeta(fmt, props, list(ply.comments), list(ply.obj_info), crs_wkt, epsg)
-    return PointCloud(xyz, fields, meta, str(path))
+    cloud = PointCloud(xyz, fields, meta, str(path))
+    if bounds is not None:
+        inside = bounds.contains(xyz)
+        if not inside.any():
+            raise EmptyWindowError(path, f"no point inside the bounds {bounds}")
+        cloud = cloud.subset(inside)
+    return cloud
 
 
 def ply_header_info(path: str | os.PathLike) -> dict[str, Any]:

@@ -8,7 +8,8 @@ the context of their neighbours. A grid product is cropped back to the file's ow
 
 Neighbours come from the same input list (the files predicted together); a neighbour that
 lacks one of the file's dimensions, or has another CRS, is not used (a warning says so).
-Decoded neighbours are cached (the last ``cache`` files), so a row of tiles is read about once.
+Decoded neighbours are cached (the last ``cache`` files), so a row of tiles is read about once;
+COPC neighbours are read as windows over the buffer band instead (``data.bounds``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.bounds import Bounds
+from data.errors import EmptyWindowError
 from data.io import read_cloud, read_header_info
 from data.pointcloud import PointCloud
 
@@ -26,19 +29,27 @@ from .progress import log
 
 
 class NeighbourContext:
-    """Per file of ``inputs``: the cloud with its neighbours' points within ``buffer`` appended."""
+    """Per file of ``inputs``: the cloud with its neighbours' points within ``buffer`` appended.
 
-    def __init__(self, inputs: list[Path], buffer: float, cache: int = 8):
+    ``bounds`` (a prediction window, ``data.bounds``): each file's own points are those inside
+    it, and the context is every input's points (the file's own included) within ``buffer``
+    of the window's part over the file. COPC inputs are read as windows (only the octree
+    nodes of the buffer band are decoded); other inputs are read whole and cached.
+    """
+
+    def __init__(self, inputs: list[Path], buffer: float, bounds: Bounds | None = None, cache: int = 8):
         self.inputs = list(inputs)
         self.buffer = float(buffer)
+        self.bounds = bounds
         infos = [read_header_info(p) for p in self.inputs]
         self.lo = np.array([i.mins[:2] for i in infos], np.float64)
         self.hi = np.array([i.maxs[:2] for i in infos], np.float64)
         self.crs = [i.epsg or i.crs_wkt for i in infos]
+        self.copc = [i.copc for i in infos]
         self._cache: OrderedDict[Path, PointCloud] = OrderedDict()
         self._size = cache
 
-    def _read(self, path: Path) -> PointCloud:
+    def _whole(self, path: Path) -> PointCloud:
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
@@ -48,30 +59,54 @@ class NeighbourContext:
             self._cache.popitem(last=False)
         return cloud
 
+    def _points_in(self, j: int, box: Bounds) -> PointCloud | None:
+        """Input ``j``'s points inside ``box`` (None when it holds none)."""
+        if self.copc[j]:
+            try:
+                return read_cloud(self.inputs[j], bounds=box)
+            except EmptyWindowError:
+                return None
+        cloud = self._whole(self.inputs[j])
+        inside = box.contains(cloud.xyz)
+        return cloud.subset(inside) if inside.any() else None
+
+    def context_box(self, i: int) -> Bounds:
+        """The window whose points are context for input ``i``: its own part, grown by ``buffer``."""
+        own = Bounds(*self.lo[i], *np.nextafter(self.hi[i], np.inf))
+        if self.bounds is not None:
+            own = self.bounds.clipped(self.lo[i], self.hi[i]) or own
+        return own.grown(self.buffer)
+
     def neighbours(self, i: int) -> list[int]:
-        """Indices of the inputs whose bounds come within ``buffer`` of input ``i``'s."""
-        lo, hi = self.lo[i] - self.buffer, self.hi[i] + self.buffer
-        near = np.all((self.lo <= hi) & (self.hi >= lo), axis=1)
-        near[i] = False
-        return np.flatnonzero(near).tolist()
+        """Indices of the inputs whose bounds meet input ``i``'s context box (``i`` itself too
+        under a window: its points around the window are context)."""
+        box = self.context_box(i)
+        near = [j for j in range(len(self.inputs)) if box.meets(self.lo[j], self.hi[j])]
+        return [j for j in near if j != i or self.bounds is not None]
 
     def with_context(self, i: int, cloud: PointCloud) -> PointCloud:
-        """``cloud`` (input ``i``) followed by its neighbours' points within the buffer."""
-        lo, hi = self.lo[i] - self.buffer, self.hi[i] + self.buffer
+        """``cloud`` (input ``i``, inside the window if any) followed by the context points."""
+        box = self.context_box(i)
         xyz, fields = [cloud.xyz], {k: [v] for k, v in cloud.fields.items()}
         for j in self.neighbours(i):
-            other = self._read(self.inputs[j])
+            if self.crs[j] != self.crs[i]:
+                log(f"warning: {self.inputs[i].name}: neighbour {self.inputs[j].name} has another CRS; "
+                    "not used as context")
+                continue
+            other = self._points_in(j, box)
+            if other is not None and j == i:      # the file's own points outside the window
+                outside = ~self.bounds.contains(other.xyz)
+                other = other.subset(outside) if outside.any() else None
+            if other is None:
+                continue
             missing = [k for k in cloud.fields if k not in other.fields]
-            if missing or self.crs[j] != self.crs[i]:
-                why = f"lacks {', '.join(missing)}" if missing else "has another CRS"
-                log(f"warning: {self.inputs[i].name}: neighbour {self.inputs[j].name} {why}; not used as context")
+            if missing:
+                log(f"warning: {self.inputs[i].name}: neighbour {self.inputs[j].name} lacks "
+                    f"{', '.join(missing)}; not used as context")
                 continue
-            inside = np.all((other.xyz[:, :2] >= lo) & (other.xyz[:, :2] <= hi), axis=1)
-            if not inside.any():
-                continue
-            xyz.append(other.xyz[inside])
+            xyz.append(other.xyz)
             for k in fields:
-                fields[k].append(other.fields[k][inside].astype(cloud.fields[k].dtype, copy=False))
+                fields[k].append(other.fields[k].astype(cloud.fields[k].dtype, copy=False))
         if len(xyz) == 1:
             return cloud
         return PointCloud(np.concatenate(xyz), {k: np.concatenate(v) for k, v in fields.items()},

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer", type=float, default=0.0, metavar="METRES",
                    help="points of the other inputs within METRES of a file's bounds are context for its "
                         "prediction (seamless tile edges); each output keeps only its own points")
+    p.add_argument("--bounds", metavar="XMIN,YMIN,XMAX,YMAX",
+                   help="predict only the points in this x/y window (half-open); COPC inputs decode only "
+                        "the octree nodes that meet it; inputs outside it are skipped")
     p.add_argument("--preview", action="store_true",
                    help="also <stem>_view.png: top and oblique views of the labelled cloud, beside the "
                         "input's classification and the points where they differ")
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "inspect":
             _inspect(args)
         elif args.command == "predict":
+            from data.bounds import Bounds
             from pipeline.bundle import load_bundle
             from pipeline.inputs import expand_patterns
             from pipeline.layouts import check_vegetation_heights
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.vegetation_heights, class_map, "--vegetation-heights"), args.preview)
             pairs = predict_files(model, class_map, inputs, Path(args.out), device=device, options=options, fmt=args.format,
                                   train_density=meta.get("summary", {}).get("train_density"),
-                                  buffer=_non_negative(args.buffer, "--buffer"))
+                                  buffer=_non_negative(args.buffer, "--buffer"),
+                                  bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None)
             if distributed.is_main():
                 print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}"
                       + (f" ({distributed.world_size()} processes)" if distributed.active() else ""))

@@ -7,6 +7,7 @@ A spec's input list may mix plain globs and entries with per-survey class-map ch
         - ign_lidarhd/train/mnx_*.laz
         - {files: ign_lidarhd/train/St_Barth*.laz, ignore: [1]}   # code 1 = "not classified yet"
         - {files: other_survey/*.laz, classes: {vegetation: [1]}}  # code 1 is vegetation there
+        - {files: big/*.copc.laz, bounds: [x0, y0, x1, y1]}        # only this window of them
 
 A train step can carve its validation data out of the training files with ``val_split``:
 square blocks of ``block`` metres (aligned to multiples of it) are drawn per file, in a
@@ -26,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from data.bounds import Bounds, bounds_problem
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.io import read_cloud
@@ -39,12 +41,20 @@ class InputEntry:
     files: str | list[str]                                   # path(s) or glob(s)
     ignore: list[int] = field(default_factory=list)          # codes left out in these files
     classes: dict[str, list[int]] = field(default_factory=dict)  # class -> codes that mean it here
+    bounds: list[float] | None = None     # [xmin, ymin, xmax, ymax]: only this window (data/bounds.py)
 
     def __post_init__(self) -> None:
         if not self.files:
             raise UserError("files: give at least one path or glob")
-        if not (self.ignore or self.classes):
-            raise UserError("an entry with 'files' needs 'ignore' or 'classes' (else write the glob alone)")
+        if not (self.ignore or self.classes or self.bounds is not None):
+            raise UserError("an entry with 'files' needs 'ignore', 'classes' or 'bounds' (else write the glob alone)")
+        problem = None if self.bounds is None else bounds_problem(self.bounds)
+        if problem:
+            raise UserError(f"bounds: {problem}")
+
+    @property
+    def window(self) -> Bounds | None:
+        return None if self.bounds is None else Bounds.of(self.bounds, "bounds")
 
     @property
     def patterns(self) -> list[str]:
@@ -108,9 +118,10 @@ class LabelledFile:
     class_map: ClassMap
     split: ValSplit | None = None
     part: Part = "all"
+    bounds: Bounds | None = None      # read only this x/y window of the file
 
     def with_part(self, split: ValSplit, part: Part) -> "LabelledFile":
-        return LabelledFile(self.path, self.class_map, split, part)
+        return LabelledFile(self.path, self.class_map, split, part, self.bounds)
 
     @property
     def label(self) -> str:
@@ -126,8 +137,8 @@ class LabelledFile:
         return labels
 
     def read(self) -> tuple[PointCloud, np.ndarray]:
-        """``(cloud, labels [N])``: the whole file and :meth:`labels`."""
-        cloud = read_cloud(self.path)
+        """``(cloud, labels [N])``: the file (its window under ``bounds``) and :meth:`labels`."""
+        cloud = read_cloud(self.path, bounds=self.bounds)
         return cloud, self.labels(cloud)
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from data.atomic import make_folder
 from data.classmap import ClassMap
 from data.errors import DataError, UserError
-from data.io import read_cloud, write_cloud
+from data.bounds import Bounds
+from data.io import read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 from data.render import render_classes
 from geometry.heights import height_above_ground
@@ -134,8 +135,9 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
 
 def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Path, device: str,
                  options: OutputOptions, fmt: str, train_density: dict[str, float] | None,
-                 context: tuple[NeighbourContext, int] | None = None) -> tuple[Path, Path]:
-    cloud = read_cloud(path)
+                 context: tuple[NeighbourContext, int] | None = None,
+                 bounds: Bounds | None = None) -> tuple[Path, Path]:
+    cloud = read_cloud(path, bounds=bounds)
     if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
     warning = density_warning(path.name, bbox_density(cloud.xyz), train_density)
@@ -163,7 +165,8 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
 
 def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
                   options: OutputOptions = OutputOptions(), fmt: str = "same",
-                  train_density: dict[str, float] | None = None, buffer: float = 0.0) -> list[tuple[Path, Path]]:
+                  train_density: dict[str, float] | None = None, buffer: float = 0.0,
+                  bounds: Bounds | None = None) -> list[tuple[Path, Path]]:
     """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
 
     Each output is written atomically. When file ``k`` fails, files ``1..k-1`` stay (they are
@@ -174,7 +177,25 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
 
     ``buffer`` (metres, > 0): the other inputs' points within that distance of a file's bounds
     are context for its prediction and are not written (``pipeline.buffers``).
+
+    ``bounds`` (``data.bounds``): only the points of each input inside that x/y window are
+    predicted and written (COPC inputs decode only the octree nodes that meet it); inputs
+    whose header bounds miss the window are skipped (a line says which), and with a buffer
+    the points around the window are context.
     """
+    if bounds is not None:
+        infos = {p: read_header_info(p) for p in inputs}
+        outside = [p for p in inputs if not bounds.meets(infos[p].mins, infos[p].maxs)]
+        if len(outside) == len(inputs):
+            raise UserError(f"--bounds {bounds}: none of the {len(inputs)} input(s) meets the window "
+                            f"(first: {inputs[0].name} spans x {infos[inputs[0]].mins[0]:.2f}.."
+                            f"{infos[inputs[0]].maxs[0]:.2f}, y {infos[inputs[0]].mins[1]:.2f}.."
+                            f"{infos[inputs[0]].maxs[1]:.2f})")
+        if outside:
+            log(f"--bounds {bounds}: {len(outside)} input(s) outside the window skipped "
+                f"({', '.join(p.name for p in outside[:5])}{', ...' if len(outside) > 5 else ''})")
+    everything = list(inputs)
+    inputs = [p for p in inputs if bounds is None or bounds.meets(infos[p].mins, infos[p].maxs)]
     sources = {p.resolve() for p in inputs}
     clash = [p for p in inputs if output_path(p, out_dir, fmt).resolve() in sources]
     if clash:
@@ -188,13 +209,14 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     make_folder(out_dir, "--out")
     done: list[tuple[Path, Path]] = []
     error: UserError | None = None
-    neighbours = NeighbourContext(inputs, buffer) if buffer > 0 and len(inputs) > 1 else None
-    position = {path: i for i, path in enumerate(inputs)}
+    neighbours = NeighbourContext(everything, buffer, bounds) \
+        if buffer > 0 and (len(everything) > 1 or bounds is not None) else None
+    position = {path: i for i, path in enumerate(everything)}
     mine = distributed.shard(inputs)     # torchrun: inputs[rank::world]; else all of them
     for path in progress(mine, "predict", unit="file"):
         try:
             done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,
-                                     None if neighbours is None else (neighbours, position[path])))
+                                     None if neighbours is None else (neighbours, position[path]), bounds))
         except UserError as exc:
             if not done and not distributed.active():
                 if created and not any(out_dir.iterdir()):

@@ -49,8 +49,9 @@ class RunContext:
         """A dataset name from ``inputs`` or glob(s) -> files with their class maps.
 
         Relative globs resolve against ``data_root``. A file matched by an entry with
-        ``ignore``/``classes`` gets the spec's class map with those changes; a file matched by
-        two entries with different changes is an error naming both.
+        ``ignore``/``classes`` gets the spec's class map with those changes (and an entry's
+        ``bounds`` window); a file matched by two entries with different changes is an error
+        naming both.
         """
         spec = self.loaded.spec
         source = str(self.loaded.path)
@@ -73,12 +74,12 @@ class RunContext:
                     prev_map, prev_where, prev_entry = chosen[path]
                     if prev_entry is None and entry is not None:
                         chosen[path] = (cmap, where, entry)      # the entry with changes wins
-                    elif entry is not None and prev_map != cmap:
+                    elif entry is not None and (prev_map != cmap or prev_entry.window != entry.window):
                         raise UserError(f"{source}: {where}: {path.name} is also matched by {prev_where} "
                                         "with other class-map changes; give each file one entry")
                     continue
                 chosen[path] = (cmap, where, entry)
-        return [LabelledFile(p, m) for p, (m, _, _) in chosen.items()]
+        return [LabelledFile(p, m, bounds=e.window if e else None) for p, (m, _, e) in chosen.items()]
 
     def resolve_inputs(self, value: str | list[str], key: str) -> list[Path]:
         """A dataset name from ``inputs`` or glob(s) -> files (relative globs against data_root)."""

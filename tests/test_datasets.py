@@ -73,7 +73,7 @@ def test_spec_input_entries_give_files_their_own_map(tmp_path, lidar_data):
     ({"files": ST_BARTH, "ignore": [1], "colour": 1}, r"inputs.train\[0\].colour: unknown key"),
     ({"files": ST_BARTH, "classes": {"trees": [1]}}, r"inputs.train\[0\]: classes.trees: not a class"),
     ({"files": ST_BARTH, "classes": {"ground": [1]}, "ignore": [1]}, r"inputs.train\[0\]: .*both ignored and moved"),
-    ({"files": ST_BARTH}, r"needs 'ignore' or 'classes'"),
+    ({"files": ST_BARTH}, r"needs 'ignore', 'classes' or 'bounds'"),
 ])
 def test_bad_input_entries_are_spec_errors(tmp_path, lidar_data, entry, message):
     with pytest.raises(SpecError, match=message):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from data.bounds import Bounds, bounds_problem
 from data.errors import UserError
 from pipeline.bundle import load_bundle
 from pipeline.layouts import check_vegetation_heights
@@ -28,6 +29,7 @@ class PredictStep:
         vegetation_heights: list[float] | None = None   # [low, high] m: vegetation written as ASPRS 3/4/5
         preview: bool = False           # <stem>_view.png: top and oblique views (data/render.py)
         buffer: float = option(min=0, default=0.0)   # metres of neighbouring inputs' points as context
+        bounds: list[float] | None = None   # [xmin, ymin, xmax, ymax]: predict only this window (data/bounds.py)
 
         def output_options(self, class_map, key: str) -> OutputOptions:
             return OutputOptions(self.probabilities, self.layout,
@@ -41,6 +43,16 @@ class PredictStep:
             cfg.output_options(loaded.class_map, key)
         except UserError as exc:
             raise SpecError(str(loaded.path), f"{key}.vegetation_heights", str(exc).split(": ", 1)[1]) from None
+        problem = None if cfg.bounds is None else bounds_problem(cfg.bounds)
+        if problem:
+            raise SpecError(str(loaded.path), f"{key}.bounds", problem)
+        for name in [cfg.inputs] if isinstance(cfg.inputs, str) else cfg.inputs:
+            items = loaded.spec.inputs.get(name, [])
+            for i, item in enumerate([items] if isinstance(items, str) else items):
+                if getattr(item, "bounds", None) is not None:
+                    raise SpecError(str(loaded.path), f"inputs.{name}[{i}].bounds",
+                                    f"a window on predict inputs goes in the predict step ({key}.bounds), "
+                                    "which applies it to every input")
         trained = [s.name for s in loaded.spec.steps if type(s).component_type == "train"]
         if cfg.model not in trained and not cfg.model.endswith(".bundle"):
             raise SpecError(str(loaded.path), f"{key}.model",
@@ -61,4 +73,5 @@ class PredictStep:
         ctx.predictions[cfg.name] = predict_files(model, class_map, inputs, out, device=ctx.device,
                                                   options=cfg.output_options(class_map, key), fmt=cfg.format,
                                                   train_density=meta.get("summary", {}).get("train_density"),
-                                                  buffer=cfg.buffer)
+                                                  buffer=cfg.buffer,
+                                                  bounds=None if cfg.bounds is None else Bounds.of(cfg.bounds, f"{key}.bounds"))
