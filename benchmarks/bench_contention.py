@@ -72,7 +72,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="2,000 points, k 8, D 16, one run (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.points, args.k, args.dim, args.repeat = 2000, 8, 16, 1
     print(f"KPConvX block fwd+bwd, R = {args.points}, k = {args.k}, D = {args.dim}; {os.cpu_count()} cores; "
           f"median of {args.repeat}; busy = a Python busy loop on one core")
     print("| torch threads | OMP_WAIT_POLICY | idle s | beside a busy process s | busy / idle |")

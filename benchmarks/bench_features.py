@@ -61,7 +61,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--open3d", action="store_true",
                     help="only: open3d.ml.torch.ops.knn_search vs cKDTree on the same points")
+    ap.add_argument("--quick", action="store_true", help="20,000 points, torch k-NN on 5,000 (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.torch_n, args.repeats = 20_000, 5_000, 1
     cloud = load(args.n)
     if args.open3d:
         bench_open3d(cloud.xyz, args.k, args.repeats)

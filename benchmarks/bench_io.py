@@ -34,8 +34,11 @@ def median_time(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="the 4 small test tiles, one run (CI)")
     args = parser.parse_args()
     files = sorted((DATA / "ign_lidarhd_1km").glob("*.laz")) + sorted((DATA / "ign_lidarhd/train").glob("*.laz"))
+    if args.quick:
+        files, args.repeat = sorted((DATA / "ign_lidarhd/test").glob("*.laz")), 1
     rows, totals = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:

@@ -205,7 +205,10 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="torch.autocast bf16")
     ap.add_argument("--skip-layer", action="store_true")
     ap.add_argument("--skip-network", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="2,000 layer points, 5,000 network points, one run (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.layer_points, args.points, args.repeat = 2000, 5000, 1
     dev = torch.device(args.device)
     n = args.points or (1_000_000 if dev.type == "cuda" else 100_000)
     preset = args.preset or ("full" if dev.type == "cuda" else "small")

@@ -38,7 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="10,000 points, one run (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.repeat = 10_000, 1
     rng = np.random.default_rng(0)
     n = args.n
     cloud = PointCloud(rng.normal(size=(n, 3)) * 100,

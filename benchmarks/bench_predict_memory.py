@@ -73,7 +73,10 @@ def main() -> None:
     ap.add_argument("--votes", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
+    ap.add_argument("--quick", action="store_true", help="a 200,000-point tile (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.points, args.work = 200_000, args.work + "_quick"
     work = Path(args.work)
     tile = work / "big_tile.laz"
     t = time.perf_counter()

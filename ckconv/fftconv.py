@@ -113,19 +113,39 @@ def fftconv_freq(
     dims = _spatial_dims(x.dim(), channels_last)
     spatial = [x.shape[d] for d in dims]
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x_f = torch.fft.rfftn(x.float(), s=tuple(fft_sizes), dim=dims)
-        y = torch.fft.irfftn(x_f * k_f, s=tuple(fft_sizes), dim=dims)
-        if not circular:
-            index = [slice(None)] * x.dim()
-            for d, S, K in zip(dims, spatial, kernel_spatial):
-                r = (K - 1) // 2
-                index[d] = slice(r, r + S)
-            y = y[tuple(index)]
+        if circular:
+            x_f = torch.fft.rfftn(x.float(), s=tuple(fft_sizes), dim=dims)
+            y = torch.fft.irfftn(x_f * k_f, s=tuple(fft_sizes), dim=dims)
+        else:
+            y = _pruned_conv(x.float(), k_f, dims, spatial, list(fft_sizes),
+                             [(K - 1) // 2 for K in kernel_spatial])
         if shortcut is not None:
             s = shortcut.to(x.dtype).float()
             s = s if channels_last else s.view((-1,) + (1,) * len(dims))
             y = torch.addcmul(y, x.float(), s)
         return y.to(x.dtype)
+
+
+def _pruned_conv(
+    x: torch.Tensor, k_f: torch.Tensor, dims: tuple[int, ...], spatial: list[int],
+    sizes: list[int], r: list[int],
+) -> torch.Tensor:
+    """``irfftn(rfftn(x, s) * k_f)`` cut to the "same" window ``[r_i, r_i + S_i)``, with the
+    transforms pruned axis by axis (a pruned FFT): the forward transforms run last axis
+    first, each over the rows that are not all padding yet (the other axes still hold only
+    their ``S_i`` input rows); the inverse runs first axis first and keeps only the ``S_i``
+    output rows of each axis before transforming the next one. Same result as the full
+    ``rfftn``/``irfftn`` pair up to rounding; in 2-D it saves about a quarter of the FFT
+    work each way, in 3-D more.
+    """
+    last = len(dims) - 1
+    z = torch.fft.rfft(x, n=sizes[last], dim=dims[last])
+    for i in range(last - 1, -1, -1):
+        z = torch.fft.fft(z, n=sizes[i], dim=dims[i])
+    z = z * k_f
+    for i in range(last):
+        z = torch.fft.ifft(z, dim=dims[i]).narrow(dims[i], r[i], spatial[i])
+    return torch.fft.irfft(z, n=sizes[last], dim=dims[last]).narrow(dims[last], r[last], spatial[last])
 
 
 def fftconv_nd(

@@ -56,19 +56,28 @@ def prediction_and_reference(fields) -> tuple[str, str]:
     return lay.prediction, lay.reference or "classification"
 
 
+def vegetation_heights_problem(heights, class_map: ClassMap) -> str | None:
+    """What is wrong with ``heights`` as ``[h_low, h_high]`` for ``class_map``, or None."""
+    try:
+        low, high = (float(h) for h in heights)
+    except (TypeError, ValueError):
+        return f"expected two heights in metres [low, high], got {heights!r}"
+    if not (np.isfinite([low, high]).all() and 0 < low < high):
+        return f"expected 0 < low < high (metres), got {heights!r}"
+    if not any(set(VEGETATION_CODES) <= set(codes) for codes in class_map.codes):
+        return (f"the model's class map has no class holding the ASPRS vegetation codes 3, 4 "
+                f"and 5 ({dict(zip(class_map.names, class_map.codes))})")
+    return None
+
+
 def check_vegetation_heights(heights, class_map: ClassMap, key: str) -> tuple[float, float] | None:
     """Validated ``[h_low, h_high]`` (0 < h_low < h_high, finite), or None; UserError naming ``key``."""
     if heights is None:
         return None
-    try:
-        low, high = (float(h) for h in heights)
-    except (TypeError, ValueError):
-        raise UserError(f"{key}: expected two heights in metres [low, high], got {heights!r}") from None
-    if not (np.isfinite([low, high]).all() and 0 < low < high):
-        raise UserError(f"{key}: expected 0 < low < high (metres), got {heights!r}")
-    if not any(set(VEGETATION_CODES) <= set(codes) for codes in class_map.codes):
-        raise UserError(f"{key}: the model's class map has no class holding the ASPRS vegetation codes 3, 4 "
-                        f"and 5 ({dict(zip(class_map.names, class_map.codes))})")
+    problem = vegetation_heights_problem(heights, class_map)
+    if problem:
+        raise UserError(f"{key}: {problem}")
+    low, high = (float(h) for h in heights)
     return low, high
 
 

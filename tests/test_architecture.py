@@ -6,10 +6,11 @@ from pathlib import Path
 
 from conftest import REPO
 
-PACKAGES = ("pipeline", "data", "geometry", "kpconvx", "ckconv")
+PACKAGES = ("pipeline", "data", "geometry", "kpconvx", "ckconv", "pointtransformer")
 #: who may import whom (entry point -> pipeline -> models -> operations -> I/O)
 ALLOWED = {"data": {"data"}, "geometry": {"geometry", "data"}, "ckconv": {"ckconv"},
-           "kpconvx": {"kpconvx", "geometry", "data"}, "pipeline": set(PACKAGES)}
+           "kpconvx": {"kpconvx", "geometry", "data"},
+           "pointtransformer": {"pointtransformer", "kpconvx", "geometry", "data"}, "pipeline": set(PACKAGES)}
 
 
 def _modules() -> dict[str, Path]:

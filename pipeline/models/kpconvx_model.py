@@ -44,23 +44,26 @@ from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights,
 from .base import Prediction, TrainContext, load_torch_file, load_weights
 from .point_inputs import FEATURES, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
 
-def _network_overrides() -> type:
-    """``NetworkOverrides``: every field of ``kpconvx.KPConvXConfig``, each optional (null keeps
-    the preset's value), derived from it so that the two never drift; ``first_cell`` defaults
-    to 0.25 m (the presets' 0.04 is indoor scale)."""
-    from kpconvx import KPConvXConfig
-
-    hints = get_type_hints(KPConvXConfig)
-    defaults = {"first_cell": 0.25}
+def network_overrides(config_cls: type, name: str, defaults: dict[str, Any]) -> type:
+    """A dataclass with every field of the network config ``config_cls``, each optional (null
+    keeps the preset's value), derived from it so that the two never drift."""
+    hints = get_type_hints(config_cls)
     fields = [(f.name, hints[f.name] | None, field(default=defaults.get(f.name)))
-              for f in dataclasses.fields(KPConvXConfig)]
-    cls = dataclasses.make_dataclass("NetworkOverrides", fields)
+              for f in dataclasses.fields(config_cls)]
+    cls = dataclasses.make_dataclass(name, fields)
     cls.__module__ = __name__
-    cls.__doc__ = "Values replacing the preset's (``kpconvx.KPConvXConfig``); null keeps the preset's."
+    cls.__doc__ = f"Values replacing the preset's (``{config_cls.__qualname__}``); null keeps the preset's."
     return cls
 
 
-NetworkOverrides = _network_overrides()
+def _kpconvx_config() -> type:
+    from kpconvx import KPConvXConfig
+
+    return KPConvXConfig
+
+
+#: ``first_cell`` defaults to 0.25 m (the KPConvX presets' 0.04 is indoor scale)
+NetworkOverrides = network_overrides(_kpconvx_config(), "NetworkOverrides", {"first_cell": 0.25})
 
 
 @dataclass
@@ -77,19 +80,26 @@ class LossConfig:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def resolve_network(preset: str, overrides: NetworkOverrides):
-    from kpconvx import KPConvXConfig
-
+def resolve_network(preset: str, overrides: Any, config_cls: type | None = None):
+    """The network config: ``config_cls.<preset>(**overrides that are not null)``."""
+    config_cls = config_cls or _kpconvx_config()
     values = {k: (tuple(v) if isinstance(v, list) else v)
               for k, v in dataclasses.asdict(overrides).items() if v is not None}
     try:
-        return (KPConvXConfig.full if preset == "full" else KPConvXConfig.small)(**values)
+        return getattr(config_cls, preset)(**values)
     except (ValueError, TypeError) as exc:
         raise UserError(f"network: {exc}") from None
 
 
 @MODELS.register("kpconvx")
 class KPConvXModel:
+    """KPConvX on sampled regions; also the base of the other point networks on the same
+    regions, inputs, training loop and prediction coverage (``point_transformer``): a subclass
+    sets ``kind``/``meta_file``, its ``Config.network_config`` and ``_build_net``."""
+
+    kind = "kpconvx"
+    meta_file = "kpconvx_model.json"
+
     @dataclass
     class Config:
         preset: Literal["small", "full"] = "small"
@@ -115,7 +125,10 @@ class KPConvXModel:
                 raise UserError(f"features: duplicates in {self.features}")
             if self.augment.stretches and "ground" not in self.features:
                 raise UserError("augment.stretch_z needs the 'ground' feature (height above the ground model)")
-            resolve_network(self.preset, self.network)  # validates the overrides now
+            self.network_config()  # validates the overrides now
+
+        def network_config(self):
+            return resolve_network(self.preset, self.network)
 
         @property
         def total_steps(self) -> int:
@@ -127,7 +140,7 @@ class KPConvXModel:
     def __init__(self, config: "KPConvXModel.Config", class_map: ClassMap):
         self.config = config
         self.class_map = class_map
-        self.net_cfg = resolve_network(config.preset, config.network)
+        self.net_cfg = config.network_config()
         self.geo_cols, self.pt_cols = feature_columns(list(config.features))
         #: standardised columns that are heights (scaled by augment.stretch_z)
         self.height_cols = [i for i, c in enumerate(self.pt_cols) if c in HEIGHT_COLUMNS]
@@ -229,7 +242,7 @@ class KPConvXModel:
         self.net = self._build_net().to(ctx.device)
         self._device = ctx.device
         n_params = sum(p.numel() for p in self.net.parameters())
-        log(f"kpconvx ({cfg.preset}): {n_params:,} parameters, {self.in_channels} input channels, "
+        log(f"{self.kind} ({cfg.preset}): {n_params:,} parameters, {self.in_channels} input channels, "
             f"{sum(map(len, labels)):,} training points, {planned_steps(cfg.total_steps, ctx)} steps x {cfg.batch_size} "
             f"{cfg.sampling.shape}s of radius {cfg.sampling.radius} m on {ctx.device}")
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE,
@@ -313,27 +326,28 @@ class KPConvXModel:
                 "geometric_columns": self.geo_cols, "feature_columns": self.pt_cols,
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "class_counts": self.class_counts,
                 "logit_bias": None if self.logit_bias is None else self.logit_bias.tolist()}
-        (Path(folder) / "kpconvx_model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (Path(folder) / self.meta_file).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, config: "KPConvXModel.Config", class_map: ClassMap, folder: Path) -> "KPConvXModel":
         model = cls(config, class_map)
         folder = Path(folder)
+        name = cls.meta_file
         try:
-            meta = json.loads((folder / "kpconvx_model.json").read_text(encoding="utf-8"))
+            meta = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{folder}: broken KPConvX bundle ({exc})") from None
+            raise UserError(f"{folder}: broken {cls.kind} bundle ({exc})") from None
         if not isinstance(meta, dict):
-            raise UserError(f"{folder}: kpconvx_model.json must hold a JSON object")
+            raise UserError(f"{folder}: {name} must hold a JSON object")
         F, C = len(model.pt_cols), class_map.num_classes
         if meta.get("feature_columns") != model.pt_cols or meta.get("in_channels") != model.in_channels:
-            raise UserError(f"{folder}: kpconvx_model.json does not match the bundle's model config")
+            raise UserError(f"{folder}: {name} does not match the bundle's model config")
         for key, size, optional in (("mean", F, False), ("std", F, False), ("logit_bias", C, True)):
             v = meta.get(key)
             if v is None and optional:
                 continue
             if not (isinstance(v, list) and len(v) == size and all(isinstance(x, (int, float)) for x in v)):
-                raise UserError(f"{folder}: kpconvx_model.json: {key!r} must be a list of {size} numbers")
+                raise UserError(f"{folder}: {name}: {key!r} must be a list of {size} numbers")
         if meta.get("num_classes", C) != C:
             raise UserError(f"{folder}: the weights are for {meta.get('num_classes')} classes, the class map has {C}")
         model.mean = np.asarray(meta["mean"], np.float32)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Literal
 
 from data.bounds import Bounds, bounds_problem
-from data.errors import UserError
 from pipeline.bundle import load_bundle
-from pipeline.layouts import check_vegetation_heights
+from pipeline.layouts import check_vegetation_heights, vegetation_heights_problem
 from pipeline.predict import OutputOptions, predict_files
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError, option
@@ -39,10 +38,10 @@ class PredictStep:
     @staticmethod
     def check(cfg: "PredictStep.Config", loaded, key: str) -> None:
         check_output_name(loaded, f"{key}.output", cfg.output)
-        try:
-            cfg.output_options(loaded.class_map, key)
-        except UserError as exc:
-            raise SpecError(str(loaded.path), f"{key}.vegetation_heights", str(exc).split(": ", 1)[1]) from None
+        problem = None if cfg.vegetation_heights is None else \
+            vegetation_heights_problem(cfg.vegetation_heights, loaded.class_map)
+        if problem:
+            raise SpecError(str(loaded.path), f"{key}.vegetation_heights", problem)
         problem = None if cfg.bounds is None else bounds_problem(cfg.bounds)
         if problem:
             raise SpecError(str(loaded.path), f"{key}.bounds", problem)

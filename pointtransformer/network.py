@@ -1,0 +1,150 @@
+"""Point Transformer encoder-decoder on a grid-subsampled hierarchy, with PyG's vector attention.
+
+Same skeleton as ``kpconvx.KPConvXSegNet`` (stages on grids of cell ``c_s = first_cell * 2**s``,
+radius neighbours of radius ``radius_factor * c_s`` capped at ``neighbor_limits[s]``, max-pool
+down, nearest/3-NN up, skip concatenation), with each stage's convolution a residual Point
+Transformer block. For point ``i`` with neighbours ``j in N(i)`` (itself included) and
+positions ``p`` in units of the stage radius, torch-geometric's ``PointTransformerConv`` gives
+
+    delta_ij = theta(p_i - p_j)                                   position encoding (linear)
+    a_ij     = softmax_j( gamma(W1 x_i - W2 x_j + delta_ij) )     vector attention (per channel)
+    y_i      = sum_j a_ij * (W3 x_j + delta_ij)
+
+and the block is ``x + BN(L2(act(BN(conv(act(BN(L1 x)))))))`` followed by the activation.
+``forward(points [N,3], features [N,C], batch [N] | None) -> logits [N, classes]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from kpconvx.layer import BN_EPS, LEAKY_SLOPE
+from kpconvx.network import Hierarchy, build_hierarchy, interpolate, max_pool
+
+
+@dataclass
+class PointTransformerConfig:
+    """Network hyper-parameters (lengths of the per-stage tuples = number of stages S)."""
+
+    widths: tuple[int, ...] = (32, 64, 96, 128)
+    blocks: tuple[int, ...] = (1, 1, 1, 1)
+    neighbor_limits: tuple[int, ...] = (16, 16, 16, 16)
+    first_cell: float = 0.25          # metres: grid cell of stage 0 (doubles per stage)
+    subsample_input: bool = True      # stage 0 = grid_subsample(input, first_cell); else raw
+    radius_factor: float = 2.5        # neighbour radius = radius_factor * cell
+    bn_momentum: float = 0.98         # Keras convention (torch momentum = 1 - m)
+    upsample: str = "nearest"         # "nearest" or "knn3"
+
+    def __post_init__(self) -> None:
+        S = len(self.widths)
+        if S < 1 or len(self.blocks) != S or len(self.neighbor_limits) != S:
+            raise ValueError(f"widths {self.widths}, blocks {self.blocks} and neighbor_limits "
+                             f"{self.neighbor_limits} must have the same non-zero length")
+        if self.upsample not in ("nearest", "knn3"):
+            raise ValueError(f"upsample must be 'nearest' or 'knn3', got {self.upsample!r}")
+        if not self.first_cell > 0 or not self.radius_factor > 0:
+            raise ValueError("first_cell and radius_factor must be > 0")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.widths)
+
+    def cell(self, s: int) -> float:
+        return self.first_cell * 2.0 ** s
+
+    def radius(self, s: int) -> float:
+        return self.radius_factor * self.cell(s)
+
+    @classmethod
+    def small(cls, **overrides) -> "PointTransformerConfig":
+        """CPU preset: 4 stages, widths 32-128, one block per stage, 16 neighbours."""
+        return replace(cls(), **overrides)
+
+
+def _bn(c: int, momentum: float) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(c, eps=BN_EPS, momentum=1.0 - momentum)
+
+
+def _unary(cin: int, cout: int, momentum: float) -> nn.Sequential:
+    """Point-wise ``act(BN(x W))``: ``[P, cin] -> [P, cout]``."""
+    return nn.Sequential(nn.Linear(cin, cout, bias=False), _bn(cout, momentum), nn.LeakyReLU(LEAKY_SLOPE))
+
+
+def edge_index_of(neighbors: Tensor) -> Tensor:
+    """``[2, E]`` PyG edges (row 0 source j, row 1 target i) of a padded neighbour table
+    ``neighbors [M, k]`` (shadow index M = no neighbour)."""
+    M, k = neighbors.shape
+    valid = neighbors < M
+    target = torch.arange(M, device=neighbors.device).unsqueeze(1).expand(M, k)
+    return torch.stack([neighbors[valid], target[valid]])
+
+
+class PointTransformerBlock(nn.Module):
+    """Residual Point Transformer block of width ``w`` (see the module docstring)."""
+
+    def __init__(self, w: int, momentum: float):
+        super().__init__()
+        from torch_geometric.nn import PointTransformerConv
+
+        self.lin_in = _unary(w, w, momentum)
+        # theta and gamma are single linear maps (the paper's are two-layer MLPs): on the CPU the
+        # edge-wise [E, w] x [w, w] products dominate the step, 1.36 s against 2.3 s with MLPs
+        # for 4 x 8,000 points (benchmarks/README.md, "Point Transformer")
+        self.conv = PointTransformerConv(w, w, pos_nn=nn.Linear(3, w), attn_nn=nn.Linear(w, w),
+                                         add_self_loops=True)
+        self.bn = _bn(w, momentum)
+        self.lin_out = nn.Sequential(nn.Linear(w, w, bias=False), _bn(w, momentum))
+        self.act = nn.LeakyReLU(LEAKY_SLOPE)
+
+    def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor) -> Tensor:
+        y = self.act(self.bn(self.conv(self.lin_in(x), pos, edge_index)))
+        return self.act(x + self.lin_out(y))
+
+
+class PointTransformerSegNet(nn.Module):
+    """Point Transformer encoder-decoder for per-point segmentation (module docstring)."""
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: Optional[PointTransformerConfig] = None):
+        super().__init__()
+        cfg = cfg or PointTransformerConfig.small()
+        self.cfg, self.in_channels, self.num_classes = cfg, int(in_channels), int(num_classes)
+        W, S, m = cfg.widths, cfg.num_stages, cfg.bn_momentum
+        self.stem = _unary(self.in_channels, W[0], m)
+        self.encoder = nn.ModuleList(nn.ModuleList(PointTransformerBlock(W[s], m) for _ in range(cfg.blocks[s]))
+                                     for s in range(S))
+        self.down = nn.ModuleList(_unary(W[s], W[s + 1], m) for s in range(S - 1))
+        self.up = nn.ModuleList(_unary(W[s + 1] + W[s], W[s], m) for s in range(S - 1))
+        self.head = nn.Sequential(_unary(W[0], W[0], m), nn.Linear(W[0], self.num_classes))
+
+    def build_hierarchy(self, points: Tensor, batch: Optional[Tensor]) -> Hierarchy:
+        return build_hierarchy(points, batch, self.cfg)
+
+    def forward(self, points: Tensor, features: Tensor, batch: Optional[Tensor] = None,
+                hierarchy: Optional[Hierarchy] = None) -> Tensor:
+        if features.dim() != 2 or features.shape[0] != points.shape[0] \
+                or features.shape[1] != self.in_channels:
+            raise ValueError(f"features must be [N={points.shape[0]}, {self.in_channels}], "
+                             f"got {tuple(features.shape)}")
+        H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
+        f = features
+        if H.inverse is not None:  # average the input features per stage-0 cell
+            f = torch.zeros((H.points[0].shape[0], f.shape[1]), dtype=f.dtype, device=f.device)
+            f = f.index_add_(0, H.inverse, features) / H.counts.clamp(min=1).unsqueeze(1).to(f.dtype)
+        x = self.stem(f)
+        skips = []
+        S = self.cfg.num_stages
+        for s in range(S):
+            pos = H.points[s] / self.cfg.radius(s)
+            edges = edge_index_of(H.neighbors[s])
+            for block in self.encoder[s]:
+                x = block(x, pos, edges)
+            if s + 1 < S:
+                skips.append(x)
+                x = self.down[s](max_pool(x, H.pools[s]))
+        for s in range(S - 2, -1, -1):
+            x = self.up[s](torch.cat([interpolate(x, H.upsamples[s], H.up_dists[s]), skips[s]], dim=1))
+        logits = self.head(x)
+        return logits if H.inverse is None else logits[H.inverse]
