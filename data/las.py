@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -134,6 +135,15 @@ def _unpack_fields(arr: np.ndarray, pf: laspy.PointFormat) -> dict[str, np.ndarr
     return fields
 
 
+def _coordinates(arr: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw [N, 3] int32, xyz [N, 3] float64 = raw * scales + offsets)`` of point records."""
+    # X, Y, Z are the first 12 bytes of every record: one strided [N, 3] int32 view, one copy.
+    raw = np.ndarray((len(arr), 3), dtype="<i4", buffer=arr, strides=(arr.itemsize, 4)).copy()
+    xyz = np.multiply(raw, scales)
+    xyz += offsets
+    return raw, xyz
+
+
 def _open_checked(path: Path) -> tuple[BinaryIO, _Header]:
     f = _open(path)
     try:
@@ -188,17 +198,22 @@ def read_las(path: str | os.PathLike, bounds: Bounds | None = None) -> PointClou
         if len(arr) != h.point_count:
             raise DataError(path, f"truncated or corrupt {kind}: decoded {len(arr)} points, header "
                                   f"says {h.point_count}")
-    # X, Y, Z are the first 12 bytes of every record: one strided [N, 3] int32 view, one copy.
-    raw_xyz = np.ndarray((len(arr), 3), dtype="<i4", buffer=arr, strides=(arr.itemsize, 4)).copy()
-    xyz = np.multiply(raw_xyz, h.scales)
-    xyz += h.offsets
     if bounds is not None:
+        raw_xyz, xyz = _coordinates(arr, h.scales, h.offsets)
         inside = bounds.contains(xyz)
         if not inside.any():
             raise EmptyWindowError(path, f"no point inside the bounds {bounds} (the file spans x "
                                   f"{h.mins[0]:.2f}..{h.maxs[0]:.2f}, y {h.mins[1]:.2f}..{h.maxs[1]:.2f})")
         if not inside.all():
             arr, raw_xyz, xyz = arr[inside], raw_xyz[inside], xyz[inside]
+        fields = _unpack_fields(arr, pf)
+    else:
+        # coordinates in a second thread while this one unpacks the fields (NumPy releases
+        # the GIL): lazrs decodes on every core, this part would otherwise run on one
+        with ThreadPoolExecutor(1) as pool:
+            coords = pool.submit(_coordinates, arr, h.scales, h.offsets)
+            fields = _unpack_fields(arr, pf)
+            raw_xyz, xyz = coords.result()
     vlrs = [v for v in h.vlrs if (v.user_id, v.record_id) != LASZIP_ID]
     eb = h.find_vlr(EXTRA_BYTES_ID)
     eb_structs = {}
@@ -216,7 +231,7 @@ def read_las(path: str | os.PathLike, bounds: Bounds | None = None) -> PointClou
         generating_software=h.generating_software, creation_date=h.creation_date,
         extra_dims=extra_dims, extra_header_bytes=h.extra_header_bytes,
         extra_vlr_bytes=h.extra_vlr_bytes, compressed=h.compressed, crs_wkt=crs_wkt, epsg=epsg)
-    return PointCloud(xyz, _unpack_fields(arr, pf), meta, str(path))
+    return PointCloud(xyz, fields, meta, str(path))
 
 
 def las_header_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -395,10 +410,21 @@ def _point_records(cloud: PointCloud, fields: dict[str, np.ndarray], header: las
     """The packed point records: X/Y/Z quantised (the input's raw integers where unchanged),
     standard dimensions with bit fields packed, extra dimensions cast with range checks."""
     point_format = header.point_format
-    pf_id = point_format.id
     arr = np.zeros(len(cloud), dtype=point_format.dtype())
-    raw = _quantize(path, np.asarray(cloud.xyz, np.float64), header.scales, header.offsets, raw_xyz)
+    # quantised coordinates in a second thread while this one packs the fields
+    with ThreadPoolExecutor(1) as pool:
+        quantized = pool.submit(_quantize, path, np.asarray(cloud.xyz, np.float64), header.scales,
+                                header.offsets, raw_xyz)
+        _pack_fields(arr, fields, point_format, path)
+        raw = quantized.result()
     arr["X"], arr["Y"], arr["Z"] = raw[:, 0], raw[:, 1], raw[:, 2]
+    return laspy.PackedPointRecord(arr, point_format)
+
+
+def _pack_fields(arr: np.ndarray, fields: dict[str, np.ndarray], point_format: laspy.PointFormat,
+                 path: Path) -> None:
+    """Every dimension but X/Y/Z into the record array ``arr`` (bit fields packed)."""
+    pf_id = point_format.id
     sub = laspy_dims.get_sub_fields_dict(pf_id)
     for name in point_format.dimension_names:
         if name in ("X", "Y", "Z"):
@@ -420,7 +446,6 @@ def _point_records(cloud: PointCloud, fields: dict[str, np.ndarray], header: las
         else:
             arr[name] = _check_cast(path, name, values, arr.dtype[name].base
                                     if arr.dtype[name].shape else arr.dtype[name])
-    return laspy.PackedPointRecord(arr, point_format)
 
 
 def write_las(cloud: PointCloud, path: str | os.PathLike,
