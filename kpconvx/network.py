@@ -228,25 +228,41 @@ class KPConvXSegNet(nn.Module):
 
     def forward(self, points: Tensor, features: Tensor, batch: Optional[Tensor] = None,
                 hierarchy: Optional[Hierarchy] = None) -> Tensor:
-        if features.dim() != 2 or features.shape[0] != points.shape[0] \
-                or features.shape[1] != self.in_channels:
-            raise ValueError(f"features must be [N={points.shape[0]}, {self.in_channels}], "
-                             f"got {tuple(features.shape)}")
+        check_features(points, features, self.in_channels)
         H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
-        f = features
-        if H.inverse is not None:  # average the input features per stage-0 cell
-            f = torch.zeros((H.points[0].shape[0], f.shape[1]), dtype=f.dtype, device=f.device)
-            f = f.index_add_(0, H.inverse, features) / H.counts.clamp(min=1).unsqueeze(1).to(f.dtype)
-        x = self.stem(f)
-        skips = []
-        S = self.cfg.num_stages
-        for s in range(S):
-            x = self.encoder[s](H.points[s], x, H.neighbors[s], batch=H.batch[s])
-            if s + 1 < S:
-                skips.append(x)
-                x = self.down[s](max_pool(x, H.pools[s]))
-        for s in range(S - 2, -1, -1):
-            x = self.up[s](torch.cat([interpolate(x, H.upsamples[s], H.up_dists[s]),
-                                      skips[s]], dim=1))
+
+        def encode(s: int, x: Tensor) -> Tensor:
+            return self.encoder[s](H.points[s], x, H.neighbors[s], batch=H.batch[s])
+
+        x = encoder_decoder(H, self.stem(stage0_features(H, features)), encode, self.down, self.up)
         logits = self.head(x)
         return logits if H.inverse is None else logits[H.inverse]
+
+
+def check_features(points: Tensor, features: Tensor, in_channels: int) -> None:
+    if features.dim() != 2 or features.shape[0] != points.shape[0] or features.shape[1] != in_channels:
+        raise ValueError(f"features must be [N={points.shape[0]}, {in_channels}], got {tuple(features.shape)}")
+
+
+def stage0_features(H: Hierarchy, features: Tensor) -> Tensor:
+    """``features [N, C]`` averaged per stage-0 cell ``[M_0, C]`` (unchanged when stage 0 is the input)."""
+    if H.inverse is None:
+        return features
+    f = torch.zeros((H.points[0].shape[0], features.shape[1]), dtype=features.dtype, device=features.device)
+    return f.index_add_(0, H.inverse, features) / H.counts.clamp(min=1).unsqueeze(1).to(f.dtype)
+
+
+def encoder_decoder(H: Hierarchy, x: Tensor, encode, down: nn.ModuleList, up: nn.ModuleList) -> Tensor:
+    """The U-Net over the hierarchy's stages: ``x_s = encode(s, f_s)``,
+    ``f_{s+1} = down_s(maxpool_{P_s}(x_s))``, then ``y_s = up_s([interp_{U_s}(y_{s+1}), x_s])``;
+    ``x [M_0, w_0]`` -> ``[M_0, w_0]``."""
+    skips = []
+    S = len(H.points)
+    for s in range(S):
+        x = encode(s, x)
+        if s + 1 < S:
+            skips.append(x)
+            x = down[s](max_pool(x, H.pools[s]))
+    for s in range(S - 2, -1, -1):
+        x = up[s](torch.cat([interpolate(x, H.upsamples[s], H.up_dists[s]), skips[s]], dim=1))
+    return x

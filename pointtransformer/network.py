@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from kpconvx.layer import BN_EPS, LEAKY_SLOPE
-from kpconvx.network import Hierarchy, build_hierarchy, interpolate, max_pool
+from kpconvx.network import Hierarchy, build_hierarchy, check_features, encoder_decoder, stage0_features
 
 
 @dataclass
@@ -124,27 +124,15 @@ class PointTransformerSegNet(nn.Module):
 
     def forward(self, points: Tensor, features: Tensor, batch: Optional[Tensor] = None,
                 hierarchy: Optional[Hierarchy] = None) -> Tensor:
-        if features.dim() != 2 or features.shape[0] != points.shape[0] \
-                or features.shape[1] != self.in_channels:
-            raise ValueError(f"features must be [N={points.shape[0]}, {self.in_channels}], "
-                             f"got {tuple(features.shape)}")
+        check_features(points, features, self.in_channels)
         H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
-        f = features
-        if H.inverse is not None:  # average the input features per stage-0 cell
-            f = torch.zeros((H.points[0].shape[0], f.shape[1]), dtype=f.dtype, device=f.device)
-            f = f.index_add_(0, H.inverse, features) / H.counts.clamp(min=1).unsqueeze(1).to(f.dtype)
-        x = self.stem(f)
-        skips = []
-        S = self.cfg.num_stages
-        for s in range(S):
-            pos = H.points[s] / self.cfg.radius(s)
-            edges = edge_index_of(H.neighbors[s])
+
+        def encode(s: int, x: Tensor) -> Tensor:
+            pos, edges = H.points[s] / self.cfg.radius(s), edge_index_of(H.neighbors[s])
             for block in self.encoder[s]:
                 x = block(x, pos, edges)
-            if s + 1 < S:
-                skips.append(x)
-                x = self.down[s](max_pool(x, H.pools[s]))
-        for s in range(S - 2, -1, -1):
-            x = self.up[s](torch.cat([interpolate(x, H.upsamples[s], H.up_dists[s]), skips[s]], dim=1))
+            return x
+
+        x = encoder_decoder(H, self.stem(stage0_features(H, features)), encode, self.down, self.up)
         logits = self.head(x)
         return logits if H.inverse is None else logits[H.inverse]
