@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--points", type=int, default=20_000_000)
-    ap.add_argument("--votes", type=int, default=1)
+    ap.add_argument("--votes", type=int, default=None, help="kpconvx test-time votes (a --set of the bundle)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
     ap.add_argument("--quick", action="store_true", help="a 200,000-point tile (CI)")
@@ -87,10 +87,11 @@ def main() -> None:
                                      f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
     pred_wall, pred_rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", args.bundle,
                                      "--input", str(tile), "--out", str(work / "pred"), "--device", args.device,
-                                     "--set", f"votes={args.votes}", "--quiet"])
+                                     *([] if args.votes is None else ["--set", f"votes={args.votes}"]), "--quiet"])
     print("\n| | wall | points/s | peak RSS |\n|---|---|---|---|")
     print(f"| baseline: read_cloud alone | {read_wall:.1f} s | {n / read_wall:.3g} | {read_rss:.2f} GB |")
-    print(f"| run.py predict (votes={args.votes}, {args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
+    votes = "" if args.votes is None else f"votes={args.votes}, "
+    print(f"| run.py predict ({votes}{args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
           f"{pred_rss:.2f} GB |")
     print(f"\npredict / read_cloud: time {pred_wall / read_wall:.1f}x, peak memory {pred_rss / read_rss:.2f}x "
           f"(target: peak <= 8 GB for 20M points)")
