@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 
-QUICK = ["bench_ckconv.py", "bench_contention.py", "bench_copc.py", "bench_features.py", "bench_io.py",
+QUICK = ["bench_ckconv.py", "bench_contention.py", "bench_copc.py", "bench_features.py", "bench_io.py", "bench_render.py",
          "bench_kpconvx.py", "bench_ply.py"]
 
 
