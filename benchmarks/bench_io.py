@@ -9,10 +9,8 @@ points/s and the overhead ratio (ours / laspy time; target < 1.20 for LAZ).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import laspy
@@ -20,15 +18,8 @@ import laspy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.io import read_cloud, write_cloud  # noqa: E402
 from data.sample_data import SAMPLE_DATA as DATA  # noqa: E402
+from timing import median_time  # noqa: E402
 
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:

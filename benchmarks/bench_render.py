@@ -13,7 +13,6 @@ Writes ``/tmp/bench_render_{ours,open3d}.png`` to look at. ``--quick``: one run 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,15 +24,8 @@ from data.asprs import colour  # noqa: E402
 from data.io import read_cloud  # noqa: E402
 from data.render import splat  # noqa: E402
 from data.sample_data import SAMPLE_DATA as DATA  # noqa: E402
+from timing import median_time  # noqa: E402
 
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -27,8 +27,37 @@ from torch import Tensor, nn
 from .layer import BN_EPS, LEAKY_SLOPE, KPConvXLayer
 
 
+class StageGrid:
+    """Stage geometry shared by the hierarchy configs (``KPConvXConfig``, the Point
+    Transformer's): fields ``widths``, ``blocks``, ``neighbor_limits`` (one per stage),
+    ``first_cell``, ``radius_factor`` and ``upsample``; stage s works on a grid of cell
+    ``first_cell * 2**s`` with neighbours within ``radius_factor`` cells."""
+
+    def check_stages(self) -> None:
+        S = len(self.widths)
+        if S < 1 or len(self.blocks) != S or len(self.neighbor_limits) != S:
+            raise ValueError(f"widths {self.widths}, blocks {self.blocks} and neighbor_limits "
+                             f"{self.neighbor_limits} must have the same non-zero length")
+        if self.upsample not in ("nearest", "knn3"):
+            raise ValueError(f"upsample must be 'nearest' or 'knn3', got {self.upsample!r}")
+        if not self.first_cell > 0:
+            raise ValueError(f"first_cell must be > 0, got {self.first_cell}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.widths)
+
+    def cell(self, s: int) -> float:
+        """Grid cell size of stage s: ``first_cell * 2**s``."""
+        return self.first_cell * 2.0 ** s
+
+    def radius(self, s: int) -> float:
+        """Kernel / neighbourhood radius of stage s."""
+        return self.radius_factor * self.cell(s)
+
+
 @dataclass
-class KPConvXConfig:
+class KPConvXConfig(StageGrid):
     """Network hyper-parameters (lengths of the per-stage tuples = number of stages S)."""
 
     widths: tuple[int, ...] = (32, 64, 96, 128)
@@ -48,29 +77,10 @@ class KPConvXConfig:
     deformable: bool = False
 
     def __post_init__(self) -> None:
-        S = len(self.widths)
-        if S < 1 or len(self.blocks) != S or len(self.neighbor_limits) != S:
-            raise ValueError(f"widths {self.widths}, blocks {self.blocks} and neighbor_limits "
-                             f"{self.neighbor_limits} must have the same non-zero length")
-        if self.upsample not in ("nearest", "knn3"):
-            raise ValueError(f"upsample must be 'nearest' or 'knn3', got {self.upsample!r}")
-        if not self.first_cell > 0:
-            raise ValueError(f"first_cell must be > 0, got {self.first_cell}")
+        self.check_stages()
         for w in self.widths:
             if w % self.groups:
                 raise ValueError(f"groups={self.groups} must divide every width, got {w}")
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.widths)
-
-    def cell(self, s: int) -> float:
-        """Grid cell size of stage s: ``first_cell * 2**s``."""
-        return self.first_cell * 2.0 ** s
-
-    def radius(self, s: int) -> float:
-        """Kernel / neighbourhood radius of stage s."""
-        return self.radius_factor * self.cell(s)
 
     @classmethod
     def small(cls, **overrides) -> "KPConvXConfig":
@@ -156,7 +166,7 @@ def build_hierarchy(points: Tensor, batch: Optional[Tensor], cfg: KPConvXConfig)
     return H
 
 
-def _unary(cin: int, cout: int, bn_momentum: float) -> nn.Sequential:
+def unary(cin: int, cout: int, bn_momentum: float) -> nn.Sequential:
     """Point-wise ``act(BN(x W))``: ``[P, cin] -> [P, cout]``."""
     return nn.Sequential(nn.Linear(cin, cout, bias=False),
                          nn.BatchNorm1d(cout, eps=BN_EPS, momentum=1.0 - bn_momentum),
@@ -199,7 +209,7 @@ class KPConvXSegNet(nn.Module):
         cfg = cfg or KPConvXConfig.small()
         self.cfg, self.in_channels, self.num_classes = cfg, int(in_channels), int(num_classes)
         W, S = cfg.widths, cfg.num_stages
-        self.stem = _unary(self.in_channels, W[0], cfg.bn_momentum)
+        self.stem = unary(self.in_channels, W[0], cfg.bn_momentum)
         total = sum(cfg.blocks)
         rates = [cfg.drop_path * i / max(total - 1, 1) for i in range(total)]
         self.encoder = nn.ModuleList()
@@ -216,10 +226,10 @@ class KPConvXSegNet(nn.Module):
             self.encoder[-1].validate_indices = False  # indices come from build_hierarchy
             start += cfg.blocks[s]
             if s + 1 < S:
-                self.down.append(_unary(W[s], W[s + 1], cfg.bn_momentum))
-        self.up = nn.ModuleList(_unary(W[s + 1] + W[s], W[s], cfg.bn_momentum)
+                self.down.append(unary(W[s], W[s + 1], cfg.bn_momentum))
+        self.up = nn.ModuleList(unary(W[s + 1] + W[s], W[s], cfg.bn_momentum)
                                 for s in range(S - 1))
-        self.head = nn.Sequential(_unary(W[0], W[0], cfg.bn_momentum),
+        self.head = nn.Sequential(unary(W[0], W[0], cfg.bn_momentum),
                                   nn.Linear(W[0], self.num_classes))
 
     def build_hierarchy(self, points: Tensor, batch: Optional[Tensor]) -> Hierarchy:

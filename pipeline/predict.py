@@ -183,19 +183,19 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     whose header bounds miss the window are skipped (a line says which), and with a buffer
     the points around the window are context.
     """
+    everything = list(inputs)       # all of them are context for a buffer
     if bounds is not None:
-        infos = {p: read_header_info(p) for p in inputs}
-        outside = [p for p in inputs if not bounds.meets(infos[p].mins, infos[p].maxs)]
-        if len(outside) == len(inputs):
-            raise UserError(f"--bounds {bounds}: none of the {len(inputs)} input(s) meets the window "
-                            f"(first: {inputs[0].name} spans x {infos[inputs[0]].mins[0]:.2f}.."
-                            f"{infos[inputs[0]].maxs[0]:.2f}, y {infos[inputs[0]].mins[1]:.2f}.."
-                            f"{infos[inputs[0]].maxs[1]:.2f})")
+        infos = [read_header_info(p) for p in everything]
+        inputs = [p for p, i in zip(everything, infos) if bounds.meets(i.mins, i.maxs)]
+        if not inputs:
+            first = infos[0]
+            raise UserError(f"--bounds {bounds}: none of the {len(everything)} input(s) meets the window "
+                            f"(first: {everything[0].name} spans x {first.mins[0]:.2f}..{first.maxs[0]:.2f}, "
+                            f"y {first.mins[1]:.2f}..{first.maxs[1]:.2f})")
+        outside = [p for p in everything if p not in inputs]
         if outside:
             log(f"--bounds {bounds}: {len(outside)} input(s) outside the window skipped "
                 f"({', '.join(p.name for p in outside[:5])}{', ...' if len(outside) > 5 else ''})")
-    everything = list(inputs)
-    inputs = [p for p in inputs if bounds is None or bounds.meets(infos[p].mins, infos[p].maxs)]
     sources = {p.resolve() for p in inputs}
     clash = [p for p in inputs if output_path(p, out_dir, fmt).resolve() in sources]
     if clash:

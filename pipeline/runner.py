@@ -76,7 +76,7 @@ class RunContext:
                         chosen[path] = (cmap, where, entry)      # the entry with changes wins
                     elif entry is not None and (prev_map != cmap or prev_entry.window != entry.window):
                         raise UserError(f"{source}: {where}: {path.name} is also matched by {prev_where} "
-                                        "with other class-map changes; give each file one entry")
+                                        "with other class-map changes or another window; give each file one entry")
                     continue
                 chosen[path] = (cmap, where, entry)
         return [LabelledFile(p, m, bounds=e.window if e else None) for p, (m, _, e) in chosen.items()]

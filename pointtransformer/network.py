@@ -22,11 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from kpconvx.layer import BN_EPS, LEAKY_SLOPE
-from kpconvx.network import Hierarchy, build_hierarchy, check_features, encoder_decoder, stage0_features
+from kpconvx.network import (Hierarchy, StageGrid, build_hierarchy, check_features, encoder_decoder,
+                              stage0_features, unary)
 
 
 @dataclass
-class PointTransformerConfig:
+class PointTransformerConfig(StageGrid):
     """Network hyper-parameters (lengths of the per-stage tuples = number of stages S)."""
 
     widths: tuple[int, ...] = (32, 64, 96, 128)
@@ -39,24 +40,9 @@ class PointTransformerConfig:
     upsample: str = "nearest"         # "nearest" or "knn3"
 
     def __post_init__(self) -> None:
-        S = len(self.widths)
-        if S < 1 or len(self.blocks) != S or len(self.neighbor_limits) != S:
-            raise ValueError(f"widths {self.widths}, blocks {self.blocks} and neighbor_limits "
-                             f"{self.neighbor_limits} must have the same non-zero length")
-        if self.upsample not in ("nearest", "knn3"):
-            raise ValueError(f"upsample must be 'nearest' or 'knn3', got {self.upsample!r}")
-        if not self.first_cell > 0 or not self.radius_factor > 0:
-            raise ValueError("first_cell and radius_factor must be > 0")
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.widths)
-
-    def cell(self, s: int) -> float:
-        return self.first_cell * 2.0 ** s
-
-    def radius(self, s: int) -> float:
-        return self.radius_factor * self.cell(s)
+        self.check_stages()
+        if not self.radius_factor > 0:
+            raise ValueError(f"radius_factor must be > 0, got {self.radius_factor}")
 
     @classmethod
     def small(cls, **overrides) -> "PointTransformerConfig":
@@ -66,11 +52,6 @@ class PointTransformerConfig:
 
 def _bn(c: int, momentum: float) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(c, eps=BN_EPS, momentum=1.0 - momentum)
-
-
-def _unary(cin: int, cout: int, momentum: float) -> nn.Sequential:
-    """Point-wise ``act(BN(x W))``: ``[P, cin] -> [P, cout]``."""
-    return nn.Sequential(nn.Linear(cin, cout, bias=False), _bn(cout, momentum), nn.LeakyReLU(LEAKY_SLOPE))
 
 
 def edge_index_of(neighbors: Tensor) -> Tensor:
@@ -89,7 +70,7 @@ class PointTransformerBlock(nn.Module):
         super().__init__()
         from torch_geometric.nn import PointTransformerConv
 
-        self.lin_in = _unary(w, w, momentum)
+        self.lin_in = unary(w, w, momentum)
         # theta and gamma are single linear maps (the paper's are two-layer MLPs): on the CPU the
         # edge-wise [E, w] x [w, w] products dominate the step, 1.36 s against 2.3 s with MLPs
         # for 4 x 8,000 points (benchmarks/README.md, "Point Transformer")
@@ -112,12 +93,12 @@ class PointTransformerSegNet(nn.Module):
         cfg = cfg or PointTransformerConfig.small()
         self.cfg, self.in_channels, self.num_classes = cfg, int(in_channels), int(num_classes)
         W, S, m = cfg.widths, cfg.num_stages, cfg.bn_momentum
-        self.stem = _unary(self.in_channels, W[0], m)
+        self.stem = unary(self.in_channels, W[0], m)
         self.encoder = nn.ModuleList(nn.ModuleList(PointTransformerBlock(W[s], m) for _ in range(cfg.blocks[s]))
                                      for s in range(S))
-        self.down = nn.ModuleList(_unary(W[s], W[s + 1], m) for s in range(S - 1))
-        self.up = nn.ModuleList(_unary(W[s + 1] + W[s], W[s], m) for s in range(S - 1))
-        self.head = nn.Sequential(_unary(W[0], W[0], m), nn.Linear(W[0], self.num_classes))
+        self.down = nn.ModuleList(unary(W[s], W[s + 1], m) for s in range(S - 1))
+        self.up = nn.ModuleList(unary(W[s + 1] + W[s], W[s], m) for s in range(S - 1))
+        self.head = nn.Sequential(unary(W[0], W[0], m), nn.Linear(W[0], self.num_classes))
 
     def build_hierarchy(self, points: Tensor, batch: Optional[Tensor]) -> Hierarchy:
         return build_hierarchy(points, batch, self.cfg)
