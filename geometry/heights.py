@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["HEIGHT_FEATURES", "GROUND_FEATURE", "height_features", "ground_surface", "height_above_ground"]
+from data.errors import UserError
+
+__all__ = ["HEIGHT_FEATURES", "GROUND_FEATURE", "MAX_GROUND_CELLS", "GridSizeError", "height_features",
+           "ground_surface", "height_above_ground"]
+
+#: Most cells :func:`ground_surface` builds (10 km x 10 km at 1 m; its dense grids and the
+#: distance transform take about 40 bytes a cell).
+MAX_GROUND_CELLS = 100_000_000
+
+
+class GridSizeError(UserError, ValueError):
+    """A dense grid over the points' extent would be too large (points spread too far); a
+    user error (``run.py`` exits 2 with the message)."""
+
 
 #: Keys of :func:`height_features` (each suffixed by the cell size, e.g. ``'hag_c2.0'``).
 HEIGHT_FEATURES: tuple[str, ...] = ("hag", "hag3", "zrange")
@@ -40,19 +53,21 @@ def height_features(xyz: np.ndarray, cell_size: float = 2.0) -> dict[str, np.nda
         return {key: np.zeros(0, np.float32) for key in HEIGHT_FEATURES}
     if not cell_size > 0:
         raise ValueError(f"cell_size must be > 0, got {cell_size}")
-    ij = np.floor(xyz[:, :2] / cell_size).astype(np.int64)
-    ij -= ij.min(0) - 1                        # >= 1 so that the -1 neighbour stays >= 0
-    dy = int(ij[:, 1].max()) + 2
-    key = ij[:, 0] * dy + ij[:, 1]
-    order = np.argsort(key, kind="stable")
+    ix = np.floor(xyz[:, 0] / cell_size).astype(np.int64)
+    iy = np.floor(xyz[:, 1] / cell_size).astype(np.int64)
+    ix -= ix.min() - 1                         # >= 1 so that the -1 neighbour stays >= 0
+    iy -= iy.min() - 1
+    dy = int(iy.max()) + 2
+    ix *= dy
+    key = np.add(ix, iy, out=ix)
+    order = np.argsort(key)                    # cell order; the order inside a cell is irrelevant
     ks = key[order]
     zs = xyz[order, 2]
     first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     cells = ks[first]                                   # sorted unique cell keys
     zmin = np.minimum.reduceat(zs, first)
     zmax = np.maximum.reduceat(zs, first)
-    inv = np.empty(n, np.int64)
-    inv[order] = np.repeat(np.arange(len(cells)), np.diff(np.r_[first, n]))
+    counts = np.diff(np.r_[first, n])
     # 3x3 block minimum. Keys are unique and sorted and y never reaches 0 or dy - 1, so the
     # cells of column x + ox at y-1, y, y+1 (target keys t-1, t, t+1 with t = key + ox*dy) can
     # only sit at positions p-1, p, p+1 around p = searchsorted(cells, t): 2 searchsorted
@@ -67,10 +82,14 @@ def height_features(xyz: np.ndarray, cell_size: float = 2.0) -> dict[str, np.nda
             j = np.clip(p + dp, 0, nc - 1)
             hit = np.abs(cells[j] - t) <= 1
             np.minimum(zmin3, np.where(hit, zmin[j], np.inf), out=zmin3)
-    z = xyz[:, 2]
-    return {"hag": (z - zmin[inv]).astype(np.float32),
-            "hag3": (z - zmin3[inv]).astype(np.float32),
-            "zrange": (zmax - zmin)[inv].astype(np.float32)}
+    # values in cell order (sequential repeats), then one scatter back per feature
+    out = {}
+    for name, v in (("hag", zs - np.repeat(zmin, counts)), ("hag3", zs - np.repeat(zmin3, counts)),
+                    ("zrange", np.repeat(zmax - zmin, counts))):
+        res = np.empty(n, np.float32)
+        res[order] = v
+        out[name] = res
+    return out
 
 
 def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0, slope: float = 0.3,
@@ -96,6 +115,11 @@ def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0,
     origin = np.floor(xyz[:, :2].min(0) / cell) * cell
     ij = np.floor((xyz[:, :2] - origin) / cell).astype(np.int64)
     shape = tuple(int(v) for v in ij.max(0) + 1)
+    if shape[0] * shape[1] > MAX_GROUND_CELLS:
+        raise GridSizeError(
+            f"the ground model of points spanning {shape[0] * cell:,.0f} m x {shape[1] * cell:,.0f} m "
+            f"needs {shape[0] * shape[1]:,} cells of {cell:g} m (at most {MAX_GROUND_CELLS:,}): give "
+            f"tiles (one file per tile, or predict --bounds) or a larger ground_cell")
     flat = ij[:, 0] * shape[1] + ij[:, 1]
     zmin = np.full(shape[0] * shape[1], np.inf)
     np.minimum.at(zmin, flat, xyz[:, 2])

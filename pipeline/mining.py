@@ -42,13 +42,17 @@ class FeatureConfig:
 
 def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
     from geometry.features import compute_features
+    from geometry.heights import GridSizeError
 
-    names, values = compute_features(cloud, k=tuple(cfg.k), radii=tuple(cfg.radii),
-                                     height_cells=tuple(cfg.height_cells), intensity=cfg.intensity,
-                                     returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
-                                     ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
-                                     coarse_k=cfg.coarse_k, column_cells=tuple(cfg.column_cells),
-                                     plan_k=tuple(cfg.plan_k))
+    try:
+        names, values = compute_features(cloud, k=tuple(cfg.k), radii=tuple(cfg.radii),
+                                         height_cells=tuple(cfg.height_cells), intensity=cfg.intensity,
+                                         returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
+                                         ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
+                                         coarse_k=cfg.coarse_k, column_cells=tuple(cfg.column_cells),
+                                         plan_k=tuple(cfg.plan_k))
+    except GridSizeError as exc:
+        raise UserError(f"{cloud.source or 'point cloud'}: features: {exc}") from None
     if cfg.normals:
         return names, values
     keep = [i for i, name in enumerate(names) if "_normal_" not in name]

@@ -215,3 +215,17 @@ def test_compute_features_on_real_tile():
     del cloud.fields["intensity"]
     names2, x2 = compute_features(cloud, k=(16,), height_cells=())
     assert "intensity" not in names2 and x2.shape[1] == len(names2) == 12 + 5
+
+
+def test_ground_model_of_points_spread_too_far_is_a_user_error():
+    from data.errors import UserError
+    from data.pointcloud import PointCloud
+    from geometry.heights import GridSizeError, height_above_ground
+    from pipeline.mining import FeatureConfig, mine
+
+    xyz = np.array([[0.0, 0.0, 1.0], [0.5, 0.5, 1.2], [90_000.0, 270_000.0, 3.0]] * 4)
+    with pytest.raises(GridSizeError, match=r"90,001 m x 270,001 m needs 24,300,360,001 cells of 1 m"):
+        height_above_ground(xyz)
+    cloud = PointCloud(xyz, {}, source="far.laz")
+    with pytest.raises(UserError, match=r"^far.laz: features: the ground model"):
+        mine(cloud, FeatureConfig(k=[3], height_cells=[2.0]))
