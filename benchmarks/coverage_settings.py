@@ -14,7 +14,7 @@ Baseline: the bundle's own setting, measured in the same run (ratios are against
 
 Usage:
   python benchmarks/coverage_settings.py specs/ign_kpconvx_cpu.yaml runs/ign_kpconvx_cpu/model.bundle
-      [--spacings 0.75,1.0,1.25,1.5] [--votes 1,3] [--step model] [--quick]
+      [--spacings 0.75,1.0,1.25,1.4] [--votes 1,3] [--step model] [--quick]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pipeline.components  # noqa: E402,F401  (registers every step and model type)
 from pipeline.bundle import load_bundle  # noqa: E402
 from pipeline.datasets import split_files  # noqa: E402
 from pipeline.evaluation import confusion_matrix, metrics_from_confusion  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
     ap.add_argument("spec", type=Path)
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--step", default="model", help="name of the train step whose val_split to use")
-    ap.add_argument("--spacings", default="0.75,1.0,1.25,1.5")
+    ap.add_argument("--spacings", default="0.75,1.0,1.25,1.4")
     ap.add_argument("--votes", default="1,3")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="first validation file, one setting besides the baseline")

@@ -366,3 +366,17 @@ def test_rerun_over_a_checkpoint_needs_resume_or_overwrite(tmp_path, data_root):
     res = cli("run", spec, "--limit-steps", "2", "--overwrite", "--quiet")
     assert res.returncode == 0, res.stderr
     assert [int(r["step"]) for r in read_log(spec.parent / "out" / "model.work")] == [1, 2]
+
+
+def test_coverage_settings_benchmark_scores_validation_blocks(run_out):
+    """benchmarks/coverage_settings.py: the bundle's own setting and one other, on the spec's
+    validation blocks, as a table."""
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "coverage_settings.py"),
+                          str(run_out.parent / "spec.yaml"), str(run_out / "model.bundle"), "--quick",
+                          "--spacings", "1.1", "--votes", "1"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| setting | test_spacing | votes | val mIoU")
+    assert rows[1].startswith("| bundle's own |") and rows[1].endswith("| 1.00x |")
+    assert rows[2].startswith("| --set sampling.test_spacing=1.1 --set votes=1 | 1.1 | 1 |")
