@@ -11,7 +11,7 @@ process running ``run.py predict --model BUNDLE --input TILE --out WORK/pred --s
 from ``os.wait4``).
 
 Usage: python benchmarks/bench_predict_memory.py --bundle runs/ign_kpconvx_cpu/model.bundle
-       [--points 20000000] [--votes 1] [--device cpu] [--work /tmp/lidarseg_bench_big]
+       [--points 20000000] [--votes 1] [--set sampling.test_spacing=1.25] [--device cpu] [--work /tmp/lidarseg_bench_big]
 """
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--points", type=int, default=20_000_000)
     ap.add_argument("--votes", type=int, default=None, help="kpconvx test-time votes (a --set of the bundle)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another bundle setting for the prediction (e.g. sampling.test_spacing=1.25)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
     ap.add_argument("--quick", action="store_true", help="a 200,000-point tile (CI)")
@@ -87,10 +89,11 @@ def main() -> None:
                                      f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
     pred_wall, pred_rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", args.bundle,
                                      "--input", str(tile), "--out", str(work / "pred"), "--device", args.device,
-                                     *([] if args.votes is None else ["--set", f"votes={args.votes}"]), "--quiet"])
+                                     *([] if args.votes is None else ["--set", f"votes={args.votes}"]),
+                                     *[a for kv in args.set for a in ("--set", kv)], "--quiet"])
     print("\n| | wall | points/s | peak RSS |\n|---|---|---|---|")
     print(f"| baseline: read_cloud alone | {read_wall:.1f} s | {n / read_wall:.3g} | {read_rss:.2f} GB |")
-    votes = "" if args.votes is None else f"votes={args.votes}, "
+    votes = "".join(f"{kv}, " for kv in ([] if args.votes is None else [f"votes={args.votes}"]) + args.set)
     print(f"| run.py predict ({votes}{args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
           f"{pred_rss:.2f} GB |")
     print(f"\npredict / read_cloud: time {pred_wall / read_wall:.1f}x, peak memory {pred_rss / read_rss:.2f}x "

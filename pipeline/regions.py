@@ -241,32 +241,57 @@ def iter_blocks(regions: Iterable[Region], block_points: int) -> Iterator[list[R
 def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
                      run_block: Callable[[list[Region], int], np.ndarray], *, votes: int = 1,
                      block_points: int = 200_000, progress: Callable = lambda it, **kw: it,
-                     chunk: int = 64) -> tuple[np.ndarray, int]:
+                     chunk: int = 64, workers: int = 1) -> tuple[np.ndarray, int]:
     """Average per-point probabilities over overlapping regions covering ``xyz``.
 
     ``run_block(regions, vote) -> [sum of region sizes, num_classes]`` probabilities, rows in
     the order of the regions' points. Returns ``(proba [N, C] float32, unreached count)``.
     Regions are built ``chunk`` centres at a time as the blocks consume them, so memory is
-    ``N x (C + 1)`` accumulators, the KD-tree and about one block of regions, whatever ``N``.
+    ``N x (C + 1)`` accumulators, the KD-tree and about ``workers + 1`` blocks of regions,
+    whatever ``N``. With ``workers > 1``, that many blocks run at once in threads (``run_block``
+    must be thread-safe) while this thread builds the next regions and adds up the results,
+    in block order (the sums are the same as with one worker).
     """
     n = len(xyz)
     acc = np.zeros((n, num_classes), np.float32)
     cnt = np.zeros(n, np.int32)
     sampler = RegionSampler([xyz], cfg)
-    for vote in range(votes):
-        centers = coverage_centers(xyz, cfg, offset=0.5 * vote / votes if votes > 1 else 0.0)
-        starts = range(0, len(centers), chunk)
-        chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
-        regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))
-        for block in iter_blocks(regions, block_points):
-            proba = run_block(block, vote)
-            idx = np.concatenate([r.index for r in block])
-            # scatter-add in O(block) (np.add.at is slow; bincount over N would be O(N) per block)
-            uniq, inv = np.unique(idx, return_inverse=True)
-            part = np.stack([np.bincount(inv, weights=proba[:, c], minlength=len(uniq))
-                             for c in range(num_classes)], axis=1)
-            acc[uniq] += part.astype(np.float32)
-            cnt[uniq] += np.bincount(inv, minlength=len(uniq)).astype(np.int32)
+
+    def add(block: list[Region], proba: np.ndarray) -> None:
+        idx = np.concatenate([r.index for r in block])
+        # scatter-add in O(block) (np.add.at is slow; bincount over N would be O(N) per block)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        part = np.stack([np.bincount(inv, weights=proba[:, c], minlength=len(uniq))
+                         for c in range(num_classes)], axis=1)
+        acc[uniq] += part.astype(np.float32)
+        cnt[uniq] += np.bincount(inv, minlength=len(uniq)).astype(np.int32)
+
+    def blocks():
+        for vote in range(votes):
+            centers = coverage_centers(xyz, cfg, offset=0.5 * vote / votes if votes > 1 else 0.0)
+            starts = range(0, len(centers), chunk)
+            chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
+            regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))
+            for block in iter_blocks(regions, block_points):
+                yield block, vote
+
+    if workers <= 1:
+        for block, vote in blocks():
+            add(block, run_block(block, vote))
+    else:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for block, vote in blocks():
+                pending.append((block, pool.submit(run_block, block, vote)))
+                if len(pending) >= workers:
+                    done, fut = pending.popleft()
+                    add(done, fut.result())
+            while pending:
+                done, fut = pending.popleft()
+                add(done, fut.result())
     reached = cnt > 0
     acc[reached] /= cnt[reached, None]
     missing = int((~reached).sum())

@@ -212,6 +212,33 @@ def test_coverage_reaches_every_point(shape):
     assert len(coverage_centers(xyz, cfg)) < len(xyz)
 
 
+def test_coverage_blocks_in_threads_add_up_as_in_one():
+    """workers > 1 runs blocks at once and adds them up in block order: the same probabilities
+    to the bit as one worker, however long each block takes."""
+    import threading
+    import time as _time
+
+    from pipeline.regions import SamplingConfig, predict_coverage
+
+    rng = np.random.default_rng(2)
+    xyz = np.c_[rng.uniform(0, 80, (6000, 2)), rng.uniform(0, 20, 6000)]
+    cfg = SamplingConfig(shape="cylinder", radius=6.0, max_points=10**6, test_spacing=1.0)
+    threads = set()
+
+    def run_block(regions, vote):
+        threads.add(threading.get_ident())
+        idx = np.concatenate([r.index for r in regions])
+        _time.sleep(0.002 * (len(regions) % 3))                  # blocks finish out of order
+        p = np.stack([np.sin(idx * 0.37 + vote), np.cos(idx * 0.11 - vote), np.full(len(idx), 0.5)], 1)
+        return np.abs(p).astype(np.float32)
+
+    one, m1 = predict_coverage(xyz, 3, cfg, run_block, votes=2, block_points=900)
+    threads.clear()
+    two, m2 = predict_coverage(xyz, 3, cfg, run_block, votes=2, block_points=900, workers=3)
+    assert len(threads) > 1 and m1 == m2 == 0
+    np.testing.assert_array_equal(one, two)
+
+
 def test_coverage_fills_unreached_points_from_nearest():
     from pipeline.regions import SamplingConfig, predict_coverage
 

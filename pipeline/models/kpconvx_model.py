@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -294,9 +295,19 @@ class KPConvXModel:
                 logits = self._forward(x, f, b, device)
             return torch.softmax(adjust_logits(logits.float(), self.logit_bias), dim=1).cpu().numpy()
 
-        return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
-                                block_points=cfg.block_points,
-                                progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
+        # On CPU, one block per torch thread at once, each op single-threaded: the gather-bound
+        # layers and the NumPy region work scale better across blocks than inside one
+        # (benchmarks/README.md, "Where KPConvX prediction time goes").
+        threads = torch.get_num_threads()
+        workers = threads if device == "cpu" and threads > 1 and os.environ.get("LIDARSEG_BLOCK_WORKERS") != "1" else 1
+        if workers > 1:
+            torch.set_num_threads(1)
+        try:
+            return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
+                                    block_points=cfg.block_points, workers=workers,
+                                    progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
+        finally:
+            torch.set_num_threads(threads)
 
     def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
         if self.net is None:
