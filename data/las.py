@@ -39,7 +39,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 from uuid import UUID
 
 import laspy
@@ -298,8 +298,9 @@ def _extra_dtype(path: Path, name: str, values: np.ndarray) -> str:
 
 
 def _quantize(path: Path, xyz: np.ndarray, scales: np.ndarray, offsets: np.ndarray,
-              raw: np.ndarray | None) -> np.ndarray:
-    """Integer X/Y/Z: the original ints where xyz is unchanged, else rounded."""
+              raw: np.ndarray | None, whole: np.ndarray | None = None) -> np.ndarray:
+    """Integer X/Y/Z: the original ints where xyz is unchanged, else rounded. ``whole``: the
+    cloud's coordinates when ``xyz`` is a block of them (for the error message's count)."""
     if raw is not None and raw.shape == xyz.shape:
         same = (raw * scales + offsets) == xyz
         if same.all():
@@ -308,7 +309,9 @@ def _quantize(path: Path, xyz: np.ndarray, scales: np.ndarray, offsets: np.ndarr
         same = None
     bad = ~np.isfinite(xyz).all(axis=1)
     if bad.any():
-        raise DataError(path, f"{int(bad.sum())} of {len(xyz)} points have NaN/inf coordinates")
+        every = xyz if whole is None else whole
+        raise DataError(path, f"{int((~np.isfinite(every).all(axis=1)).sum())} of {len(every)} points have "
+                              "NaN/inf coordinates")
     q = np.round((xyz - offsets) / scales)
     if same is not None:
         q = np.where(same, raw, q)
@@ -405,20 +408,39 @@ def _header_for(meta: LasMeta, version: str, pf_id: int, extra_dims: list[ExtraD
     return header
 
 
-def _point_records(cloud: PointCloud, fields: dict[str, np.ndarray], header: laspy.LasHeader,
-                   raw_xyz: np.ndarray | None, path: Path) -> laspy.PackedPointRecord:
-    """The packed point records: X/Y/Z quantised (the input's raw integers where unchanged),
-    standard dimensions with bit fields packed, extra dimensions cast with range checks."""
+#: Points packed per block when writing (two LAZ chunks of 50,000): the next block is packed
+#: in a second thread while laspy/lazrs write (compress) this one.
+WRITE_BLOCK = 100_000
+
+
+def _point_blocks(cloud: PointCloud, fields: dict[str, np.ndarray], header: laspy.LasHeader,
+                  raw_xyz: np.ndarray | None, path: Path) -> Iterator[laspy.PackedPointRecord]:
+    """The packed point records, :data:`WRITE_BLOCK` points at a time: X/Y/Z quantised (the
+    input's raw integers where unchanged), standard dimensions with bit fields packed, extra
+    dimensions cast with range checks. Block ``i + 1`` is packed in a second thread while the
+    caller writes block ``i`` (NumPy and lazrs release the GIL)."""
     point_format = header.point_format
-    arr = np.zeros(len(cloud), dtype=point_format.dtype())
-    # quantised coordinates in a second thread while this one packs the fields
+    xyz = np.asarray(cloud.xyz, np.float64)
+    cols = {name: np.asarray(v) for name, v in fields.items()}
+    n = len(xyz)
+
+    def pack(s: int) -> laspy.PackedPointRecord:
+        e = min(n, s + WRITE_BLOCK)
+        arr = np.zeros(e - s, dtype=point_format.dtype())
+        _pack_fields(arr, {name: v[s:e] for name, v in cols.items()}, point_format, path)
+        raw = _quantize(path, xyz[s:e], header.scales, header.offsets,
+                        None if raw_xyz is None or raw_xyz.shape != xyz.shape else raw_xyz[s:e], whole=xyz)
+        arr["X"], arr["Y"], arr["Z"] = raw[:, 0], raw[:, 1], raw[:, 2]
+        return laspy.PackedPointRecord(arr, point_format)
+
+    starts = range(0, max(n, 1), WRITE_BLOCK)       # an empty cloud: one empty block
     with ThreadPoolExecutor(1) as pool:
-        quantized = pool.submit(_quantize, path, np.asarray(cloud.xyz, np.float64), header.scales,
-                                header.offsets, raw_xyz)
-        _pack_fields(arr, fields, point_format, path)
-        raw = quantized.result()
-    arr["X"], arr["Y"], arr["Z"] = raw[:, 0], raw[:, 1], raw[:, 2]
-    return laspy.PackedPointRecord(arr, point_format)
+        nxt = pool.submit(pack, 0)
+        for s in starts:
+            block = nxt.result()
+            if s + WRITE_BLOCK < n:
+                nxt = pool.submit(pack, s + WRITE_BLOCK)
+            yield block
 
 
 def _pack_fields(arr: np.ndarray, fields: dict[str, np.ndarray], point_format: laspy.PointFormat,
@@ -453,7 +475,7 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic.
 
     Format choice (:func:`_choose_format`), extra dimensions (:func:`_extra_dims_for`),
-    header (:func:`_header_for`), records (:func:`_point_records`), then one atomic write.
+    header (:func:`_header_for`), records in blocks (:func:`_point_blocks`), then one atomic write.
     """
     path = Path(path)
     fields = cloud.fields_with(extra, path)
@@ -471,7 +493,7 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     version = meta.version if pf_id == src else ("1.4" if pf_id >= 6 else max(meta.version, "1.2"))
 
     header = _header_for(meta, version, pf_id, _extra_dims_for(meta, fields, path))
-    record = _point_records(cloud, fields, header, meta.raw_xyz if from_las else None, path)
+    blocks = _point_blocks(cloud, fields, header, meta.raw_xyz if from_las else None, path)
 
     compress = path.suffix.lower() == ".laz"
     if not path.parent.is_dir():
@@ -479,7 +501,8 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             with laspy.LasWriter(f, header, do_compress=compress, closefd=False) as writer:
-                writer.write_points(record)
+                for block in blocks:
+                    writer.write_points(block)
                 evlrs = _still_valid(meta.evlrs)
                 if evlrs and header.version.minor >= 4:
                     writer.write_evlrs(VLRList(
