@@ -4,7 +4,14 @@
    D in {64, 128, 256} (1 block, DH = 4 D, groups 8, shells (1, 7, 13)), with a dense
    ``torch.nn.Linear(D, D)`` forward+backward on the same points as the yardstick
    (ratio = layer time / linear time).
-2. Network forward (eval, no grad) and training step (forward+backward) on N points of a
+2. ``--vs-direct``: one block forward+backward at R = 50k, k in {16, 32}, D in {64, 128}
+   against a direct gather implementation of the same formula written here (dense
+   ``[R, k, m_q]`` distances, ``[R, k, D]`` gathered features, attention rows and weights,
+   plain autograd, the same parameters and MLPs), each in its own child process (time:
+   median of ``--repeat``; memory: the child's peak RSS above its RSS once inputs are built).
+   Outputs and input gradients are checked equal first (issue 15 target: ours <= 0.3x its time
+   and <= 0.3x its peak).
+3. Network forward (eval, no grad) and training step (forward+backward) on N points of a
    synthetic room scene, hierarchy build timed separately (on CPU also with the torch grid
    search, the GPU path, as the baseline of the cKDTree path used there); peak memory from
    ``torch.cuda.max_memory_allocated`` (CUDA) or the process's peak RSS (CPU, VmHWM
@@ -12,6 +19,7 @@
 
 Usage: python benchmarks/bench_kpconvx.py [--device cpu|cuda] [--points N]
        [--layer-points R] [--repeat K] [--preset small|full] [--amp]
+       python benchmarks/bench_kpconvx.py --vs-direct [--direct-points 50000] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -137,6 +145,98 @@ def bench_layer(dev: torch.device, R: int, repeat: int, amp: bool) -> None:
             del layer, lin, F
 
 
+def direct_layer(layer: KPConvXLayer, X: torch.Tensor, F: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+    """The layer's formula as direct dense gathers (the yardstick of ``--vs-direct``)::
+
+        d_ij = x_j - x_i;  k_ij = argmin_q ||d_ij - q||;  h_ij = max(0, 1 - ||d_ij - q_kij|| / sigma)
+        conv_i = sum_j h_ij (A_i[k_ij] ⋈ W[k_ij]) * f_j,  then the block's two MLPs + residual
+
+    with ``[R, k, m_q]`` and ``[R, k, D]`` tensors and plain autograd (no chunks, no custom
+    backward). Packed ``X [R, 3]``, ``F [R, D]``, ``N [R, k]`` (index R: no neighbour)."""
+    R, k = N.shape
+    Q = layer.kernel_points
+    Xp = torch.cat([X, X.new_zeros((1, 3))])
+    valid = N < R
+    d = Xp[N] - X.unsqueeze(1)                                               # [R, k, 3]
+    dq = ((d.unsqueeze(2) - Q) ** 2).sum(-1)                                 # [R, k, m_q]
+    kk = dq.argmin(-1)
+    dist = torch.linalg.vector_norm(d - Q[kk], dim=-1)
+    h = torch.clamp(1.0 - dist / layer.sigma, min=0.0) * valid
+    out = F
+    for blk in layer.kp_blocks:
+        D, G = blk.in_dim, blk.groups
+        A = blk.attention(out)                                               # [R, m_q, D/G]
+        Fj = torch.cat([out, out.new_zeros((1, D))])[N]                      # [R, k, D]
+        Ag = A[torch.arange(R, device=N.device).unsqueeze(1), kk]            # [R, k, D/G]
+        P = (blk.W[kk].view(R, k, D // G, G) * Ag.unsqueeze(-1)).view(R, k, D)
+        conv = (h.unsqueeze(-1) * P * Fj).sum(1)
+        H = blk.act(blk.bn_expand(blk.expand(conv)))
+        H = blk.act(blk.bn_contract(blk.contract(H)))
+        out = out + H
+    return out
+
+
+def _direct_child(impl: str, R: int, k: int, D: int, repeat: int) -> None:
+    """One measurement in this (child) process: prints ``seconds peak_mb``."""
+    import resource
+
+    from geometry.neighbors import knn
+    torch.manual_seed(0)
+    X = room_scene(R)
+    _, N = knn(X, X, k)
+    layer = KPConvXLayer(D, blocks=1, sigma=0.04, shell_radii=(0.0, 0.05, 0.1), DH=4 * D, groups=8).train()
+    layer.validate_indices = False
+    F = torch.randn(R, D, requires_grad=True)
+    fwd = (lambda: layer(X, F, N)) if impl == "ours" else (lambda: direct_layer(layer, X, F, N))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _rss_reset()
+    base_now = _rss_peak_mb()
+
+    def run():
+        fwd().sum().backward()
+        F.grad = None
+        layer.zero_grad(set_to_none=True)
+
+    t = _timeit(run, torch.device("cpu"), repeat)
+    peak = max(_rss_peak_mb() - base_now, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    print(f"{t:.6f} {peak:.1f}")
+
+
+def bench_vs_direct(R: int, repeat: int) -> None:
+    """Ours against :func:`direct_layer`, each shape in child processes (time and memory)."""
+    import subprocess
+
+    # equal outputs and gradients first (small R, same process)
+    from geometry.neighbors import knn
+    torch.manual_seed(0)
+    X = room_scene(3000)
+    for k, D in ((16, 64), (32, 128)):
+        _, N = knn(X, X, k)
+        layer = KPConvXLayer(D, blocks=1, sigma=0.04, shell_radii=(0.0, 0.05, 0.1), DH=4 * D, groups=8).eval()
+        F1 = torch.randn(len(X), D, requires_grad=True)
+        F2 = F1.detach().clone().requires_grad_(True)
+        a, b = layer(X, F1, N), direct_layer(layer, X, F2, N)
+        (a * torch.linspace(-1, 1, a.numel()).view_as(a)).sum().backward()
+        (b * torch.linspace(-1, 1, b.numel()).view_as(b)).sum().backward()
+        err = max(float((a - b).detach().abs().max()), float((F1.grad - F2.grad).abs().max()))
+        assert err < 1e-4, f"ours and the direct gathers disagree by {err:.2e} at k={k}, D={D}"
+    print(f"\n## One KPConvX block fwd+bwd vs direct gathers, R = {R}, CPU, threads {torch.get_num_threads()}, "
+          f"median of {repeat}; outputs and input gradients agree (checked at R = 3000)")
+    print("| k | D | ours s | direct s | time ours/direct | ours peak MB | direct peak MB | memory ours/direct |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in (16, 32):
+        for D in (64, 128):
+            res = {}
+            for impl in ("ours", "direct"):
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--direct-child", impl,
+                                      str(R), str(k), str(D), str(repeat)], capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"{impl} k={k} D={D}: {out.stderr[-2000:]}")
+                res[impl] = [float(v) for v in out.stdout.split()[-2:]]
+            (to, mo), (td, md) = res["ours"], res["direct"]
+            print(f"| {k} | {D} | {to:.3f} | {td:.3f} | {to / td:.2f} | {mo:.0f} | {md:.0f} | {mo / md:.2f} |")
+
+
 def bench_network(dev: torch.device, n: int, repeat: int, preset: str, amp: bool) -> None:
     cfg = KPConvXConfig.full() if preset == "full" else KPConvXConfig.small()
     torch.manual_seed(0)
@@ -205,8 +305,18 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="torch.autocast bf16")
     ap.add_argument("--skip-layer", action="store_true")
     ap.add_argument("--skip-network", action="store_true")
+    ap.add_argument("--vs-direct", action="store_true", help="only: one block vs direct gathers (child processes)")
+    ap.add_argument("--direct-points", type=int, default=50_000, help="R for --vs-direct")
+    ap.add_argument("--direct-child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="2,000 layer points, 5,000 network points, one run (CI)")
     args = ap.parse_args()
+    if args.direct_child:
+        impl, R, k, D, rep = args.direct_child
+        _direct_child(impl, int(R), int(k), int(D), int(rep))
+        return
+    if args.vs_direct:
+        bench_vs_direct(2000 if args.quick else args.direct_points, 1 if args.quick else args.repeat)
+        return
     if args.quick:
         args.layer_points, args.points, args.repeat = 2000, 5000, 1
     dev = torch.device(args.device)

@@ -48,3 +48,13 @@ def test_bundle_benchmarks_run(tmp_path, lidar_data):
     assert res.returncode == 0 and "predict / read_cloud" in res.stdout, res.stderr[-3000:]
     res = bench("edge_band.py", bundle)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_kpconvx_vs_direct_gathers_runs():
+    """bench_kpconvx.py --vs-direct checks ours against the direct gathers, then times both
+    in child processes at the four shapes."""
+    res = bench("bench_kpconvx.py", "--vs-direct", "--quick")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [tuple(r.split("|")[1:3]) for r in rows] == [(" 16 ", " 64 "), (" 16 ", " 128 "), (" 32 ", " 64 "),
+                                                       (" 32 ", " 128 ")]
