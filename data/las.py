@@ -39,7 +39,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 from uuid import UUID
 
 import laspy
@@ -55,8 +55,9 @@ from .pointcloud import PointCloud
 
 from .crs import crs_from_vlr_records, crs_vlr_record
 from .las_header import (_EB_STRUCT_SIZE, _LEGACY_TO_14, _STANDARD, ALL_STANDARD, EXTRA_BYTES_ID, LASZIP_ID,
-                         SCAN_ANGLE_UNIT, ExtraDim, LasMeta, RawVlr, _check_layout, _cstr, _Header, _open,
+                         ExtraDim, LasMeta, RawVlr, _check_layout, _cstr, _Header, _open,
                          _parse_header, _read_evlrs)
+from .las_records import point_blocks
 
 
 def _crs_from_vlrs(vlrs: list[RawVlr]) -> tuple[str | None, int | None]:
@@ -272,17 +273,6 @@ def _choose_format(src: int | None, names: set[str], need14: bool) -> int:
     raise DataError("<write>", f"no LAS point format holds the dimensions {sorted(required)}")
 
 
-def _check_cast(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    values = np.asarray(values)
-    if values.dtype == dtype:
-        return values
-    out = values.astype(dtype)
-    if np.issubdtype(dtype, np.integer) and not np.array_equal(out, values):
-        raise DataError(path, f"field {name!r}: values in [{values.min()}, {values.max()}] do "
-                              f"not fit the file's {dtype} dimension")
-    return out
-
-
 def _extra_dtype(path: Path, name: str, values: np.ndarray) -> str:
     """numpy type string for a new extra-bytes dimension."""
     dt = values.dtype
@@ -295,31 +285,6 @@ def _extra_dtype(path: Path, name: str, values: np.ndarray) -> str:
     if values.ndim != 1:
         raise DataError(path, f"field {name!r}: shape {values.shape} cannot be stored as LAS extra bytes")
     return dt.newbyteorder("<").str
-
-
-def _quantize(path: Path, xyz: np.ndarray, scales: np.ndarray, offsets: np.ndarray,
-              raw: np.ndarray | None, whole: np.ndarray | None = None) -> np.ndarray:
-    """Integer X/Y/Z: the original ints where xyz is unchanged, else rounded. ``whole``: the
-    cloud's coordinates when ``xyz`` is a block of them (for the error message's count)."""
-    if raw is not None and raw.shape == xyz.shape:
-        same = (raw * scales + offsets) == xyz
-        if same.all():
-            return raw
-    else:
-        same = None
-    bad = ~np.isfinite(xyz).all(axis=1)
-    if bad.any():
-        every = xyz if whole is None else whole
-        raise DataError(path, f"{int((~np.isfinite(every).all(axis=1)).sum())} of {len(every)} points have "
-                              "NaN/inf coordinates")
-    q = np.round((xyz - offsets) / scales)
-    if same is not None:
-        q = np.where(same, raw, q)
-    lim = np.iinfo(np.int32)
-    if q.size and (q.min() < lim.min or q.max() > lim.max):
-        raise DataError(path, f"coordinates do not fit 32-bit integers with scales "
-                              f"{scales.tolist()} and offsets {offsets.tolist()}")
-    return q.astype(np.int32)
 
 
 def _new_meta(cloud: PointCloud) -> LasMeta:
@@ -408,74 +373,12 @@ def _header_for(meta: LasMeta, version: str, pf_id: int, extra_dims: list[ExtraD
     return header
 
 
-#: Points packed per block when writing (two LAZ chunks of 50,000): the next block is packed
-#: in a second thread while laspy/lazrs write (compress) this one.
-WRITE_BLOCK = 100_000
-
-
-def _point_blocks(cloud: PointCloud, fields: dict[str, np.ndarray], header: laspy.LasHeader,
-                  raw_xyz: np.ndarray | None, path: Path) -> Iterator[laspy.PackedPointRecord]:
-    """The packed point records, :data:`WRITE_BLOCK` points at a time: X/Y/Z quantised (the
-    input's raw integers where unchanged), standard dimensions with bit fields packed, extra
-    dimensions cast with range checks. Block ``i + 1`` is packed in a second thread while the
-    caller writes block ``i`` (NumPy and lazrs release the GIL)."""
-    point_format = header.point_format
-    xyz = np.asarray(cloud.xyz, np.float64)
-    cols = {name: np.asarray(v) for name, v in fields.items()}
-    n = len(xyz)
-
-    def pack(s: int) -> laspy.PackedPointRecord:
-        e = min(n, s + WRITE_BLOCK)
-        arr = np.zeros(e - s, dtype=point_format.dtype())
-        _pack_fields(arr, {name: v[s:e] for name, v in cols.items()}, point_format, path)
-        raw = _quantize(path, xyz[s:e], header.scales, header.offsets,
-                        None if raw_xyz is None or raw_xyz.shape != xyz.shape else raw_xyz[s:e], whole=xyz)
-        arr["X"], arr["Y"], arr["Z"] = raw[:, 0], raw[:, 1], raw[:, 2]
-        return laspy.PackedPointRecord(arr, point_format)
-
-    starts = range(0, max(n, 1), WRITE_BLOCK)       # an empty cloud: one empty block
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(pack, 0)
-        for s in starts:
-            block = nxt.result()
-            if s + WRITE_BLOCK < n:
-                nxt = pool.submit(pack, s + WRITE_BLOCK)
-            yield block
-
-
-def _pack_fields(arr: np.ndarray, fields: dict[str, np.ndarray], point_format: laspy.PointFormat,
-                 path: Path) -> None:
-    """Every dimension but X/Y/Z into the record array ``arr`` (bit fields packed)."""
-    pf_id = point_format.id
-    sub = laspy_dims.get_sub_fields_dict(pf_id)
-    for name in point_format.dimension_names:
-        if name in ("X", "Y", "Z"):
-            continue
-        values = fields.get(name)
-        if values is None and name == "scan_angle" and "scan_angle_rank" in fields:
-            values = np.round(np.asarray(fields["scan_angle_rank"], np.float64) / SCAN_ANGLE_UNIT)
-        if values is None:
-            continue
-        values = np.asarray(values)
-        if name in sub:
-            composed, sf = sub[name]
-            shift = (sf.mask & -sf.mask).bit_length() - 1
-            top = sf.mask >> shift
-            if values.size and (values.min() < 0 or values.max() > top):
-                raise DataError(path, f"field {name!r}: values in [{values.min()}, {values.max()}] "
-                                      f"do not fit {top.bit_length()} bits of point format {pf_id}")
-            arr[composed] |= (values.astype(arr[composed].dtype) << shift) & sf.mask
-        else:
-            arr[name] = _check_cast(path, name, values, arr.dtype[name].base
-                                    if arr.dtype[name].shape else arr.dtype[name])
-
-
 def write_las(cloud: PointCloud, path: str | os.PathLike,
               extra: dict[str, np.ndarray] | None = None) -> None:
     """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic.
 
     Format choice (:func:`_choose_format`), extra dimensions (:func:`_extra_dims_for`),
-    header (:func:`_header_for`), records in blocks (:func:`_point_blocks`), then one atomic write.
+    header (:func:`_header_for`), records in blocks (``data.las_records.point_blocks``), then one atomic write.
     """
     path = Path(path)
     fields = cloud.fields_with(extra, path)
@@ -493,7 +396,7 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     version = meta.version if pf_id == src else ("1.4" if pf_id >= 6 else max(meta.version, "1.2"))
 
     header = _header_for(meta, version, pf_id, _extra_dims_for(meta, fields, path))
-    blocks = _point_blocks(cloud, fields, header, meta.raw_xyz if from_las else None, path)
+    blocks = point_blocks(cloud, fields, header, meta.raw_xyz if from_las else None, path)
 
     compress = path.suffix.lower() == ".laz"
     if not path.parent.is_dir():
