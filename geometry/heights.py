@@ -156,14 +156,21 @@ def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0,
     return dtm, origin
 
 
-def height_above_ground(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0) -> np.ndarray:
-    """``[N]`` float32 ``z - DTM(x, y)``: :func:`ground_surface` read bilinearly at each point."""
+def height_above_ground(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0, *,
+                        source: str | None = None) -> np.ndarray:
+    """``[N]`` float32 ``z - DTM(x, y)``: :func:`ground_surface` read bilinearly at each point.
+    ``source`` (the points' file) prefixes the message of a :class:`GridSizeError`."""
     from scipy import ndimage
 
     xyz = np.asarray(xyz, dtype=np.float64)
     if len(xyz) == 0:
         return np.zeros(0, np.float32)
-    dtm, origin = ground_surface(xyz, cell, max_window)
+    try:
+        dtm, origin = ground_surface(xyz, cell, max_window)
+    except GridSizeError as exc:
+        if source is None:
+            raise
+        raise GridSizeError(f"{source}: {exc}") from None
     coords = ((xyz[:, :2] - origin) / cell - 0.5).T                  # cell centres at integer coords
     ground = ndimage.map_coordinates(dtm, coords, order=1, mode="nearest")
     return (xyz[:, 2] - ground).astype(np.float32)

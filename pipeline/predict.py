@@ -67,7 +67,7 @@ def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
     out = label_outputs(proba, class_map)
     codes = out["codes"]
     if options.vegetation_heights is not None:
-        codes = split_vegetation(codes, proba.argmax(1), class_map, height_above_ground(cloud.xyz),
+        codes = split_vegetation(codes, proba.argmax(1), class_map, height_above_ground(cloud.xyz, source=cloud.source),
                                  options.vegetation_heights)
     fields = dict(cloud.fields)
     extras: dict[str, np.ndarray] = {"confidence": out["confidence"]} if lay.confidence else {}

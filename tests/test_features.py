@@ -226,6 +226,8 @@ def test_ground_model_of_points_spread_too_far_is_a_user_error():
     xyz = np.array([[0.0, 0.0, 1.0], [0.5, 0.5, 1.2], [90_000.0, 270_000.0, 3.0]] * 4)
     with pytest.raises(GridSizeError, match=r"90,001 m x 270,001 m needs 24,300,360,001 cells of 1 m"):
         height_above_ground(xyz)
+    with pytest.raises(GridSizeError, match=r"^far.laz: the ground model"):
+        height_above_ground(xyz, source="far.laz")        # how the deep models' inputs call it
     cloud = PointCloud(xyz, {}, source="far.laz")
     with pytest.raises(UserError, match=r"^far.laz: features: the ground model"):
         mine(cloud, FeatureConfig(k=[3], height_cells=[2.0]))

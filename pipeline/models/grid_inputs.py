@@ -93,7 +93,7 @@ def encode_grid(cloud: PointCloud, labels: np.ndarray | None, *, mode: str, cell
     if K > 1:
         from geometry.heights import height_above_ground
 
-        hag = height_above_ground(cloud.xyz)
+        hag = height_above_ground(cloud.xyz, source=cloud.source)
         index = index * K + point_bands(hag, bands)
         agg = cell_aggregate(index, mask.size * K, cloud.xyz[:, 2], {}, labels, label_rule, minmax={"dtm": hag})
         count = agg["count"].reshape(mask.shape + (K,))

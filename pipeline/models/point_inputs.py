@@ -74,7 +74,7 @@ def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: fl
         elif f == "height":
             cols.append(height_features(cloud.xyz, height_cell)["hag3"])
         elif f in ("ground", "columns"):
-            hag = height_above_ground(cloud.xyz) if hag is None else hag
+            hag = height_above_ground(cloud.xyz, source=cloud.source) if hag is None else hag
             if f == "ground":
                 cols.append(hag)
             else:
