@@ -193,7 +193,10 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     # the result, column-major [N, F] (each feature contiguous: 5x faster to fill than C
     # order); the covariance features are written into their rows directly
     xt = np.empty((len(names), n), np.float32)
-    row = {nm: xt[j] for j, nm in enumerate(names)}
+    first: dict[str, int] = {}
+    for j, nm in enumerate(names):
+        first.setdefault(nm, j)                # a scale given twice (k: [16, 16]) repeats its columns
+    row = {nm: xt[j] for nm, j in first.items()}
     cols: dict[str, np.ndarray] = {}
     local = xyz - (xyz.mean(0) if n else 0.0)
     # Height features need no neighbours: they run in a second thread (NumPy releases the GIL
@@ -240,13 +243,6 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
         for kk in plan_k:
             cols.update({f"xy{int(kk)}_{f}": v for f, v in
                          plan_knn_features(local, kk, workers, plan_index).items()})
-    if not n:
-        for kk in k:
-            cols.update({f"k{int(kk)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
-        for r in radii:
-            cols.update({f"r{_fmt(r)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
-        for g in coarse_cells:
-            cols.update({f"g{_fmt(g)}_k{int(coarse_k)}_{f}": np.zeros(0, np.float32) for f in COVARIANCE_FEATURES})
     try:
         height_results = heights.result()
     finally:
@@ -258,7 +254,9 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     wanted = [nm for nm in names if nm in POINT_FEATURES]
     cols.update(point_features(cloud.fields, wanted))
     for j, nm in enumerate(names):
-        if nm in cols:                # the covariance features are in place already
+        if first[nm] != j:            # a repeated name: the values of its first column
+            xt[j] = xt[first[nm]]
+        elif nm in cols:              # (the covariance features are in their rows already)
             xt[j] = cols.pop(nm)
     # NaN and inf propagate into a float64 row sum: one pass without a [F, N] mask; the full
     # check and repair run only when a sum is not finite (none is expected)

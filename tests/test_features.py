@@ -231,3 +231,12 @@ def test_ground_model_of_points_spread_too_far_is_a_user_error():
     cloud = PointCloud(xyz, {}, source="far.laz")
     with pytest.raises(UserError, match=r"^far.laz: features: the ground model"):
         mine(cloud, FeatureConfig(k=[3], height_cells=[2.0]))
+
+
+def test_a_scale_given_twice_repeats_its_columns():
+    rng = np.random.default_rng(3)
+    cloud = PointCloud(rng.random((800, 3)) * 10, {})
+    names, x = compute_features(cloud, k=(16, 16), height_cells=(2.0, 2.0))
+    ref_names, ref = compute_features(cloud, k=(16,), height_cells=(2.0,))
+    for j, name in enumerate(names):
+        np.testing.assert_array_equal(x[:, j], ref[:, ref_names.index(name)], err_msg=name)
