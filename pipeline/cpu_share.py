@@ -11,11 +11,16 @@ over the last interval, the CPU time the rest of the machine used::
 
 and calls ``torch.set_num_threads`` when that changes. Linux only (``/proc/stat``); elsewhere
 it leaves the thread count alone.
+
+:func:`block_workers` is the prediction side: independent blocks of work run one per torch
+thread, each single-threaded.
 """
 from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def _machine_times() -> tuple[int, int] | None:
@@ -69,3 +74,24 @@ class ThreadGovernor:
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         return threads
+
+
+@contextmanager
+def block_workers(device: str) -> Iterator[int]:
+    """How many independent blocks (e.g. of prediction regions) to run at once on ``device``.
+
+    On CPU with more than one torch thread: one block per thread, with torch single-threaded
+    inside the context (the gather-bound KPConvX layers and the NumPy region work scale better
+    across blocks than inside one: benchmarks/README.md, "Coverage settings");
+    ``LIDARSEG_BLOCK_WORKERS=1`` or any other device: 1, threads unchanged.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    workers = threads if device == "cpu" and threads > 1 and os.environ.get("LIDARSEG_BLOCK_WORKERS") != "1" else 1
+    if workers > 1:
+        torch.set_num_threads(1)
+    try:
+        yield workers
+    finally:
+        torch.set_num_threads(threads)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -33,6 +32,7 @@ from data.classmap import IGNORE, ClassMap
 from data.errors import UserError
 from data.pointcloud import PointCloud
 from pipeline import distributed
+from pipeline.cpu_share import block_workers
 from pipeline.datasets import LabelledFile
 from pipeline.priors import adjust_logits, prior_log_ratio
 from pipeline.progress import log, progress
@@ -295,19 +295,10 @@ class KPConvXModel:
                 logits = self._forward(x, f, b, device)
             return torch.softmax(adjust_logits(logits.float(), self.logit_bias), dim=1).cpu().numpy()
 
-        # On CPU, one block per torch thread at once, each op single-threaded: the gather-bound
-        # layers and the NumPy region work scale better across blocks than inside one
-        # (benchmarks/README.md, "Where KPConvX prediction time goes").
-        threads = torch.get_num_threads()
-        workers = threads if device == "cpu" and threads > 1 and os.environ.get("LIDARSEG_BLOCK_WORKERS") != "1" else 1
-        if workers > 1:
-            torch.set_num_threads(1)
-        try:
+        with block_workers(device) as workers:
             return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
                                     block_points=cfg.block_points, workers=workers,
                                     progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
-        finally:
-            torch.set_num_threads(threads)
 
     def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
         if self.net is None:
