@@ -111,6 +111,11 @@ def room_scene(n: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     return p.to(device)
 
 
+def bench_block(D: int) -> KPConvXLayer:
+    """The benchmarked layer: one block, DH = 4D, groups 8, shells (1, 7, 13) scaled to the room."""
+    return KPConvXLayer(D, blocks=1, sigma=0.04, shell_radii=(0.0, 0.05, 0.1), DH=4 * D, groups=8)
+
+
 def bench_layer(dev: torch.device, R: int, repeat: int, amp: bool) -> None:
     from geometry.neighbors import knn
     print(f"\n## KPConvX layer fwd+bwd, R = {R} points, 1 block, DH = 4D, groups 8, "
@@ -122,8 +127,7 @@ def bench_layer(dev: torch.device, R: int, repeat: int, amp: bool) -> None:
         _, N = knn(X, X, k)
         for D in (64, 128, 256):
             torch.manual_seed(0)
-            layer = KPConvXLayer(D, blocks=1, sigma=0.04, shell_radii=(0.0, 0.05, 0.1),
-                                 DH=4 * D, groups=8).to(dev).train()
+            layer = bench_block(D).to(dev).train()
             layer.validate_indices = False
             lin = torch.nn.Linear(D, D).to(dev)
             F = torch.randn(R, D, device=dev, requires_grad=True)
@@ -178,17 +182,14 @@ def direct_layer(layer: KPConvXLayer, X: torch.Tensor, F: torch.Tensor, N: torch
 
 def _direct_child(impl: str, R: int, k: int, D: int, repeat: int) -> None:
     """One measurement in this (child) process: prints ``seconds peak_mb``."""
-    import resource
-
     from geometry.neighbors import knn
     torch.manual_seed(0)
     X = room_scene(R)
     _, N = knn(X, X, k)
-    layer = KPConvXLayer(D, blocks=1, sigma=0.04, shell_radii=(0.0, 0.05, 0.1), DH=4 * D, groups=8).train()
+    layer = bench_block(D).train()
     layer.validate_indices = False
     F = torch.randn(R, D, requires_grad=True)
     fwd = (lambda: layer(X, F, N)) if impl == "ours" else (lambda: direct_layer(layer, X, F, N))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _rss_reset()
     base_now = _rss_peak_mb()
 
@@ -198,7 +199,7 @@ def _direct_child(impl: str, R: int, k: int, D: int, repeat: int) -> None:
         layer.zero_grad(set_to_none=True)
 
     t = _timeit(run, torch.device("cpu"), repeat)
-    peak = max(_rss_peak_mb() - base_now, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    peak = _rss_peak_mb() - base_now
     print(f"{t:.6f} {peak:.1f}")
 
 
@@ -212,7 +213,7 @@ def bench_vs_direct(R: int, repeat: int) -> None:
     X = room_scene(3000)
     for k, D in ((16, 64), (32, 128)):
         _, N = knn(X, X, k)
-        layer = KPConvXLayer(D, blocks=1, sigma=0.04, shell_radii=(0.0, 0.05, 0.1), DH=4 * D, groups=8).eval()
+        layer = bench_block(D).eval()
         F1 = torch.randn(len(X), D, requires_grad=True)
         F2 = F1.detach().clone().requires_grad_(True)
         a, b = layer(X, F1, N), direct_layer(layer, X, F2, N)

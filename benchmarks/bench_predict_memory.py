@@ -87,14 +87,13 @@ def main() -> None:
           f"{time.perf_counter() - t:.1f} s)", flush=True)
     read_wall, read_rss = run_child([sys.executable, "-c",
                                      f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
+    settings = ([] if args.votes is None else [f"votes={args.votes}"]) + args.set
     pred_wall, pred_rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", args.bundle,
                                      "--input", str(tile), "--out", str(work / "pred"), "--device", args.device,
-                                     *([] if args.votes is None else ["--set", f"votes={args.votes}"]),
-                                     *[a for kv in args.set for a in ("--set", kv)], "--quiet"])
+                                     *[a for kv in settings for a in ("--set", kv)], "--quiet"])
     print("\n| | wall | points/s | peak RSS |\n|---|---|---|---|")
     print(f"| baseline: read_cloud alone | {read_wall:.1f} s | {n / read_wall:.3g} | {read_rss:.2f} GB |")
-    votes = "".join(f"{kv}, " for kv in ([] if args.votes is None else [f"votes={args.votes}"]) + args.set)
-    print(f"| run.py predict ({votes}{args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
+    print(f"| run.py predict ({''.join(kv + ', ' for kv in settings)}{args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
           f"{pred_rss:.2f} GB |")
     print(f"\npredict / read_cloud: time {pred_wall / read_wall:.1f}x, peak memory {pred_rss / read_rss:.2f}x "
           f"(target: peak <= 8 GB for 20M points)")
