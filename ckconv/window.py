@@ -41,7 +41,10 @@ class ExponentialModulationND(nn.Module):
         self.weight._no_weight_decay = True
 
     def window(self, grid: torch.Tensor) -> torch.Tensor:
-        """Window values ``[1, *K, C]`` (float32) for a grid ``[1, *K, D]``."""
+        """Window values ``[1, *K, C]`` (float32) for a grid ``[1, *K, D]``; the grid must be
+        float32 (lower precision merges neighbouring coordinates), asserted."""
+        if grid.dtype != torch.float32:
+            raise AssertionError(f"ExponentialModulationND: the grid must be float32, got {grid.dtype}")
         return torch.exp(-(grid.abs().float() @ self.weight.abs().float()))
 
     def forward(self, grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

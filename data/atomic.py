@@ -14,10 +14,14 @@ exception propagates, so readers never see a half-written ``final_path`` and an 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+NAME_MAX = 255   # bytes in one file name (ext4, XFS, APFS, NTFS)
 
 
 def _umask() -> int:
@@ -26,27 +30,54 @@ def _umask() -> int:
     return mask
 
 
+#: errors of the disk rather than of the program: a full disk or quota, a file too large for
+#: the filesystem, a read-only filesystem
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large for the filesystem", errno.EROFS: "read-only filesystem"}
+
+
+def disk_error(exc: BaseException, path: str | os.PathLike):
+    """A ``DataError`` naming ``path`` for an ``OSError`` of the disk (:data:`DISK_ERRNOS`),
+    else None (the exception is a bug or another problem and keeps its own form)."""
+    from .errors import DataError
+
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return DataError(path, f"cannot write: {DISK_ERRNOS[exc.errno]} (nothing was left under this name)")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``final_path``; move it into place on success.
 
     The temporary name is ``.<name>.<random>.tmp<suffix>`` (hidden, same suffix so
-    suffix-driven writers pick the right format). The parent folder must exist. The file
+    suffix-driven writers pick the right format; ``<name>`` shortened to keep it within 255
+    bytes). The parent folder must exist. The file
     gets the usual ``0o666 & ~umask`` permissions (``mkstemp`` would create it ``0o600``).
     """
     final = Path(final_path)
     folder = final.parent if str(final.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}",
-                                    dir=folder)
+    suffix = f".tmp{final.suffix}"
+    # the temporary name stays within the filesystems' 255-byte limit: a long final name is
+    # shortened in the prefix (mkstemp adds 8 random characters)
+    budget = NAME_MAX - len(suffix.encode()) - 8 - 2
+    stem = final.name.encode()[:budget].decode("utf-8", errors="ignore")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise (disk_error(exc, final) or exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        converted = disk_error(exc, final)
+        if converted is not None:
+            raise converted from None
         raise
 
 

@@ -63,7 +63,7 @@ class Bounds:
         return [self.xmin, self.ymin, self.xmax, self.ymax]
 
     def __str__(self) -> str:
-        return ",".join(f"{v:g}" for v in self.as_list())
+        return ",".join(repr(float(v)).removesuffix(".0") for v in self.as_list())   # in full, never 6.27754e+06
 
 
 def bounds_problem(value: object) -> str | None:

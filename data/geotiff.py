@@ -20,14 +20,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .asprs import colour, colour_table
-from .atomic import atomic_path
+from .atomic import DISK_ERRNOS, atomic_path
 from .crs import rasterio_crs
 
 if TYPE_CHECKING:  # the grid geometry lives in geometry.grids; I/O only reads its transform and shape
@@ -51,6 +53,27 @@ def _affine(grid: Grid2D):
 
     a, b, c, d, e, f = grid.transform
     return Affine(a, b, c, d, e, f)
+
+
+@contextlib.contextmanager
+def _gdal_write(path: Path):
+    """``atomic_path`` for GDAL writers: GDAL reports a full disk as a TIFF I/O error without
+    an errno, so a failed write on a filesystem left with < 1 MiB is named as a full disk;
+    any other GDAL failure is a ``DataError`` naming the file too."""
+    import errno
+
+    import rasterio.errors
+    from rasterio._err import CPLE_BaseError
+
+    from .errors import DataError
+
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        full = shutil.disk_usage(path.parent).free < 2**20
+        raise DataError(path, f"cannot write: {DISK_ERRNOS[errno.ENOSPC]}" if full
+                        else f"cannot write the GeoTIFF ({exc})") from None
 
 
 def _profile(grid: Grid2D, count: int, dtype: str, nodata, crs) -> dict:
@@ -77,7 +100,7 @@ def write_class_map(path: str | os.PathLike, grid: Grid2D, codes: np.ndarray, *,
         raise ValueError(f"class code {top} does not fit a uint16 GeoTIFF band")
     band = np.where(empty, nodata, codes).astype(dtype)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with _gdal_write(path) as tmp:
         with rasterio.open(tmp, "w", **_profile(grid, 1, dtype, nodata, crs)) as dst:
             dst.write(band, 1)
             if dtype == "uint8":
@@ -99,7 +122,7 @@ def write_probability_map(path: str | os.PathLike, grid: Grid2D, proba: np.ndarr
         raise ValueError(f"proba shape {proba.shape} does not start with grid shape {grid.shape}")
     bands = np.where(np.asarray(mask, bool)[..., None], proba, np.float32(PROBA_NODATA)).transpose(2, 0, 1)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with _gdal_write(path) as tmp:
         with rasterio.open(tmp, "w", **_profile(grid, len(bands), "float32", PROBA_NODATA, crs)) as dst:
             dst.write(np.ascontiguousarray(bands))
             for i, name in enumerate(class_names, start=1):

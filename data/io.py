@@ -25,7 +25,7 @@ from .las import LasMeta, RawVlr, ExtraDim, las_header_info, read_las, write_las
 from .ply import PlyMeta, ply_header_info, read_ply, write_ply
 from .pointcloud import PointCloud
 
-__all__ = ["read_cloud", "write_cloud", "read_header_info", "HeaderInfo", "Bounds", "LasMeta", "PlyMeta",
+__all__ = ["read_cloud", "write_cloud", "read_header_info", "cloud_format", "HeaderInfo", "Bounds", "LasMeta", "PlyMeta",
            "RawVlr", "ExtraDim", "SUFFIXES"]
 
 SUFFIXES = (".las", ".laz", ".ply")
@@ -52,12 +52,38 @@ class HeaderInfo:
     warnings: list[str] = field(default_factory=list)  # suspicious but readable layout
 
 
-def _suffix(path: Path) -> str:
+def _sniff(path: Path) -> str | None:
+    """The format of a file by its first bytes (``LASF``: LAS, or LAZ when the point format
+    id carries the compression bit; ``ply``: PLY), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(105)
+    except OSError as exc:
+        raise DataError(path, f"cannot read ({exc.strerror or exc})") from None
+    if head[:4] == b"LASF" and len(head) == 105:
+        return ".laz" if head[104] & 0xC0 else ".las"
+    if head[:4] in (b"ply\n", b"ply\r"):
+        return ".ply"
+    return None
+
+
+def cloud_format(path: str | os.PathLike) -> str:
+    """``.las``, ``.laz`` or ``.ply``: by the name's suffix (any case), or, for a name with no
+    suffix (a git-annex or DVC object behind a link), by the file's first bytes."""
+    path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(path, f"unsupported point-cloud suffix {path.suffix!r} "
+    if suffix in SUFFIXES:
+        return suffix
+    if not path.suffix:
+        _regular(path)
+        sniffed = _sniff(path)
+        if sniffed:
+            return sniffed
+        raise DataError(path, f"has no suffix and is neither LAS/LAZ nor PLY by its first bytes "
                               f"(expected one of {', '.join(SUFFIXES)})")
-    return suffix
+    raise DataError(path, f"unsupported point-cloud suffix {path.suffix!r} "
+                          f"(expected one of {', '.join(SUFFIXES)})")
+
 
 
 def _regular(path: Path) -> None:
@@ -76,15 +102,15 @@ def _regular(path: Path) -> None:
 
 
 def read_cloud(path: str | os.PathLike, bounds: Bounds | None = None) -> PointCloud:
-    """Read a LAS/LAZ/PLY file (by suffix, case-insensitive) into a PointCloud.
+    """Read a LAS/LAZ/PLY file (by suffix, case-insensitive; by content when it has none) into a PointCloud.
 
     ``bounds``: only the points in the window ``[xmin, xmax) x [ymin, ymax)``; COPC files
     decode only the octree nodes that meet it (``data.bounds``).
     """
     path = Path(path)
-    _suffix(path)
+    kind = cloud_format(path)
     _regular(path)
-    if _suffix(path) == ".ply":
+    if kind == ".ply":
         return read_ply(path, bounds)
     return read_las(path, bounds)
 
@@ -98,7 +124,7 @@ def write_cloud(cloud: PointCloud, path: str | os.PathLike,
     that field. ``cloud`` itself is not modified.
     """
     path = Path(path)
-    if _suffix(path) == ".ply":
+    if cloud_format(path) == ".ply":
         write_ply(cloud, path, extra)
     else:
         write_las(cloud, path, extra)
@@ -107,7 +133,7 @@ def write_cloud(cloud: PointCloud, path: str | os.PathLike,
 def read_header_info(path: str | os.PathLike) -> HeaderInfo:
     """Point count, bounds, CRS, point format... without decoding LAS/LAZ points."""
     path = Path(path)
-    _suffix(path)
+    kind = cloud_format(path)
     _regular(path)
-    info = ply_header_info(path) if _suffix(path) == ".ply" else las_header_info(path)
+    info = ply_header_info(path) if kind == ".ply" else las_header_info(path)
     return HeaderInfo(**info)

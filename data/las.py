@@ -154,17 +154,41 @@ def _open_checked(path: Path) -> tuple[BinaryIO, _Header]:
         raise
 
 
+def _copc_hierarchy_problem(reader: "laspy.CopcReader") -> str | None:
+    """What is wrong with a COPC file's octree hierarchy (no root node, or node point counts
+    that do not add up to the header's), or None. Reads every hierarchy page (a few KB)."""
+    from laspy.copc import VoxelKey, load_octree_for_query
+
+    root = VoxelKey()
+    root.level = 0
+    if root not in reader.root_page.entries:
+        return "its hierarchy has no root node"
+    nodes = load_octree_for_query(reader.source, reader.copc_info, reader.root_page)
+    listed = sum(max(int(n.point_count), 0) for n in nodes)
+    if listed != reader.header.point_count:
+        return f"its hierarchy lists {listed:,} points, the header {reader.header.point_count:,}"
+    return None
+
+
 def _decode_copc_window(path: Path, bounds: Bounds) -> np.ndarray:
-    """The records of the COPC octree nodes that meet ``bounds`` (laspy's CopcReader query)."""
+    """The records of the COPC octree nodes that meet ``bounds`` (laspy's CopcReader query);
+    a window that decodes nothing has the hierarchy checked, so a damaged one is named."""
     try:
         with laspy.CopcReader.open(path) as reader:
-            window = laspy.copc.Bounds(mins=np.array([bounds.xmin, bounds.ymin]),
-                                       maxs=np.array([bounds.xmax, bounds.ymax]))
-            return reader.query(bounds=window).array
+            # clipped to the file's box (+1 unit): laspy casts the query to int32 grid units,
+            # which a window of +-1e12 would overflow; the exact crop happens after decoding
+            lo, hi = reader.header.mins[:2] - 1, reader.header.maxs[:2] + 1
+            window = laspy.copc.Bounds(mins=np.maximum([bounds.xmin, bounds.ymin], lo),
+                                       maxs=np.minimum([bounds.xmax, bounds.ymax], hi))
+            arr = reader.query(bounds=window).array
+            problem = _copc_hierarchy_problem(reader) if len(arr) == 0 else None
     except BaseException as e:  # includes lazrs' PanicException
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise DataError(path, f"corrupt COPC file (bounded read): {type(e).__name__}: {e}") from None
+    if problem:
+        raise DataError(path, f"corrupt COPC file: {problem}")
+    return arr
 
 
 COPC_INFO_ID = ("copc", 1)
@@ -381,6 +405,8 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     header (:func:`_header_for`), records in blocks (``data.las_records.point_blocks``), then one atomic write.
     """
     path = Path(path)
+    if isinstance(cloud.meta, LasMeta) and cloud.meta.write_problem:
+        raise DataError(path, f"cannot write a copy of {cloud.source}: it {cloud.meta.write_problem}")
     fields = cloud.fields_with(extra, path)
     from_las = isinstance(cloud.meta, LasMeta)
     meta = cloud.meta if from_las else _new_meta(cloud)

@@ -84,6 +84,16 @@ class LasMeta:
     def extra_dim_names(self) -> list[str]:
         return [d.name for d in self.extra_dims]
 
+    @property
+    def write_problem(self) -> str | None:
+        """Why a copy of this file cannot be written faithfully, or None: waveform packets
+        stored inside the file (global encoding bit 1) would lose what the records point to."""
+        if self.point_format in (4, 5, 9, 10) and self.global_encoding & WAVEFORM_INTERNAL:
+            return (f"holds its waveform packets inside the file (point format {self.point_format}, internal "
+                    "waveform data): a labelled copy would not carry them and its waveform pointers would "
+                    "dangle, so it is refused; move the waveforms to an external .wdp file (e.g. las2las) first")
+        return None
+
 
 @dataclass
 class _Header:
@@ -120,6 +130,12 @@ class _Header:
     def find_vlr(self, key: tuple[str, int]) -> RawVlr | None:
         return next((v for v in self.vlrs if (v.user_id, v.record_id) == key), None)
 
+
+#: largest |coordinate| a header may allow (metres or degrees; grids and int64 cell indices
+#: stay exact far beyond every real coordinate system)
+MAX_COORDINATE = 1e15
+#: global encoding bit 1: waveform data packets inside the file (LAS 1.3/1.4)
+WAVEFORM_INTERNAL = 0b10
 
 def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
@@ -176,6 +192,13 @@ def _parse_header(path: Path, f: BinaryIO) -> _Header:
                               f"{offset_to_points} but the file has {size} bytes")
     if not (np.all(np.isfinite(scales)) and np.all(scales != 0) and np.all(np.isfinite(offsets))):
         raise DataError(path, f"invalid scales {scales.tolist()} / offsets {offsets.tolist()}")
+    with np.errstate(over="ignore"):
+        reach = np.abs(scales) * 2.0 ** 31 + np.abs(offsets)   # the largest |coordinate| a record can hold
+    if np.any(reach > MAX_COORDINATE):
+        i = int(np.argmax(reach > MAX_COORDINATE))
+        raise DataError(path, f"header {'xyz'[i]} scale {float(scales[i])!r} / offset {float(offsets[i])!r} "
+                              f"allow coordinates up to {float(reach[i]):.3g}, beyond +-{MAX_COORDINATE:.0e} "
+                              "of any coordinate system: a broken header")
     f.seek(0)
     block = f.read(offset_to_points)
     vlrs, pos = [], header_size

@@ -6,6 +6,12 @@ Layout::
       bundle.json      # format, project version, model type + resolved config, class map,
                        # training summary, library versions (no absolute paths)
       <weights>        # written by the model's ``save`` (e.g. random_forest.pkl, weights.pt)
+      SHA256SUMS       # optional (shipped models): sha256 of the files, checked before loading
+
+``bundle.json`` records ``input_pipeline``, the version of the input computation (features,
+heights, grids) the weights were trained on; a bundle of another version is refused, since
+its inputs would no longer mean what it learnt (bump :data:`INPUT_PIPELINE` with any change
+that alters a model's inputs).
 
 The folder is written under a temporary name and renamed into place, so a crash never
 leaves a half bundle.
@@ -13,6 +19,7 @@ leaves a half bundle.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from data.atomic import disk_error
 from data.classmap import ClassMap
 from data.errors import UserError
 
@@ -33,6 +41,57 @@ from .schema import SpecError, parse_component, to_plain
 
 FORMAT = "lidarseg-model-bundle"
 FORMAT_VERSION = 1
+#: version of the input computation (geometry/, pipeline/models/*_inputs.py) bundles are made for
+INPUT_PIPELINE = 1
+CHECKSUMS = "SHA256SUMS"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> Path:
+    """``folder/SHA256SUMS``: ``<sha256>  <name>`` for every file of the bundle (not the card)."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in (CHECKSUMS, "MODEL.md"))
+    text = "".join(f"{_sha256(folder / n)}  {n}\n" for n in names)
+    (folder / CHECKSUMS).write_text(text, encoding="utf-8")
+    return folder / CHECKSUMS
+
+
+def verify_checksums(folder: Path, required: bool = False) -> None:
+    """Check ``folder/SHA256SUMS`` (when present, or ``required``): every listed file exists
+    and has its recorded sha256, and ``bundle.json`` is listed; else a ``UserError`` naming
+    the bundle and the file."""
+    folder = Path(folder)
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        if required:
+            raise UserError(f"{folder}: {CHECKSUMS} is missing: a shipped model must carry its checksums")
+        return
+    try:
+        lines = sums.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{sums}: unreadable checksum list ({exc})") from None
+    listed = {}
+    for i, line in enumerate(lines, 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name or name.startswith("."):
+            raise UserError(f"{sums}: line {i} is not '<sha256>  <file name>'")
+        listed[name] = digest.lower()
+    if "bundle.json" not in listed:
+        raise UserError(f"{sums}: bundle.json is not listed")
+    for name, digest in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"{folder}: {name} is listed in {CHECKSUMS} but missing")
+        if _sha256(path) != digest:
+            raise UserError(f"{folder}: {name} does not match its sha256 in {CHECKSUMS} (changed or corrupt); "
+                            "restore the bundle from the repository")
 
 
 def _versions() -> dict[str, str]:
@@ -62,6 +121,7 @@ def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, 
                 shutil.copyfile(src, tmp / name)
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "project_version": __version__,
+            "input_pipeline": INPUT_PIPELINE,
             "model": to_plain(model.config), "class_map": class_map.to_config(), "summary": summary,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
         }
@@ -73,8 +133,11 @@ def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, 
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        converted = disk_error(exc, path)
+        if converted is not None:
+            raise converted from None
         raise
     return path
 
@@ -90,6 +153,7 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     meta_path = path / "bundle.json"
     if not meta_path.is_file():
         raise UserError(f"{path}: not a model bundle (no bundle.json inside; train one with 'run.py run SPEC')")
+    verify_checksums(path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -107,11 +171,18 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if meta["format_version"] > FORMAT_VERSION:
         raise UserError(f"{path}: bundle format {meta['format_version']} is newer than this program "
                         f"(reads {FORMAT_VERSION}); update the project")
+    # bundles written before the field existed were made for the first input pipeline
+    made_for = meta.get("input_pipeline", 1)
+    if made_for != INPUT_PIPELINE:
+        raise UserError(f"{meta_path}: input_pipeline: the model was trained on input pipeline {made_for!r} "
+                        f"(lidarseg {meta.get('project_version', '?')}); this program computes pipeline "
+                        f"{INPUT_PIPELINE} (lidarseg {__version__}), so its features would not mean what the model "
+                        "learnt; retrain it with this version (bundle.json's 'model' holds its config)")
     try:
         class_map = ClassMap.from_config(meta["class_map"]["classes"], meta["class_map"].get("ignore", ()))
         model_cfg = meta["model"]
         entry = MODELS.get(model_cfg.get("type"), str(meta_path), "model.type")
-    except (KeyError, AttributeError, TypeError, ValueError, SpecError) as exc:
+    except (KeyError, AttributeError, TypeError, ValueError, UserError) as exc:
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
     if overrides:
         allowed = tuple(getattr(entry.target, "predict_options", ()))

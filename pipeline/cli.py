@@ -1,7 +1,8 @@
 """Command line (``lidarseg`` or ``python run.py``): run specs, predict with a bundle, evaluate predictions, validate specs.
 
     python run.py run SPEC [--set dotted.key=VALUE ...] [--out DIR] [--device cpu|cuda] [--limit-steps N]
-    python run.py predict --model BUNDLE --input PATH_OR_GLOB [...] --out DIR [--device ...]
+    python run.py predict [--model BUNDLE_OR_NAME] --input PATH_OR_GLOB [...] --out DIR [--device ...]
+    python run.py models
     python run.py evaluate --pred PATH_OR_GLOB [...] --ref PATH_OR_GLOB [...] --out DIR [--classes SPEC]
     python run.py validate SPEC
     python run.py inspect PATH_OR_GLOB [...] [--classes SPEC] [--out DIR]
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label point clouds with a trained model bundle",
                        description="Write one labelled cloud per input into --out (same file stem).")
-    p.add_argument("--model", required=True, help="model bundle (OUT/NAME.bundle written by a train step)")
+    p.add_argument("--model", help="model bundle (OUT/NAME.bundle written by a train step) or the name of a "
+                                    "shipped model (run.py models lists them; default: the default shipped model)")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB", help="input files, folders or globs")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
@@ -99,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for inspect.md, inspect.json and class_shares.png")
     _common(p)
 
+    p = sub.add_parser("models", help="list the shipped models (predict uses the default one without --model)",
+                       description="One line per shipped model in models/: name, classes, the card's summary.")
+    _common(p)
+
     p = sub.add_parser("validate", help="check a spec without running it")
     p.add_argument("spec")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -128,7 +134,7 @@ def _class_map_from(path: str):
         raise UserError(f"{p}: --classes needs a file with a 'classes' mapping (class -> input codes)")
     try:
         return ClassMap.from_config(data["classes"], data.get("ignore") or [])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, UserError) as exc:
         raise UserError(f"{p}: classes: {exc}") from None
 
 
@@ -168,8 +174,35 @@ def _inspect(args) -> None:
         print(f"\naudit written to {Path(args.out).resolve()} (inspect.md, inspect.json, class_shares.png)")
 
 
+def _models() -> None:
+    from pipeline.shipped import DEFAULT_MODEL, card_summary, models_dir, shipped_models
+
+    names = shipped_models()
+    if not names:
+        print(f"no shipped models in {models_dir()}")
+    for name in names:
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{mark}: {card_summary(name)}")
+    if names:
+        print(f"\nfolder: {models_dir()}; card: <name>/MODEL.md; use: run.py predict [--model NAME] --input ... --out ...")
+
+
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """``--bounds -1e12,...`` -> ``--bounds=-1e12,...``: argparse would take a value starting
+    with '-' for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--bounds":
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
     import pipeline.components  # noqa: F401  (registers every step and model type)
     from data.errors import UserError
     from pipeline.progress import set_quiet
@@ -179,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from data.atomic import check_folder_target
 
+        distributed.check_launch()
         if getattr(args, "out", None):
             check_folder_target(args.out, "--out")
         if args.command == "run":
@@ -198,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{loaded.class_map.num_classes} classes)")
         elif args.command == "inspect":
             _inspect(args)
+        elif args.command == "models":
+            _models()
         elif args.command == "predict":
             from data.bounds import Bounds
             from pipeline.bundle import load_bundle
@@ -206,8 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.predict import OutputOptions, predict_files
             from pipeline.runner import resolve_device
 
+            from pipeline.progress import log
+            from pipeline.shipped import resolve_model
+
+            bundle, how = resolve_model(args.model)
             device = distributed.setup(resolve_device(args.device))
-            model, class_map, meta = load_bundle(args.model, args.overrides)
+            model, class_map, meta = load_bundle(bundle, args.overrides)
+            if distributed.is_main():
+                log(f"model: {how} ({meta['model'].get('type')}, classes {', '.join(class_map.names)})")
             inputs = expand_patterns(args.input, None, "--input")
             options = OutputOptions(args.probabilities, args.layout, check_vegetation_heights(
                 args.vegetation_heights, class_map, "--vegetation-heights"), args.preview)
@@ -231,8 +273,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
         status = 0
     except UserError as exc:
-        prefix = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+        try:
+            prefix = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+        except UserError:        # the launch variables themselves are the error
+            prefix = ""
         print(f"{prefix}error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        from data.atomic import disk_error
+
+        converted = disk_error(exc, exc.filename or "an output")   # a full or read-only disk, anywhere
+        if converted is None:
+            raise
+        print(f"error: {converted}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         status = 130

@@ -128,6 +128,12 @@ class LabelledFile:
         """File name as shown in logs and bundle summaries (``name [val blocks]`` under a split)."""
         return self.path.name if self.part == "all" else f"{self.path.name} [{self.part} blocks]"
 
+    @property
+    def val_group(self) -> str:
+        """Which validation set this file belongs to: ``blocks`` (of a training file under a
+        split) or ``held_out`` (a whole file of ``val_inputs``)."""
+        return "blocks" if self.part == "val" else "held_out"
+
     def labels(self, cloud: PointCloud) -> np.ndarray:
         """``[N]`` int64 class indices of ``cloud`` (read from this file), ``IGNORE`` where not used."""
         labels = self.class_map.encode(reference_codes(cloud), self.path)

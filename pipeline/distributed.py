@@ -23,16 +23,52 @@ import numpy as np
 T = TypeVar("T")
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer launch variable; a value that is not one is a ``UserError`` naming it."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        from data.errors import UserError
+
+        raise UserError(f"environment variable {name}={value!r}: expected an integer (torchrun sets it; "
+                        "unset it for a single process)") from None
+
+
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _env_int("WORLD_SIZE", 1)
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return _env_int("RANK", 0)
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return _env_int("LOCAL_RANK", 0)
+
+
+def check_launch() -> None:
+    """Refuse, before any work, launch variables that cannot describe a process group: non-
+    integers, a rank outside ``0..WORLD_SIZE-1`` (e.g. ``WORLD_SIZE=1 RANK=1``, which would
+    train and never write the bundle), and several processes without ``MASTER_ADDR``/``MASTER_PORT``."""
+    from data.errors import UserError
+
+    world, me, local = world_size(), rank(), local_rank()
+    if world < 1:
+        raise UserError(f"environment variable WORLD_SIZE={world}: must be >= 1")
+    if not 0 <= me < world:
+        raise UserError(f"environment variables RANK={me}, WORLD_SIZE={world}: the rank must be in 0..{world - 1} "
+                        "(launch with torchrun, or unset both for a single process)")
+    if local < 0:
+        raise UserError(f"environment variable LOCAL_RANK={local}: must be >= 0")
+    if world > 1:
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={world} but {' and '.join(missing)} not set: the ranks cannot find "
+                            "each other (launch with torchrun, which sets them)")
+        _env_int("MASTER_PORT", 0)
 
 
 def is_main() -> bool:
@@ -41,11 +77,31 @@ def is_main() -> bool:
 
 def active() -> bool:
     """True inside a process group of more than one process."""
-    if world_size() == 1:
-        return False
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized()
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _wait_for_master(timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until ``MASTER_ADDR:MASTER_PORT`` accepts a connection, so an
+    unreachable master is one clear error instead of torch's C++ store traces."""
+    import socket
+    import time
+
+    from data.errors import UserError
+
+    addr, port = os.environ.get("MASTER_ADDR", ""), _env_int("MASTER_PORT", 0)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=min(5.0, max(timeout, 0.1))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise UserError(f"rank {rank()} of {world_size()}: nothing answers at MASTER_ADDR:MASTER_PORT = "
+                                f"{addr}:{port} after {timeout:g} s ({exc.strerror or exc}); is rank 0 running and "
+                                "the address reachable? (LIDARSEG_DIST_TIMEOUT sets the wait)") from None
+            time.sleep(0.5)
 
 
 def setup(device: str) -> str:
@@ -59,8 +115,19 @@ def setup(device: str) -> str:
         device = f"cuda:{local_rank()}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
-                                timeout=timedelta(seconds=float(os.environ.get("LIDARSEG_DIST_TIMEOUT", 1800))))
+        timeout = float(os.environ.get("LIDARSEG_DIST_TIMEOUT", 1800))
+        if rank() != 0:
+            _wait_for_master(timeout)
+        try:
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                    timeout=timedelta(seconds=timeout))
+        except (RuntimeError, TimeoutError, ValueError, OSError) as exc:   # DistError subclasses RuntimeError
+            from data.errors import UserError
+
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"rank {rank()} of {world_size()} could not join the process group at "
+                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} ({detail[:300]}); "
+                            "is rank 0 running and the address reachable?") from None
     return device
 
 

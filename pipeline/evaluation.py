@@ -22,6 +22,7 @@ import numpy as np
 
 from data.atomic import atomic_path, make_folder
 from data.classmap import IGNORE, ClassMap
+from data.locks import folder_lock
 from data.errors import DataError, UserError
 from data.io import read_cloud
 from data.render import render_classes
@@ -68,6 +69,21 @@ def metrics_from_confusion(cm: np.ndarray, names: Sequence[str], ignored_points:
         "num_points": n,
         "ignored_points": int(ignored_points),
     }
+
+
+def validation_scores(cms: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, Any]:
+    """Validation figures from one confusion matrix ``[C, C]`` per validation set (``blocks``:
+    blocks of the training files, ``held_out``: whole held-out files): ``miou`` and
+    ``overall_accuracy`` of the pooled sets (what picks the checkpoint), ``iou_<class>`` of the
+    pooled sets, and ``miou_<set>`` of each set when there are several."""
+    pooled = sum(cms.values())
+    m = metrics_from_confusion(pooled, list(names))
+    out: dict[str, Any] = {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
+    present = np.asarray(pooled).sum(1) > 0
+    out.update({f"iou_{n}": float(m["per_class"][n]["iou"]) for i, n in enumerate(names) if present[i]})
+    if len(cms) > 1:
+        out.update({f"miou_{g}": float(metrics_from_confusion(cm, list(names))["miou"]) for g, cm in cms.items()})
+    return out
 
 
 def write_report(report: dict[str, Any], out_dir: Path, title: str = "Evaluation report") -> None:
@@ -229,14 +245,15 @@ def evaluate_files(preds: list[Path], refs: list[Path] | None, class_map: ClassM
     report["per_file"] = per_file
     report["files"] = files
     report["class_map"] = class_map.to_config()
-    if views:   # once every file has been scored: a failed evaluation leaves no pictures behind
-        make_folder(out_dir, "--out")
-        make_folder(out_dir / "views", "--out")
-        for xyz, pc, rc, title, err, (pred_path, _) in zip(points, codes_pred, codes_ref, titles, wrong, sources):
-            render_classes(out_dir / "views" / f"{pred_path.stem}.png", xyz, pc, rc, class_map, title, err)
-    if distributed.is_main():
-        write_report(report, out_dir)
-    distributed.barrier()
+    make_folder(out_dir, "--out")   # once every file has been scored: a failed evaluation writes nothing
+    with folder_lock(out_dir, "--out", hold=distributed.is_main()):
+        if views:
+            make_folder(out_dir / "views", "--out")
+            for xyz, pc, rc, title, err, (pred_path, _) in zip(points, codes_pred, codes_ref, titles, wrong, sources):
+                render_classes(out_dir / "views" / f"{pred_path.stem}.png", xyz, pc, rc, class_map, title, err)
+        if distributed.is_main():
+            write_report(report, out_dir)
+        distributed.barrier()
     return report
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -30,5 +31,9 @@ def expand_patterns(patterns: Iterable[str | Path], root: Path | None, what: str
         if not matches:
             raise UserError(f"{what}: {pattern!s} matches no file" + (f" (looked in {p.parent})" if root else ""))
         files.extend(matches)
-    unique = list(dict.fromkeys(f.resolve() for f in files))
-    return unique
+    # absolute, but links kept: outputs and messages take the name the user gave; two names
+    # of one file count once (the first given)
+    unique: dict[Path, Path] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), Path(os.path.abspath(f)))
+    return list(unique.values())

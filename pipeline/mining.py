@@ -14,12 +14,16 @@ from data.pointcloud import PointCloud
 
 from .schema import option
 
+#: most neighbours a feature scale may ask for: each costs N x k indices (1e9 would be 8 GB a
+#: thousand points); real scales use 10-100
+MAX_NEIGHBOURS = 1024
+
 
 @dataclass
 class FeatureConfig:
     """Options of ``geometry.features.compute_features``."""
 
-    k: list[int] = option(min=3, default_factory=lambda: [10, 30])
+    k: list[int] = option(min=3, max=MAX_NEIGHBOURS, default_factory=lambda: [10, 30])
     radii: list[float] = option(min=0, exclusive=True, default_factory=list)
     height_cells: list[float] = option(min=0, exclusive=True, default_factory=lambda: [2.0, 10.0, 30.0])
     intensity: bool = False       # raw intensity differs between sensors and surveys
@@ -29,11 +33,11 @@ class FeatureConfig:
     ground_cell: float = option(min=0, exclusive=True, default=1.0)      # metres, its grid
     ground_window: float = option(min=0, exclusive=True, default=24.0)   # metres, the largest object it removes
     coarse_cells: list[float] = option(min=0, exclusive=True, default_factory=list)  # metres: context scales
-    coarse_k: int = option(min=3, default=16)
+    coarse_k: int = option(min=3, max=MAX_NEIGHBOURS, default=16)
     # vertical-column cells (metres) and plan-view (x, y) k-NN scales: off by default so that
     # bundles trained before them still load; the shipped specs set [1.0, 2.0] and [16, 48]
     column_cells: list[float] = option(min=0, exclusive=True, default_factory=list)
-    plan_k: list[int] = option(min=3, default_factory=list)
+    plan_k: list[int] = option(min=3, max=MAX_NEIGHBOURS, default_factory=list)
 
     def __post_init__(self) -> None:   # sizes and ranges: option(min=...) above, checked by the schema
         if not (self.k or self.radii):

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import make_folder
+from data.locks import folder_lock
 from data.classmap import ClassMap
-from data.errors import DataError, UserError
+from data.errors import DataError, EmptyWindowError, UserError
 from data.bounds import Bounds
-from data.io import read_cloud, read_header_info, write_cloud
+from data.io import cloud_format, read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 from data.render import render_classes
 from geometry.heights import height_above_ground
@@ -104,7 +105,7 @@ def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: C
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
-    suffix = path.suffix.lower() if fmt == "same" else f".{fmt}"
+    suffix = cloud_format(path) if fmt == "same" else f".{fmt}"
     return out_dir / f"{path.stem}{suffix}"
 
 
@@ -138,6 +139,9 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
                  context: tuple[NeighbourContext, int] | None = None,
                  bounds: Bounds | None = None) -> tuple[Path, Path]:
     cloud = read_cloud(path, bounds=bounds)
+    problem = getattr(cloud.meta, "write_problem", None)
+    if problem:                   # refused before the prediction, not after it
+        raise DataError(path, problem)
     if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
     warning = density_warning(path.name, bbox_density(cloud.xyz), train_density)
@@ -213,21 +217,29 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
         if buffer > 0 and (len(everything) > 1 or bounds is not None) else None
     position = {path: i for i, path in enumerate(everything)}
     mine = distributed.shard(inputs)     # torchrun: inputs[rank::world]; else all of them
-    for path in progress(mine, "predict", unit="file"):
-        try:
-            done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,
-                                     None if neighbours is None else (neighbours, position[path]), bounds))
-        except UserError as exc:
-            if not done and not distributed.active():
-                if created and not any(out_dir.iterdir()):
-                    out_dir.rmdir()          # a failed run leaves no empty folder it made
-                error = exc
-            else:
-                error = UserError(f"{exc}\n(the {len(done)} file(s) before it are complete in {out_dir}: "
-                                  f"{', '.join(t.name for _, t in done)}; {path.name} and the "
-                                  f"{len(mine) - len(done) - 1} after it were not written)")
-            break
+    empty: list[Path] = []
+    try:
+        with folder_lock(out_dir, "--out", log, hold=distributed.is_main()):
+            for path in progress(mine, "predict", unit="file"):
+                try:
+                    done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,
+                                             None if neighbours is None else (neighbours, position[path]), bounds))
+                except EmptyWindowError:     # its header box meets the window, none of its points does
+                    empty.append(path)
+                    log(f"--bounds {bounds}: {path.name} holds no point inside the window; skipped")
+                except UserError as exc:
+                    error = exc if not (done or distributed.active()) else UserError(
+                        f"{exc}\n(the {len(done)} file(s) before it are complete in {out_dir}: "
+                        f"{', '.join(t.name for _, t in done)}; {path.name} and the "
+                        f"{len(mine) - len(done) - 1} after it were not written)")
+                    break
+    finally:
+        if not done and not distributed.active() and created and not any(out_dir.iterdir()):
+            out_dir.rmdir()          # a failed run leaves no empty folder it made
     if not distributed.active():
+        if error is None and not done and empty:
+            error = UserError(f"--bounds {bounds}: none of the {len(empty)} input(s) whose bounds meet the window "
+                              f"holds a point inside it (first: {empty[0]})")
         if error is not None:
             raise error
         return done

@@ -15,6 +15,7 @@ import yaml
 from data.atomic import atomic_path, make_folder
 from data.classmap import ClassMap
 from data.errors import UserError
+from data.locks import folder_lock
 
 from . import distributed
 from .datasets import InputEntry, LabelledFile
@@ -135,13 +136,15 @@ def run_spec(path: str | Path, overrides: list[str] = (), out: str | None = None
     resolved["resolved"] = {"spec_file": str(loaded.path), "data_root": str(loaded.data_root),
                             "output": str(out_dir), "device": ctx.device, "limit_steps": limit_steps,
                             "inputs": {name: [str(p) for p in files] for name, files in datasets.items()}}
-    if distributed.is_main():
-        with atomic_path(out_dir / "resolved_spec.yaml") as tmp:
-            Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    for i, step in enumerate(loaded.spec.steps):
-        entry = STEPS.for_config(step)
-        t0 = time.perf_counter()
-        log(f"[{i + 1}/{len(loaded.spec.steps)}] {entry.name}")
-        entry.target.run(step, ctx, f"steps[{i}]")
-        log(f"[{i + 1}/{len(loaded.spec.steps)}] {entry.name} done in {time.perf_counter() - t0:.1f} s")
+    # one run at a time per output folder (data/locks.py); torchrun's rank 0 holds it for all
+    with folder_lock(out_dir, "--out" if out else f"{loaded.path}: output", log, hold=distributed.is_main()):
+        if distributed.is_main():
+            with atomic_path(out_dir / "resolved_spec.yaml") as tmp:
+                Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        for i, step in enumerate(loaded.spec.steps):
+            entry = STEPS.for_config(step)
+            t0 = time.perf_counter()
+            log(f"[{i + 1}/{len(loaded.spec.steps)}] {entry.name}")
+            entry.target.run(step, ctx, f"steps[{i}]")
+            log(f"[{i + 1}/{len(loaded.spec.steps)}] {entry.name} done in {time.perf_counter() - t0:.1f} s")
     return ctx

@@ -189,22 +189,22 @@ def _parse_dataclass(cls: type, data: Any, key: str, source: str) -> Any:
         raise SpecError(source, key, str(exc)) from None
 
 
-def option(*, min: float | None = None, exclusive: bool = False, predict: bool = False, resume: bool = True,
-           **kw: Any) -> Any:
+def option(*, min: float | None = None, exclusive: bool = False, max: float | None = None, predict: bool = False,
+           resume: bool = True, **kw: Any) -> Any:
     """A config dataclass field with the facts the rest of the project derives from it::
 
         radius: float = option(min=0, exclusive=True, default=10.0)
         votes: int = option(min=1, predict=True, resume=False, default=3)
 
     - ``min`` / ``exclusive``: numbers (the value, or each item of a list) must be ``>= min``
-      (``> min``); the schema checks it and names the key;
+      (``> min``); ``max``: ``<= max``; the schema checks it and names the key;
     - ``predict``: a trained bundle's option that ``run.py predict --set`` may change
       (:func:`keys_where`, e.g. a model's ``predict_options``);
     - ``resume=False``: not part of what a checkpoint must match to be resumed (how long,
       how often, how predictions are made).
     """
-    return dataclasses.field(metadata={"min": min, "exclusive": exclusive, "predict": predict, "resume": resume},
-                             **kw)
+    return dataclasses.field(metadata={"min": min, "exclusive": exclusive, "max": max, "predict": predict,
+                                       "resume": resume}, **kw)
 
 
 def keys_where(cls: type, flag: str, value: bool = True, prefix: str = "") -> tuple[str, ...]:
@@ -235,14 +235,18 @@ def without_keys(plain: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
 
 
 def _check_range(f: dataclasses.Field, value: Any, key: str, source: str) -> None:
-    low = f.metadata.get("min")
-    if low is None or value is None:
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if (low is None and high is None) or value is None:
         return
     items = value if isinstance(value, (list, tuple)) else [value]
     excl = f.metadata.get("exclusive", False)
     for v in items:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and (v <= low if excl else v < low):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if low is not None and (v <= low if excl else v < low):
             raise SpecError(source, key, f"must be {'>' if excl else '>='} {low:g}, got {v}")
+        if high is not None and v > high:
+            raise SpecError(source, key, f"must be <= {high:g}, got {v}")
 
 
 def parse_component(registry: Any, data: Any, key: str, source: str) -> Any:

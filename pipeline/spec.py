@@ -140,6 +140,24 @@ def _depth(data: Any, level: int = 0) -> int:
     return level
 
 
+MAX_VALUES = 1_000_000
+
+
+def _expanded_size(data: Any, memo: dict[int, int] | None = None) -> int:
+    """How many values ``data`` holds once every shared (YAML-aliased) container is counted
+    each time it is referenced; computed once per distinct container, so a "billion laughs"
+    document is sized without being walked."""
+    memo = {} if memo is None else memo
+    if not isinstance(data, (dict, list)):
+        return 1
+    key = id(data)
+    if key not in memo:
+        memo[key] = 0           # a self-referencing alias counts as one value
+        children = data.values() if isinstance(data, dict) else data
+        memo[key] = 1 + sum(_expanded_size(v, memo) for v in children)
+    return memo[key]
+
+
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -160,6 +178,13 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid {kind}: {exc}") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a spec") from None
+    try:
+        size = _expanded_size(data)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a spec") from None
+    if size > MAX_VALUES:
+        raise UserError(f"{path}: its YAML aliases expand to {size:,} values (more than {MAX_VALUES:,}); "
+                        "a spec never does: refused")
     if _depth(data) > MAX_DEPTH:
         raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels; a spec never is")
     if not isinstance(data, dict):

@@ -141,8 +141,15 @@ def planned_steps(total: int, ctx: Any) -> int:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` under a temporary name, renamed into place. Serialised in memory first:
+    torch's zip writer reports a full disk as an opaque RuntimeError, a plain write as ENOSPC
+    (``data.atomic`` names the file)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 class CsvLog:
@@ -367,7 +374,8 @@ class Trainer:
                         path = self._path("best.pt")
                         if path is not None:
                             atomic_torch_save(self.model.state_dict(), path)
-                    log(f"step {self.step}: loss {value:.4f}, val mIoU {res['miou']:.4f} "
+                    sets = "".join(f", {k[5:]} {v:.4f}" for k, v in res.items() if k.startswith("miou_"))
+                    log(f"step {self.step}: loss {value:.4f}, val mIoU {res['miou']:.4f}{sets} "
                         f"(best {self.best_score:.4f} at step {self.best_step})")
                 if csv_log is not None:
                     csv_log.write(row)

@@ -27,3 +27,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def rf_tiny_bundle(tmp_path_factory, lidar_data) -> Path:
+    """A small forest bundle (specs/train_demo.yaml's model, 4 trees on one training crop)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("rf_tiny")
+    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec.update(output="out", data_root=str(lidar_data))
+    spec["inputs"] = {"train": ["ign_lidarhd/train/mnx_bat.laz"]}
+    spec["steps"] = spec["steps"][:1]
+    spec["steps"][0].pop("val_split", None)
+    spec["steps"][0]["model"].update(n_estimators=4, max_samples=5000)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = subprocess.run([sys.executable, str(REPO / "run.py"), "run", str(folder / "spec.yaml"), "--quiet"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return folder / "out" / "model.bundle"

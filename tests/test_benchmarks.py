@@ -35,7 +35,7 @@ def test_quick_mode_runs(script):
 def test_bundle_benchmarks_run(tmp_path, lidar_data):
     import yaml
 
-    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
     spec.update(data_root=str(lidar_data), output="out")
     spec["steps"] = spec["steps"][:1]
     spec["steps"][0]["model"].update(n_estimators=4, max_samples=10000)

@@ -143,7 +143,7 @@ def test_predict_and_train_on_windows(copc_tiles: list[Path], tmp_path: Path) ->
 
     from conftest import REPO
 
-    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
     spec.update(output="out", data_root=str(tmp_path))
     window = [770500.0, 6277550.0, 770520.0, 6277580.0]            # a quarter of the tile
     spec["inputs"] = {"train": [{"files": str(copc_tiles[1]), "bounds": window}]}
@@ -179,3 +179,52 @@ def test_predict_and_train_on_windows(copc_tiles: list[Path], tmp_path: Path) ->
               "--bounds", "0,0,1,1", "--out", tmp_path / "none")
     assert res.returncode == 2 and "--bounds 0,0,1,1: none of the 4 input(s) meets the window" in res.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_windows_the_user_may_give(copc_tiles: list[Path], rf_tiny_bundle: Path, tmp_path: Path) -> None:
+    """A window given with negative coordinates is a value, not an option; an input whose
+    header box meets the window but holds no point in it is skipped like one that misses it;
+    bounds are printed in full, never as 6.27754e+06."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+
+    src = TILE
+    las = laspy.read(src)
+    gap = Bounds(770520.0, 6277570.0, 770530.0, 6277580.0)          # 10 m inside the tile
+    assert gap.contains(np.stack([las.x, las.y], 1)).any()
+    holed = laspy.LasData(las.header)
+    holed.points = las.points[~gap.contains(np.stack([las.x, las.y], 1))]
+    holed.write(tmp_path / "holed.laz")
+    res = cli("predict", "--model", rf_tiny_bundle, "--input", tmp_path / "holed.laz", src,
+              "--bounds", str(gap), "--out", tmp_path / "pred", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [src.name]
+    res = cli("predict", "--model", rf_tiny_bundle, "--input", tmp_path / "holed.laz",
+              "--bounds", str(gap), "--out", tmp_path / "none")
+    assert res.returncode == 2 and "holds a point inside it" in res.stderr and "Traceback" not in res.stderr
+    assert "770520,6277570,770530,6277580" in res.stderr and "e+06" not in res.stderr
+    assert not (tmp_path / "none").exists()
+    res = cli("predict", "--model", rf_tiny_bundle, "--input", copc_tiles[0], "--bounds", "-1e12,-1e12,1e12,1e12",
+              "--out", tmp_path / "all", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert len(read_cloud(tmp_path / "all" / copc_tiles[0].name)) == read_header_info(copc_tiles[0]).point_count
+
+
+def test_a_damaged_copc_hierarchy_is_named(copc_tile: Path, tmp_path: Path) -> None:
+    """A COPC file whose hierarchy pages were wiped says so, instead of 'no point inside'."""
+    with laspy.CopcReader.open(copc_tile) as reader:
+        offset, size = reader.copc_info.hierarchy_root_offset, reader.copc_info.hierarchy_root_size
+    damaged = tmp_path / "damaged.copc.laz"
+    data = bytearray(copc_tile.read_bytes())
+    data[offset:offset + size] = bytes(size)
+    damaged.write_bytes(bytes(data))
+    info = read_header_info(copc_tile)
+    mid = (info.mins + info.maxs) / 2
+    with pytest.raises(DataError, match=r"damaged.copc.laz: corrupt COPC file: its hierarchy"):
+        read_cloud(damaged, bounds=Bounds(mid[0], mid[1], mid[0] + 5, mid[1] + 5))

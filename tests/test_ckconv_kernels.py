@@ -57,6 +57,10 @@ def test_window_matches_product_formula():
     assert torch.equal(win.window(torch.zeros(1, 1, 3)), torch.ones(1, 1, 5))
     assert "fast_decay_pct=13.81" in repr(win) and "slow_decay_pct=2.3" in repr(win)
     assert win(grid, x.bfloat16()).dtype == torch.bfloat16
+    # the grid itself must be float32 (the contract asserts it; the features may be any dtype)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        with pytest.raises(AssertionError, match="grid must be float32"):
+            win(grid.to(dtype), x)
 
 
 # --------------------------------------------------------------------------- grid

@@ -125,11 +125,37 @@ def test_split_parts_partition_the_labelled_points(lidar_data):
     assert 0.2 < (y_val != IGNORE).sum() / labelled.sum() < 0.5
 
 
-def test_train_step_refuses_val_inputs_with_val_split(tmp_path, lidar_data):
-    path = _spec(tmp_path, lidar_data, {"train": ["ign_lidarhd/train/mnx_bat.laz"]},
-                 val_inputs="train", val_split={"fraction": 0.2})
-    with pytest.raises(SpecError, match=r"steps\[0\].val_split: give either val_inputs"):
-        load_spec(path)
+def test_val_split_and_val_inputs_are_scored_apart_and_pooled(tmp_path, lidar_data):
+    """Blocks of the training files and a held-out file validate one training together: the
+    summary holds each set's mIoU and the pooled one (which is neither set's alone)."""
+    path = _spec(tmp_path, lidar_data, {"train": ["ign_lidarhd/train/mnx_bat.laz"],
+                                        "held": ["ign_lidarhd/train/mnx_pont.laz"]},
+                 val_inputs="held", val_split={"fraction": 0.2})
+    run = cli("run", path, "--out", tmp_path / "out", "--quiet")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "out" / "model.bundle" / "bundle.json").read_text())["summary"]
+    sets = summary["val_miou_sets"]
+    assert set(sets) == {"blocks", "held_out"}
+    assert summary["val_files"] == ["mnx_bat.laz [val blocks]", "mnx_pont.laz"]
+    assert sets["blocks"] != sets["held_out"] and 0 < summary["val_miou"] < 1
+    cm = np.array(summary["val_confusion"])
+    assert cm.shape == (4, 4) and cm.sum() > 0
+
+
+def test_validation_scores_pool_the_sets():
+    from pipeline.evaluation import metrics_from_confusion, validation_scores
+
+    a = np.array([[8, 2], [0, 0]])
+    b = np.array([[0, 0], [3, 7]])
+    res = validation_scores({"blocks": a, "held_out": b}, ["x", "y"])
+    assert res["miou"] == pytest.approx(metrics_from_confusion(a + b, ["x", "y"])["miou"])
+    assert res["miou_blocks"] == pytest.approx(0.8)        # x: 8/10; y absent from a's reference: not averaged
+    assert res["miou_held_out"] == pytest.approx(0.7)      # y: 7/10
+    assert res["iou_x"] == pytest.approx(8 / 13) and res["iou_y"] == pytest.approx(7 / 12)
+    assert "miou_blocks" not in validation_scores({"blocks": a}, ["x", "y"])
+
+
+def test_train_step_checks_val_split(tmp_path, lidar_data):
     path = _spec(tmp_path, lidar_data, {"train": ["ign_lidarhd/train/mnx_bat.laz"]}, val_split={"fraction": 2})
     with pytest.raises(SpecError, match=r"steps\[0\].val_split: fraction must be in \(0, 1\)"):
         load_spec(path)

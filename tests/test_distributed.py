@@ -56,7 +56,7 @@ def rf_bundle(tmp_path_factory, lidar_data):
     import yaml
 
     folder = tmp_path_factory.mktemp("ddp_rf")
-    spec = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
     spec["data_root"] = str(lidar_data)
     spec["output"] = "out"
     spec["steps"] = spec["steps"][:1]
@@ -83,7 +83,7 @@ def test_sharded_predict_and_merged_evaluate_equal_one_process(rf_bundle, lidar_
         np.testing.assert_array_equal(a.X, b.X)
     for name, run in (("one", cli), ("two", torchrun)):
         args = ("evaluate", "--pred", tmp_path / name / "*.laz", "--out", tmp_path / f"eval_{name}",
-                "--classes", REPO / "specs" / "demo.yaml", "--no-views")
+                "--classes", REPO / "specs" / "train_demo.yaml", "--no-views")
         res = run(*args) if name == "one" else run("run.py", *args)
         assert res.returncode == 0, res.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"eval_{n}" / "report.json").read_text()) for n in ("one", "two"))

@@ -156,6 +156,24 @@ def test_las_with_too_many_points_in_header(tmp_path: Path) -> None:
         read_header_info(las)
 
 
+@pytest.mark.parametrize("offset, value, words", [
+    (131, 1e300, "header x scale 1e+300 / offset 0.0 allow coordinates up to inf"),
+    (139, 1e200, "header y scale 1e+200"),
+    (171, 1e300, "header z scale 0.01 / offset 1e+300"),
+])
+@needs_data
+def test_header_scales_that_break_coordinates(tmp_path: Path, offset: int, value: float, words: str) -> None:
+    """A scale or offset that puts coordinates at infinity or beyond any coordinate system is a
+    broken header, named as such (not an overflow deep in the grids)."""
+    b = bytearray(LAZ.read_bytes())
+    struct.pack_into("<d", b, offset, value)
+    bad = tmp_path / "scaled.laz"
+    bad.write_bytes(bytes(b))
+    for read in (read_header_info, read_cloud):
+        with pytest.raises(DataError, match=r"scaled.laz: " + words.replace("+", r"\+").replace(".", r"\.")):
+            read(bad)
+
+
 def test_missing_file_and_suffix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.laz: file not found"):
         read_cloud(tmp_path / "nope.laz")

@@ -41,11 +41,11 @@ def test_console_script_runs_like_run_py(tmp_path):
     """The set-up installs the package into the venv: ``lidarseg`` works from any folder."""
     exe = Path(sys.executable).with_name("lidarseg")
     assert exe.is_file(), f"{exe} missing: run bash scripts/setup_env.sh (pip install -e .)"
-    ok = subprocess.run([str(exe), "validate", str(REPO / "specs" / "demo.yaml")], cwd=tmp_path,
+    ok = subprocess.run([str(exe), "validate", str(REPO / "specs" / "train_demo.yaml")], cwd=tmp_path,
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "valid (3 steps" in ok.stdout
-    bad = subprocess.run([str(exe), "validate", str(REPO / "specs" / "demo.yaml"), "--set", "seedd=1"],
+    bad = subprocess.run([str(exe), "validate", str(REPO / "specs" / "train_demo.yaml"), "--set", "seedd=1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "seedd" in bad.stderr and "Traceback" not in bad.stderr
     assert subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout.startswith("usage: lidarseg")

@@ -259,14 +259,13 @@ class CKConvGridModel:
         if vdata is not None:
             def validate() -> dict[str, Any]:
                 """Point mIoU: a point takes its cell's (voxel's) class, as in predict_proba."""
-                from pipeline.evaluation import confusion_matrix, metrics_from_confusion
+                from pipeline.evaluation import confusion_matrix, validation_scores
 
-                cm = np.zeros((C, C), np.int64)
-                for g, ref in vdata:
+                cms = {g: np.zeros((C, C), np.int64) for g in dict.fromkeys(v.val_group for v in val)}
+                for item, (g, ref) in zip(val, vdata):
                     pred = self.predict_cells(g, ctx.device).reshape(-1, C).argmax(-1)[g.point_index]
-                    cm += confusion_matrix(ref, pred, C)
-                m = metrics_from_confusion(cm, list(self.class_map.names))
-                return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
+                    cms[item.val_group] += confusion_matrix(ref, pred, C)
+                return validation_scores(cms, self.class_map.names)
 
         trainer = Trainer(net, cfg.optim, cfg.steps, ctx.device, ctx.work_dir, seed=ctx.seed,
                           limit_steps=ctx.limit_steps, stop_after=ctx.stop_after, val_every=cfg.val_every,

@@ -261,14 +261,13 @@ class KPConvXModel:
         validate = None
         if vdata is not None:
             def validate() -> dict[str, Any]:
-                from pipeline.evaluation import confusion_matrix, metrics_from_confusion
+                from pipeline.evaluation import confusion_matrix, validation_scores
 
-                cm = np.zeros((C, C), np.int64)
-                for xyz, f, y in zip(*vdata):
+                cms = {g: np.zeros((C, C), np.int64) for g in dict.fromkeys(v.val_group for v in val)}
+                for item, xyz, f, y in zip(val, *vdata):
                     proba, _ = self._proba(xyz, f, ctx.device, cfg.val_votes)
-                    cm += confusion_matrix(y, proba.argmax(1), C)
-                m = metrics_from_confusion(cm, list(self.class_map.names))
-                return {"miou": float(m["miou"]), "overall_accuracy": float(m["overall_accuracy"])}
+                    cms[item.val_group] += confusion_matrix(y, proba.argmax(1), C)
+                return validation_scores(cms, self.class_map.names)
 
         trainer = Trainer(self.net, cfg.optim, cfg.total_steps, ctx.device, ctx.work_dir, seed=ctx.seed,
                           limit_steps=ctx.limit_steps, stop_after=ctx.stop_after, val_every=cfg.val_every,
@@ -350,6 +349,11 @@ class KPConvXModel:
                 continue
             if not (isinstance(v, list) and len(v) == size and all(isinstance(x, (int, float)) for x in v)):
                 raise UserError(f"{folder}: {name}: {key!r} must be a list of {size} numbers")
+            if not np.isfinite(v).all():
+                raise UserError(f"{folder}: {name}: {key!r} holds NaN or infinite values: a broken bundle")
+        if not (np.asarray(meta["std"], np.float64) > 0).all():
+            raise UserError(f"{folder}: {name}: 'std' (the feature standardisation) must be > 0 for every "
+                            "column: a broken bundle (training keeps it >= 1e-6)")
         if meta.get("num_classes", C) != C:
             raise UserError(f"{folder}: the weights are for {meta.get('num_classes')} classes, the class map has {C}")
         model.mean = np.asarray(meta["mean"], np.float32)

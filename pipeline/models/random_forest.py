@@ -112,16 +112,20 @@ class RandomForestModel:
         if val:
             from pipeline.evaluation import confusion_matrix, metrics_from_confusion
 
-            cm = np.zeros((C, C), dtype=np.int64)
+            cms = {g: np.zeros((C, C), np.int64) for g in dict.fromkeys(v.val_group for v in val)}
             for item in progress(val, "validation", unit="file"):
                 cloud, ref = item.read()
                 if (ref != IGNORE).any():
-                    cm += confusion_matrix(ref, self.predict_proba(cloud).argmax(1), C)
-            m = metrics_from_confusion(cm, self.class_map.names)
+                    cms[item.val_group] += confusion_matrix(ref, self.predict_proba(cloud).argmax(1), C)
+            m = metrics_from_confusion(sum(cms.values()), self.class_map.names)
             summary["val_miou"] = m["miou"]
             summary["val_iou"] = {n: round(v["iou"], 4) for n, v in m["per_class"].items() if v["support"]}
+            summary["val_confusion"] = m["confusion_matrix"]
+            if len(cms) > 1:
+                summary["val_miou_sets"] = {g: metrics_from_confusion(cm, self.class_map.names)["miou"]
+                                            for g, cm in cms.items()}
             log(f"validation mIoU {m['miou']:.4f} (" + ", ".join(f"{n} {v:.3f}" for n, v in summary['val_iou'].items())
-                + ")")
+                + ")" + "".join(f"; {g} {v:.4f}" for g, v in summary.get("val_miou_sets", {}).items()))
         return summary
 
     def _check_names(self, names: list[str], path: object) -> None:

@@ -11,6 +11,7 @@ from pipeline.layouts import check_vegetation_heights, vegetation_heights_proble
 from pipeline.predict import OutputOptions, predict_files
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError, option
+from pipeline.shipped import models_dir, shipped_models
 from pipeline.spec import check_output_name
 
 
@@ -19,7 +20,7 @@ class PredictStep:
     @dataclass
     class Config:
         inputs: str | list[str] = "test"
-        model: str = "model"            # name of a train step of this spec, or a path to a .bundle
+        model: str = "model"            # a train step of this spec, a shipped model's name or a bundle path
         name: str = "predict"
         output: str = "predictions"     # folder inside the run's output folder
         probabilities: bool = False     # also write prob_<class> extra dimensions
@@ -53,15 +54,17 @@ class PredictStep:
                                     f"a window on predict inputs goes in the predict step ({key}.bounds), "
                                     "which applies it to every input")
         trained = [s.name for s in loaded.spec.steps if type(s).component_type == "train"]
-        if cfg.model not in trained and not cfg.model.endswith(".bundle"):
+        if cfg.model not in trained and cfg.model not in shipped_models() and not cfg.model.endswith(".bundle"):
             raise SpecError(str(loaded.path), f"{key}.model",
-                            f"{cfg.model!r} is neither a train step of this spec ({trained or 'none'}) "
-                            "nor a path to a .bundle")
+                            f"{cfg.model!r} is neither a train step of this spec ({trained or 'none'}), "
+                            f"a shipped model ({shipped_models() or 'none'}) nor a path to a .bundle")
 
     @staticmethod
     def run(cfg: "PredictStep.Config", ctx, key: str) -> None:
         if cfg.model in ctx.bundles:
             bundle = ctx.bundles[cfg.model]
+        elif cfg.model in shipped_models() and not cfg.model.endswith(".bundle"):
+            bundle = models_dir() / cfg.model
         else:
             bundle = Path(cfg.model)
             if not bundle.is_absolute():

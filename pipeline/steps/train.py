@@ -1,9 +1,11 @@
 """``type: train``: fit a model component and write ``OUT/NAME.bundle``.
 
-Validation data is either ``val_inputs`` (other files) or ``val_split`` (blocks carved out
-of the training files, :class:`pipeline.datasets.ValSplit`); never both. A validation file
-that a predict step of the same spec also labels is reported as a warning, since a model
-picked on it is then scored on the data that chose it.
+Validation data is ``val_split`` (blocks carved out of the training files,
+:class:`pipeline.datasets.ValSplit`), ``val_inputs`` (whole held-out files, e.g. a survey the
+training never sees) or both: the sets are scored apart (``miou_blocks``, ``miou_held_out``)
+and pooled (``miou``, which picks the checkpoint). A validation file that a predict step of
+the same spec also labels is reported as a warning, since a model picked on it is then
+scored on the data that chose it.
 """
 from __future__ import annotations
 
@@ -48,17 +50,20 @@ class TrainStep:
     def check(cfg: "TrainStep.Config", loaded, key: str) -> None:
         if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
             raise SpecError(str(loaded.path), f"{key}.name", f"{cfg.name!r} is not a plain file name")
-        if cfg.val_inputs and cfg.val_split is not None:
-            raise SpecError(str(loaded.path), f"{key}.val_split",
-                            "give either val_inputs (other files) or val_split (blocks of the training files)")
 
     @staticmethod
     def run(cfg: "TrainStep.Config", ctx, key: str) -> None:
         train = ctx.resolve_labelled(cfg.inputs, f"{key}.inputs")
+        val: list = []
         if cfg.val_split is not None:
             train, val = split_files(train, cfg.val_split)
-        else:
-            val = ctx.resolve_labelled(cfg.val_inputs, f"{key}.val_inputs") if cfg.val_inputs else []
+        if cfg.val_inputs:
+            held_out = ctx.resolve_labelled(cfg.val_inputs, f"{key}.val_inputs")
+            overlap = sorted({f.path.name for f in held_out if f.path in {t.path for t in train}})
+            if overlap:
+                log(f"warning: {key}.val_inputs: {', '.join(overlap)} also trained on: its figure is not a "
+                    "held-out one")
+            val = val + held_out
             predicted = {p for s in ctx.loaded.spec.steps if type(s).component_type == "predict"
                          for p in ctx.resolve_inputs(s.inputs, key)}
             leaked = sorted({f.path.name for f in val if f.path in predicted})
@@ -77,8 +82,9 @@ class TrainStep:
             distributed.barrier()
         tctx = base.TrainContext(device=ctx.device, limit_steps=ctx.limit_steps, seed=ctx.seed, work_dir=work,
                                  resume=ctx.resume, stop_after=ctx.stop_after)
-        how = (f", validating on {cfg.val_split.fraction:.0%} of their points in {cfg.val_split.block:g} m blocks"
-               if cfg.val_split is not None else (f", validating on {len(val)}" if val else ""))
+        sets = ([f"{cfg.val_split.fraction:.0%} of their points in {cfg.val_split.block:g} m blocks"]
+                if cfg.val_split is not None else []) + ([f"{len(held_out)} held-out file(s)"] if cfg.val_inputs else [])
+        how = f", validating on {' and '.join(sets)}" if sets else ""
         log(f"training {entry.name} on {len(train)} file(s){how}")
         densities = [bbox_density(read_header_info(f.path)) for f in train]
         summary = model.fit(train, val, tctx)
