@@ -34,6 +34,10 @@ class ClassMap:
     #: a map derived by :meth:`with_overrides` for one survey may leave a class without codes
     #: (it then labels no point of that survey); a spec's own map may not
     allow_empty: bool = field(default=False, compare=False, repr=False)
+    #: ``(code, class indices)``: codes that mean "one of these classes" in one survey (e.g.
+    #: AHN code 1: vegetation or any other object). They encode as ``IGNORE`` (never scored,
+    #: dropped by the forest); :meth:`candidates` gives the torch models the sets
+    ambiguous: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -53,6 +57,11 @@ class ClassMap:
         for code in self.ignore:
             if code in seen:
                 raise UserError(f"class map: code {code} is both ignored and in class {seen[code]!r}")
+        for code, members in self.ambiguous:
+            if code in seen or code in self.ignore:
+                raise UserError(f"class map: ambiguous code {code} is also mapped or ignored")
+            if len(set(members)) < 2 or not all(0 <= m < len(self.names) for m in members):
+                raise UserError(f"class map: ambiguous code {code} needs two or more classes of the map")
 
     # -- construction / serialisation -------------------------------------------------
     @classmethod
@@ -64,33 +73,47 @@ class ClassMap:
     def to_config(self) -> dict[str, Any]:
         return {"classes": {n: list(c) for n, c in zip(self.names, self.codes)}, "ignore": list(self.ignore)}
 
+    def _class_name(self, name: str, key: str) -> int:
+        if name not in self.names:
+            hint = difflib.get_close_matches(str(name), self.names, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else f" (classes: {', '.join(self.names)})"
+            raise UserError(f"{key}: not a class of the class map{extra}")
+        return self.names.index(name)
+
     def with_overrides(self, classes: Mapping[str, Sequence[int]] | None = None,
-                       ignore: Sequence[int] = ()) -> "ClassMap":
+                       ignore: Sequence[int] = (), ambiguous: Mapping[int, Sequence[str]] | None = None) -> "ClassMap":
         """This map with some codes moved, for the files of one survey.
 
         ``classes`` maps class names of this map to codes that mean that class in the survey
         (each code is taken out of the class or ignore list that held it); ``ignore`` lists
-        codes to leave out there (e.g. code 1 where it means "not classified yet"). Class
-        names, order and the codes written back are unchanged. Raises ``UserError`` for an
-        unknown class name or a code that is both moved and ignored.
+        codes to leave out there (e.g. code 1 where it means "not classified yet");
+        ``ambiguous`` maps codes to the set of classes they may mean there (two or more; e.g.
+        ``{1: [vegetation, other]}``). Class names, order and the codes written back are
+        unchanged. Raises ``UserError`` for an unknown class name or a code given twice.
         """
         classes = dict(classes or {})
         ignore = [int(c) for c in ignore]
+        sets = {int(c): tuple(sorted({self._class_name(n, f"ambiguous.{c}.{n}") for n in names}))
+                for c, names in (ambiguous or {}).items()}
         for name in classes:
-            if name not in self.names:
-                hint = difflib.get_close_matches(str(name), self.names, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else f" (classes: {', '.join(self.names)})"
-                raise UserError(f"classes.{name}: not a class of the class map{extra}")
+            self._class_name(name, f"classes.{name}")
         moved = {int(c): name for name, codes in classes.items() for c in codes}
         both = sorted(set(moved) & set(ignore))
         if both:
             raise UserError(f"code(s) {both} are both ignored and moved to a class")
-        taken = set(moved) | set(ignore)
+        twice = sorted(set(sets) & (set(moved) | set(ignore)))
+        if twice:
+            raise UserError(f"code(s) {twice} are ambiguous and also moved or ignored")
+        for c, members in sets.items():
+            if len(members) < 2:
+                raise UserError(f"ambiguous.{c}: give two or more classes (one class is 'classes: {{name: [{c}]}}')")
+        taken = set(moved) | set(ignore) | set(sets)
         codes = tuple(tuple(c for c in own if c not in taken)
                       + tuple(sorted(c for c, n in moved.items() if n == name))
                       for name, own in zip(self.names, self.codes))
         kept_ignore = tuple(c for c in self.ignore if c not in taken) + tuple(sorted(set(ignore)))
-        return ClassMap(self.names, codes, kept_ignore, allow_empty=True)
+        kept_sets = tuple((c, m) for c, m in self.ambiguous if c not in taken) + tuple(sorted(sets.items()))
+        return ClassMap(self.names, codes, kept_ignore, allow_empty=True, ambiguous=kept_sets)
 
     @classmethod
     def identity(cls, codes: Sequence[int]) -> "ClassMap":
@@ -113,7 +136,19 @@ class ClassMap:
         for i, codes in enumerate(self.codes):
             lut[list(codes)] = i
         lut[list(self.ignore)] = IGNORE
+        lut[[c for c, _ in self.ambiguous]] = IGNORE
         return lut
+
+    def candidates(self, codes: np.ndarray) -> np.ndarray | None:
+        """``[N, num_classes]`` bool: for points of an ambiguous code, the classes it may mean
+        (all False elsewhere); None when this map has no ambiguous code. The partial-label
+        loss ``-log sum_{c in set} p_c`` trains on these rows."""
+        if not self.ambiguous:
+            return None
+        table = np.zeros((_MAX_CODE + 1, self.num_classes), bool)
+        for code, members in self.ambiguous:
+            table[code, list(members)] = True
+        return table[np.asarray(codes, np.int64)]
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
         """Codes ``[N]`` in ``0..65535`` -> class indices ``[N]`` int64, ``IGNORE`` for ignored

@@ -48,6 +48,7 @@ class FileAudit:
     unknown: dict[int, int] = field(default_factory=dict)   # codes the map does not know
     role: str = ""                        # "train" / "predict" / "" (from a spec)
     ignored_codes: list[int] = field(default_factory=list)   # the file's class map's ignore list
+    ambiguous: dict[str, int] = field(default_factory=dict)  # "code -> a|b" -> points (partial labels)
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.path.name, "path": str(self.path), "points": self.points,
@@ -55,7 +56,7 @@ class FileAudit:
                 "point_format": self.point_format, "fields": self.fields,
                 "codes": {str(k): v for k, v in self.codes.items()}, "classes": self.classes,
                 "ignored_points": self.ignored, "unknown_codes": {str(k): v for k, v in self.unknown.items()},
-                "role": self.role}
+                "ambiguous": self.ambiguous, "role": self.role}
 
 
 def bbox_density(xyz_or_info: Any) -> float:
@@ -98,7 +99,10 @@ def audit_file(path: Path, class_map: ClassMap | None = None, role: str = "") ->
     if class_map is not None and codes:
         keys, points = np.array(list(codes)), np.array(list(codes.values()))
         labels = class_map.lookup(keys)
-        audit.ignored = int(points[labels == IGNORE].sum())
+        sets = dict(class_map.ambiguous)
+        audit.ambiguous = {f"{c} -> {'|'.join(class_map.names[m] for m in sets[c])}": codes[c]
+                           for c in sorted(sets) if c in codes}
+        audit.ignored = int(points[labels == IGNORE].sum()) - sum(audit.ambiguous.values())
         audit.unknown = {int(c): int(k) for c, k in zip(keys[labels == UNKNOWN], points[labels == UNKNOWN])}
         known = labels >= 0
         counts = np.bincount(labels[known], weights=points[known], minlength=class_map.num_classes)
@@ -161,11 +165,12 @@ def report_markdown(audits: list[FileAudit], warnings: list[str], class_map: Cla
         lines.append(f"| {a.path.name} | " + " | ".join(f"{a.codes.get(c, 0):,}" for c in codes) + " |")
     if class_map is not None:
         lines += ["", "## Classes (with each file's class map)", "",
-                  "| file | " + " | ".join(class_map.names) + " | ignored | unknown |",
-                  "|---|" + "---|" * (len(class_map.names) + 2)]
+                  "| file | " + " | ".join(class_map.names) + " | ambiguous | ignored | unknown |",
+                  "|---|" + "---|" * (len(class_map.names) + 3)]
         for a in audits:
+            amb = "; ".join(f"{k}: {v:,}" for k, v in a.ambiguous.items()) or "0"
             lines.append(f"| {a.path.name} | " + " | ".join(f"{a.classes.get(n, 0):,}" for n in class_map.names)
-                         + f" | {a.ignored:,} | {sum(a.unknown.values()):,} |")
+                         + f" | {amb} | {a.ignored:,} | {sum(a.unknown.values()):,} |")
     lines += ["", "## Fields", ""]
     for a in audits:
         lines.append(f"- {a.path.name}: {', '.join(a.fields)}")

@@ -42,12 +42,19 @@ class InputEntry:
     ignore: list[int] = field(default_factory=list)          # codes left out in these files
     classes: dict[str, list[int]] = field(default_factory=dict)  # class -> codes that mean it here
     bounds: list[float] | None = None     # [xmin, ymin, xmax, ymax]: only this window (data/bounds.py)
+    #: code -> the classes it may mean here (two or more), e.g. {1: [vegetation, other]}: the
+    #: torch point models train on it with a partial-label loss; never scored; the forest drops it
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.files:
             raise UserError("files: give at least one path or glob")
-        if not (self.ignore or self.classes or self.bounds is not None):
-            raise UserError("an entry with 'files' needs 'ignore', 'classes' or 'bounds' (else write the glob alone)")
+        if not (self.ignore or self.classes or self.ambiguous or self.bounds is not None):
+            raise UserError("an entry with 'files' needs 'ignore', 'classes', 'ambiguous' or 'bounds' "
+                            "(else write the glob alone)")
+        for code in self.ambiguous:
+            if not str(code).isdigit():
+                raise UserError(f"ambiguous.{code}: expected a class code (an integer)")
         problem = None if self.bounds is None else bounds_problem(self.bounds)
         if problem:
             raise UserError(f"bounds: {problem}")
@@ -55,6 +62,10 @@ class InputEntry:
     @property
     def window(self) -> Bounds | None:
         return None if self.bounds is None else Bounds.of(self.bounds, "bounds")
+
+    def class_map(self, base: ClassMap) -> ClassMap:
+        """``base`` with this entry's changes (``classes``, ``ignore``, ``ambiguous``)."""
+        return base.with_overrides(self.classes, self.ignore, {int(c): v for c, v in self.ambiguous.items()})
 
     @property
     def patterns(self) -> list[str]:
@@ -146,6 +157,15 @@ class LabelledFile:
         """``(cloud, labels [N])``: the file (its window under ``bounds``) and :meth:`labels`."""
         cloud = read_cloud(self.path, bounds=self.bounds)
         return cloud, self.labels(cloud)
+
+    def candidates(self, cloud: PointCloud) -> np.ndarray | None:
+        """``[N, C]`` bool: the classes an ambiguous code's points may mean (``ClassMap.candidates``),
+        all False outside this part of a split; None when the file has no ambiguous code."""
+        cand = self.class_map.candidates(reference_codes(cloud))
+        if cand is not None and self.split is not None and self.part != "all":
+            in_val = self.split.val_mask(cloud.xyz, self.path.name)
+            cand[in_val if self.part == "train" else ~in_val] = False
+        return cand
 
 
 def split_files(files: list[LabelledFile], split: ValSplit) -> tuple[list[LabelledFile], list[LabelledFile]]:

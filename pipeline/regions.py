@@ -59,6 +59,8 @@ class AugmentConfig:
                                                         # non-geometric features
     stretch_z: list[float] = field(default_factory=lambda: [1.0, 1.0])   # factor range on heights
                                                         # above ground (needs the 'ground' feature)
+    thin: list[float] = field(default_factory=lambda: [1.0, 1.0])   # share of a region's points kept,
+                                                        # drawn per region (density robustness)
 
     def __post_init__(self) -> None:
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
@@ -70,10 +72,16 @@ class AugmentConfig:
             raise UserError("jitter and jitter_clip must be >= 0")
         if len(self.stretch_z) != 2 or not 0 < self.stretch_z[0] <= self.stretch_z[1]:
             raise UserError(f"stretch_z must be [low, high] with 0 < low <= high, got {self.stretch_z}")
+        if len(self.thin) != 2 or not 0 < self.thin[0] <= self.thin[1] <= 1:
+            raise UserError(f"thin must be [low, high] with 0 < low <= high <= 1, got {self.thin}")
 
     @property
     def stretches(self) -> bool:
         return tuple(self.stretch_z) != (1.0, 1.0)
+
+    @property
+    def thins(self) -> bool:
+        return tuple(self.thin) != (1.0, 1.0)
 
 
 @dataclass
@@ -84,6 +92,14 @@ class Region:
     index: np.ndarray           # [n] int64 rows of the tile
     xyz: np.ndarray             # [n, 3] float32, relative to the centre
     center: np.ndarray          # [3] float64
+
+    def thinned(self, keep: float, rng: np.random.Generator) -> "Region":
+        """A random ``keep`` share of the points (at least one), in their order: a sparser
+        survey of the same place (``augment.thin``)."""
+        if keep >= 1.0 or len(self.index) < 2:
+            return self
+        rows = np.sort(rng.choice(len(self.index), max(1, int(round(keep * len(self.index)))), replace=False))
+        return Region(self.tile, self.index[rows], self.xyz[rows], self.center)
 
 
 class RegionSampler:

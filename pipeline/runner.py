@@ -69,7 +69,7 @@ class RunContext:
         for item, where in items:
             entry = item if isinstance(item, InputEntry) else None
             patterns = entry.patterns if entry else [item]
-            cmap = self.class_map.with_overrides(entry.classes, entry.ignore) if entry else self.class_map
+            cmap = entry.class_map(self.class_map) if entry else self.class_map
             for path in expand_patterns(patterns, self.loaded.data_root, f"{source}: {where}"):
                 if path in chosen:
                     prev_map, prev_where, prev_entry = chosen[path]

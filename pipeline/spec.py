@@ -221,7 +221,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         for i, item in enumerate(items if isinstance(items, list) else [items]):
             if isinstance(item, InputEntry):
                 try:
-                    class_map.with_overrides(item.classes, item.ignore)
+                    item.class_map(class_map)
                 except UserError as exc:
                     raise SpecError(str(path), f"inputs.{name}[{i}]", str(exc)) from None
     for i, step in enumerate(spec.steps):

@@ -140,6 +140,25 @@ def planned_steps(total: int, ctx: Any) -> int:
     return total if ctx.limit_steps is None else min(total, int(ctx.limit_steps))
 
 
+def partial_label_loss(loss_fn: Any, logits: torch.Tensor, y: torch.Tensor, candidates: np.ndarray | None,
+                       weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy ``loss_fn`` on the labelled points (``y >= 0``) and, on points whose
+    reference is ambiguous (rows of ``candidates`` ``[P, C]`` with a True), the partial-label
+    loss ``-log sum_{c in S} p_c = logsumexp(z) - logsumexp(z_S)``; averaged together, each
+    ambiguous point counting as one unit of weight (a labelled point counts ``w[y]``)."""
+    labelled = y >= 0
+    if candidates is None or not candidates.any():
+        return loss_fn(logits, y)
+    cand = torch.from_numpy(candidates).to(logits.device)
+    rows = cand.any(1)
+    z = logits[rows]
+    pl = torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cand[rows], float("-inf")), 1)
+    if not bool(labelled.any()):
+        return pl.mean()
+    mass = weights[y[labelled]].sum() if weights is not None else labelled.sum().to(logits.dtype)
+    return (loss_fn(logits, y) * mass + pl.sum()) / (mass + len(pl))
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` under a temporary name, renamed into place. Serialised in memory first:
     torch's zip writer reports a full disk as an opaque RuntimeError, a plain write as ENOSPC

@@ -39,3 +39,25 @@ def test_bad_class_maps(classes, ignore, needle):
 def test_canonical_codes_for_pictures():
     cmap = ClassMap.from_config({"ground": [2], "vegetation": [3, 4, 5]}, [7])
     assert cmap.canonical(np.array([2, 3, 4, 5, 7, 9])).tolist() == [2, 3, 3, 3, 7, 9]
+
+
+def test_ambiguous_codes_are_sets_of_classes():
+    """A code that may mean several classes in one survey: never a label (IGNORE: not scored,
+    the forest drops it), but a candidate set for the partial-label loss."""
+    import numpy as np
+
+    from data.classmap import IGNORE, ClassMap
+    from data.errors import UserError
+
+    base = ClassMap.from_config({"ground": [2], "vegetation": [3, 4, 5], "building": [6], "other": [1, 64]}, [7])
+    m = base.with_overrides(ignore=[26], ambiguous={1: ["vegetation", "other"]})
+    np.testing.assert_array_equal(m.encode(np.array([1, 2, 3, 26, 64])), [IGNORE, 0, 1, IGNORE, 3])
+    cand = m.candidates(np.array([1, 2, 1]))
+    np.testing.assert_array_equal(cand, [[False, True, False, True], [False] * 4, [False, True, False, True]])
+    assert base.candidates(np.array([1])) is None and m != base
+    with pytest.raises(UserError, match=r"ambiguous.1.vegetaton: not a class.*did you mean 'vegetation'"):
+        base.with_overrides(ambiguous={1: ["vegetaton", "other"]})
+    with pytest.raises(UserError, match="ambiguous.1: give two or more classes"):
+        base.with_overrides(ambiguous={1: ["other"]})
+    with pytest.raises(UserError, match=r"\[1\] are ambiguous and also moved or ignored"):
+        base.with_overrides(ignore=[1], ambiguous={1: ["vegetation", "other"]})

@@ -48,6 +48,7 @@ def test_bad_overrides_name_the_problem():
 
 
 def _spec(tmp_path, lidar_data, inputs, **train):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     spec = {"name": "t", "data_root": str(lidar_data), "classes": MAP.to_config()["classes"],
             "ignore": [7, 65, 66, 9, 17, 67], "inputs": inputs,
             "steps": [{"type": "train", "model": {"type": "random_forest", "n_estimators": 2}, **train}]}
@@ -70,10 +71,11 @@ def test_spec_input_entries_give_files_their_own_map(tmp_path, lidar_data):
 
 
 @pytest.mark.parametrize("entry, message", [
+    ({"files": ST_BARTH, "ambiguous": {"x": ["ground", "other"]}}, r"inputs.train\[0\]: ambiguous.x: expected a class code"),
     ({"files": ST_BARTH, "ignore": [1], "colour": 1}, r"inputs.train\[0\].colour: unknown key"),
     ({"files": ST_BARTH, "classes": {"trees": [1]}}, r"inputs.train\[0\]: classes.trees: not a class"),
     ({"files": ST_BARTH, "classes": {"ground": [1]}, "ignore": [1]}, r"inputs.train\[0\]: .*both ignored and moved"),
-    ({"files": ST_BARTH}, r"needs 'ignore', 'classes' or 'bounds'"),
+    ({"files": ST_BARTH}, r"needs 'ignore', 'classes', 'ambiguous' or 'bounds'"),
 ])
 def test_bad_input_entries_are_spec_errors(tmp_path, lidar_data, entry, message):
     with pytest.raises(SpecError, match=message):
@@ -222,3 +224,31 @@ def test_inspect_bad_input(tmp_path):
     bad.write_bytes(b"LASF" + b"\0" * 50)
     res = cli("inspect", bad)
     assert res.returncode == 2 and "broken.laz" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ambiguous_entries_in_specs_inspect_and_splits(tmp_path, lidar_data):
+    """An input entry's ambiguous code: inspect shows it per file, its points are no label
+    (never scored) but candidates, and under a split only the training part's candidates train."""
+    path = _spec(tmp_path, lidar_data, {"train": [{"files": "ign_lidarhd/train/mnx_bat.laz",
+                                                   "ambiguous": {1: ["vegetation", "other"]}}]},
+                 val_split={"fraction": 0.3})
+    res = cli("inspect", lidar_data / "ign_lidarhd/train/mnx_bat.laz", "--classes", path)
+    assert res.returncode == 0, res.stderr
+    from pipeline.runner import RunContext
+
+    loaded = load_spec(path)
+    (item,) = RunContext(loaded, tmp_path / "o").resolve_labelled("train", "t")
+    cloud, labels = item.read()
+    code1 = cloud.fields["classification"] == 1
+    assert code1.any() and (labels[code1] == IGNORE).all()
+    assert f"1 -> vegetation|other: {int(code1.sum()):,}" in res.stdout
+    cand = item.candidates(cloud)
+    np.testing.assert_array_equal(cand.any(1), code1)
+    tr, va = split_files([item], loaded.spec.steps[0].val_split)
+    in_train = tr[0].candidates(cloud).any(1)
+    assert in_train.any() and (in_train | va[0].candidates(cloud).any(1)).sum() == code1.sum()
+    assert not (in_train & va[0].candidates(cloud).any(1)).any()
+    bad = _spec(tmp_path / "b", lidar_data, {"train": [{"files": "ign_lidarhd/train/mnx_bat.laz",
+                                                        "ambiguous": {1: ["vegetaton", "other"]}}]})
+    with pytest.raises(SpecError, match=r"inputs.train\[0\]: ambiguous.1.vegetaton: not a class"):
+        load_spec(bad)

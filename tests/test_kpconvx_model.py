@@ -407,3 +407,57 @@ def test_coverage_settings_benchmark_scores_validation_blocks(run_out):
     assert rows[0].startswith("| setting | test_spacing | votes | val mIoU")
     assert rows[1].startswith("| bundle's own |") and rows[1].endswith("| 1.00x |")
     assert rows[2].startswith("| --set sampling.test_spacing=1.1 --set votes=1 | 1.1 | 1 |")
+
+
+def test_ambiguous_codes_train_with_the_partial_label_loss(tmp_path, data_root):
+    """An input entry whose code 1 may be vegetation or other trains on those points (the log
+    says how many) together with random thinning of the regions; the run completes."""
+    spec_path = tiny_spec(tmp_path, data_root, val=False)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["inputs"]["train"] = [{"files": "train/*.laz", "ambiguous": {1: ["vegetation", "other"]}}]
+    spec["steps"][0]["model"]["augment"]["thin"] = [0.5, 1.0]
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = cli("run", spec_path, "--limit-steps", "3")
+    assert res.returncode == 0, res.stderr
+    assert "training points of ambiguous codes (partial-label loss" in res.stderr
+    losses = [float(r["loss"]) for r in read_log(tmp_path / "out" / "model.work")]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_partial_label_loss_is_minus_log_of_the_set_probability():
+    import torch
+
+    from pipeline.training import partial_label_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, dtype=torch.float64)
+    y = torch.tensor([0, 2, -1, -1, 3])
+    cand = np.zeros((5, 4), bool)
+    cand[2, [1, 2]] = True
+    cand[3, [0, 1, 3]] = True
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+    ce = torch.nn.CrossEntropyLoss(weight=w, ignore_index=-1)
+    p = torch.softmax(logits, 1)
+    pl = [-torch.log(p[2, [1, 2]].sum()), -torch.log(p[3, [0, 1, 3]].sum())]
+    ce_sum = sum(-w[c] * torch.log(p[i, c]) for i, c in ((0, 0), (1, 2), (4, 3)))
+    expected = (ce_sum + sum(pl)) / (w[0] + w[2] + w[3] + 2)
+    torch.testing.assert_close(partial_label_loss(ce, logits, y, cand, w), expected)
+    torch.testing.assert_close(partial_label_loss(ce, logits, y, None, w), ce(logits, y))
+    only = torch.full((5,), -1)
+    torch.testing.assert_close(partial_label_loss(ce, logits, only, cand, w), sum(pl) / 2)
+    # a set of every class carries no information: zero loss
+    torch.testing.assert_close(partial_label_loss(ce, logits, only, np.ones((5, 4), bool), w),
+                               torch.tensor(0.0, dtype=torch.float64))
+
+
+def test_thinned_regions_keep_a_share_of_their_points():
+    from pipeline.regions import AugmentConfig, Region
+
+    rng = np.random.default_rng(0)
+    r = Region(0, np.arange(100, 300), np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32), np.zeros(3))
+    t = r.thinned(0.3, rng)
+    assert len(t.index) == 60 and np.all(np.diff(t.index) > 0) and np.isin(t.index, r.index).all()
+    np.testing.assert_array_equal(t.xyz, r.xyz[t.index - 100])
+    assert r.thinned(1.0, rng) is r
+    with pytest.raises(Exception, match="thin must be"):
+        AugmentConfig(thin=[0.0, 1.0])

@@ -40,7 +40,8 @@ from pipeline.registry import MODELS
 from pipeline.regions import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler, SamplingConfig, augment,
                               predict_coverage, rotation_z, sampled_class_counts, stretch_heights)
 from pipeline.schema import keys_where, option, to_plain, without_keys
-from pipeline.training import OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, step_rng
+from pipeline.training import (OptimConfig, Trainer, amp_autocast, class_weights, partial_label_loss, planned_steps,
+                               step_rng)
 
 from .base import Prediction, TrainContext, load_torch_file, load_weights
 from .point_inputs import FEATURES, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
@@ -194,14 +195,17 @@ class KPConvXModel:
                                  torch.from_numpy(batch).to(device))
 
     # -- training -----------------------------------------------------------------------
-    def _load_labelled(self, items: list[LabelledFile], what: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        xyzs, feats, labels = [], [], []
+    def _load_labelled(self, items: list[LabelledFile], what: str):
+        """``(xyz, features, labels, candidates)`` lists, one entry per file; ``candidates[i]``:
+        ``[N, C]`` bool of the ambiguous codes' class sets, or None (``LabelledFile.candidates``)."""
+        xyzs, feats, labels, cands = [], [], [], []
         for item in progress(items, f"reading ({what})", unit="file"):
             cloud, y = item.read()
             labels.append(y)
+            cands.append(item.candidates(cloud))
             feats.append(point_feature_matrix(cloud, list(self.config.features), self.config.height_cell))
             xyzs.append(np.asarray(cloud.xyz, np.float64))
-        return xyzs, feats, labels
+        return xyzs, feats, labels, cands
 
     def _signature(self) -> dict[str, Any]:
         """What a checkpoint must have been trained with to be resumed (``Trainer.signature``):
@@ -217,7 +221,7 @@ class KPConvXModel:
         cfg = self.config
         C = self.class_map.num_classes
         seed_everything(ctx.seed)
-        xyzs, feats, labels = self._load_labelled(train, "train")
+        xyzs, feats, labels, cands = self._load_labelled(train, "train")
         allf = np.concatenate(feats) if feats else np.zeros((0, len(self.pt_cols)), np.float32)
         self.mean = allf.mean(0).astype(np.float32) if len(allf) else self.mean
         self.std = np.maximum(allf.std(0), 1e-6).astype(np.float32) if len(allf) else self.std
@@ -230,7 +234,10 @@ class KPConvXModel:
             weights = torch.tensor(w, dtype=torch.float32, device=ctx.device)
         centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
         sampler = RegionSampler(xyzs, cfg.sampling)
-        vdata = self._load_labelled(val, "validation") if val else None
+        vdata = self._load_labelled(val, "validation")[:3] if val else None
+        n_amb = sum(int(c.any(1).sum()) for c in cands if c is not None)
+        if n_amb:
+            log(f"{n_amb:,} training points of ambiguous codes (partial-label loss over their class sets)")
         if cfg.loss.prior_correction:
             seen = sampled_class_counts(centers, sampler, labels, C, ctx.seed)
             if weights is not None:
@@ -253,10 +260,16 @@ class KPConvXModel:
             rng = step_rng(ctx.seed, step, distributed.rank())     # each rank its own regions
             tiles, rows, _ = centers.draw(cfg.batch_size, rng)
             regions = [sampler.regions(int(t), xyzs[t][r][None])[0] for t, r in zip(tiles, rows)]
+            if cfg.augment.thins:
+                regions = [r.thinned(rng.uniform(*cfg.augment.thin), rng) for r in regions]
             xyz, f, b = self._inputs(regions, feats, rng)
             y = torch.from_numpy(np.concatenate([labels[r.tile][r.index] for r in regions])).to(ctx.device)
-            logits = self._forward(xyz, f, b, ctx.device, trainer.net)
-            return loss_fn(logits.float(), y), {"points": int(len(xyz))}
+            logits = self._forward(xyz, f, b, ctx.device, trainer.net).float()
+            cand = None
+            if n_amb:
+                cand = np.concatenate([cands[r.tile][r.index] if cands[r.tile] is not None
+                                       else np.zeros((len(r.index), C), bool) for r in regions])
+            return partial_label_loss(loss_fn, logits, y, cand, weights), {"points": int(len(xyz))}
 
         validate = None
         if vdata is not None:
