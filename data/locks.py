@@ -50,14 +50,15 @@ def _describe(owner: dict | None) -> str:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str, log: Callable[[str], None] = lambda m: None,
-                hold: bool = True) -> Iterator[Path | None]:
-    """Hold ``folder/.lidarseg.lock`` (the folder must exist) for the ``with`` block; removed
-    on exit, also on errors. ``what`` names the option or key the folder came from.
-    ``hold=False`` (the other ranks of a torchrun job, whose rank 0 holds it) takes nothing."""
+                hold: bool = True, name: str = LOCK_NAME) -> Iterator[Path | None]:
+    """Hold ``folder/<name>`` (the folder must exist) for the ``with`` block; removed on exit,
+    also on errors. ``what`` names the option or key the folder came from. ``hold=False``
+    (the other ranks of a torchrun job, whose rank 0 holds it) takes nothing; ``name``: a
+    lock of its own for writers of disjoint outputs (``predict --shard``)."""
     if not hold:
         yield None
         return
-    lock = Path(folder) / LOCK_NAME
+    lock = Path(folder) / name
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
           "command": " ".join(sys.argv)[:500]}

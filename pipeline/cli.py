@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write vegetation as ASPRS 3/4/5 by height above the ground model (metres)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a prediction option of the model (e.g. votes=1 for kpconvx; repeatable)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="label only worker K's share of the sorted inputs (every N-th from K, K = 0..N-1): "
+                        "a job array's index, with no coordination between workers")
     _common(p)
 
     p = sub.add_parser("evaluate", help="compare predicted clouds with reference labels",
@@ -245,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.progress import log
             from pipeline.shipped import resolve_model
 
+            from pipeline.batch import bundle_digest, parse_shard
+
             bundle, how = resolve_model(args.model)
+            shard = parse_shard(args.shard)
             device = distributed.setup(resolve_device(args.device))
             model, class_map, meta = load_bundle(bundle, args.overrides)
             if distributed.is_main():
@@ -256,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             pairs = predict_files(model, class_map, inputs, Path(args.out), device=device, options=options, fmt=args.format,
                                   train_density=meta.get("summary", {}).get("train_density"),
                                   buffer=_non_negative(args.buffer, "--buffer"),
-                                  bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None)
+                                  bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None,
+                                  model_id=bundle_digest(bundle), shard=shard)
             if distributed.is_main():
                 print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}"
                       + (f" ({distributed.world_size()} processes)" if distributed.active() else ""))

@@ -15,13 +15,15 @@ probabilities are asked, ``<stem>_class.png`` (preview), in the cloud's CRS.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
 
 from data.atomic import make_folder
-from data.locks import folder_lock
+from data.locks import LOCK_NAME, folder_lock
 from data.classmap import ClassMap
 from data.errors import DataError, EmptyWindowError, UserError
 from data.bounds import Bounds
@@ -32,6 +34,7 @@ from geometry.heights import height_above_ground
 
 from . import distributed
 from .audit import bbox_density, density_warning
+from .batch import Ledger, take_shard
 from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, PointModel
@@ -170,11 +173,19 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
 def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
                   options: OutputOptions = OutputOptions(), fmt: str = "same",
                   train_density: dict[str, float] | None = None, buffer: float = 0.0,
-                  bounds: Bounds | None = None) -> list[tuple[Path, Path]]:
+                  bounds: Bounds | None = None, model_id: str | None = None,
+                  shard: tuple[int, int] | None = None) -> list[tuple[Path, Path]]:
     """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
 
-    Each output is written atomically. When file ``k`` fails, files ``1..k-1`` stay (they are
-    complete) and the error says which they are; nothing of file ``k`` is left.
+    Each output is written atomically. A file that fails is reported and skipped; the others
+    are labelled, and the error at the end lists the failed ones (nothing of them is left).
+
+    ``model_id`` (``pipeline.batch.bundle_digest`` of the bundle): each output gets a sidecar
+    (``OUT/.lidarseg/``), and an output whose sidecar matches its input, this model and these
+    options is skipped, so a killed batch re-run redoes only what is missing. ``shard``
+    ``(K, N)``: only ``sorted(inputs)[K::N]`` are labelled (a job array's worker K of N); the
+    others are still context for a buffer. After the batch, ``OUT/index.vpc`` indexes every
+    labelled LAS/LAZ in ``out_dir`` when it holds two or more (one QGIS layer).
 
     ``train_density`` (the bundle summary's ``{median, min, max}`` points/m^2 of the training
     files) makes a file more than 5x sparser or denser than the training data a warning.
@@ -188,18 +199,24 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     the points around the window are context.
     """
     everything = list(inputs)       # all of them are context for a buffer
-    if bounds is not None:
-        infos = [read_header_info(p) for p in everything]
-        inputs = [p for p, i in zip(everything, infos) if bounds.meets(i.mins, i.maxs)]
+    if shard is not None:
+        inputs = take_shard(sorted(inputs), shard)
+        log(f"--shard {shard[0]}/{shard[1]}: {len(inputs)} of the {len(everything)} input(s)")
         if not inputs:
+            return []
+    if bounds is not None:
+        infos = [read_header_info(p) for p in inputs]
+        kept = [p for p, i in zip(inputs, infos) if bounds.meets(i.mins, i.maxs)]
+        if not kept:
             first = infos[0]
-            raise UserError(f"--bounds {bounds}: none of the {len(everything)} input(s) meets the window "
-                            f"(first: {everything[0].name} spans x {first.mins[0]:.2f}..{first.maxs[0]:.2f}, "
+            raise UserError(f"--bounds {bounds}: none of the {len(inputs)} input(s) meets the window "
+                            f"(first: {inputs[0].name} spans x {first.mins[0]:.2f}..{first.maxs[0]:.2f}, "
                             f"y {first.mins[1]:.2f}..{first.maxs[1]:.2f})")
-        outside = [p for p in everything if p not in inputs]
+        outside = [p for p in inputs if p not in kept]
         if outside:
             log(f"--bounds {bounds}: {len(outside)} input(s) outside the window skipped "
                 f"({', '.join(p.name for p in outside[:5])}{', ...' if len(outside) > 5 else ''})")
+        inputs = kept
     sources = {p.resolve() for p in inputs}
     clash = [p for p in inputs if output_path(p, out_dir, fmt).resolve() in sources]
     if clash:
@@ -211,41 +228,61 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
         raise DataError(inputs[stems.index(dup.pop())], "two inputs share this file stem; outputs would collide")
     created = not out_dir.exists()
     make_folder(out_dir, "--out")
-    done: list[tuple[Path, Path]] = []
-    error: UserError | None = None
     neighbours = NeighbourContext(everything, buffer, bounds) \
         if buffer > 0 and (len(everything) > 1 or bounds is not None) else None
     position = {path: i for i, path in enumerate(everything)}
     mine = distributed.shard(inputs)     # torchrun: inputs[rank::world]; else all of them
+    ledger = Ledger(out_dir, model_id or "", _options_signature(model, options, fmt, buffer, bounds), len(mine))
+    done: list[tuple[Path, Path]] = []
     empty: list[Path] = []
+    lock_name = LOCK_NAME if shard is None else f".lidarseg.shard-{shard[0]}-of-{shard[1]}.lock"
     try:
-        with folder_lock(out_dir, "--out", log, hold=distributed.is_main()):
+        with folder_lock(out_dir, "--out", log, hold=distributed.is_main() or shard is not None, name=lock_name):
             for path in progress(mine, "predict", unit="file"):
+                target = output_path(path, out_dir, fmt)
+                if model_id and ledger.complete(path, target):
+                    ledger.skipped += 1
+                    done.append((path, target))
+                    log(ledger.line(path.name, "skipped (complete from an earlier run)"))
+                    continue
+                for stale in out_dir.glob(f".{glob_escape(target.name)}.*.tmp*"):   # a killed run's temporaries
+                    stale.unlink(missing_ok=True)
+                t0 = time.perf_counter()
                 try:
                     done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,
                                              None if neighbours is None else (neighbours, position[path]), bounds))
                 except EmptyWindowError:     # its header box meets the window, none of its points does
                     empty.append(path)
                     log(f"--bounds {bounds}: {path.name} holds no point inside the window; skipped")
+                    continue
                 except UserError as exc:
-                    error = exc if not (done or distributed.active()) else UserError(
-                        f"{exc}\n(the {len(done)} file(s) before it are complete in {out_dir}: "
-                        f"{', '.join(t.name for _, t in done)}; {path.name} and the "
-                        f"{len(mine) - len(done) - 1} after it were not written)")
-                    break
+                    ledger.failed.append((path, str(exc)))
+                    log(ledger.line(path.name, f"failed: {str(exc).splitlines()[0]}"))
+                    continue
+                if model_id:
+                    ledger.record(path, target)
+                ledger.done += 1
+                log(ledger.line(path.name, f"done in {time.perf_counter() - t0:.1f} s"))
     finally:
         if not done and not distributed.active() and created and not any(out_dir.iterdir()):
             out_dir.rmdir()          # a failed run leaves no empty folder it made
+    error = _batch_error(ledger, done, out_dir)
     if not distributed.active():
+        if done:
+            _write_index(out_dir)
         if error is None and not done and empty:
             error = UserError(f"--bounds {bounds}: none of the {len(empty)} input(s) whose bounds meet the window "
                               f"holds a point inside it (first: {empty[0]})")
         if error is not None:
             raise error
+        if model_id and len(mine) > 1:
+            log(f"predict: {ledger.summary()}")
         return done
     # torchrun: every rank finishes its own files first; then each failure is reported by its
     # rank, rank 0 says how many ranks failed, and every rank gets the whole list of outputs
     shared = distributed.all_gather(([(str(a), str(b)) for a, b in done], None if error is None else str(error)))
+    if distributed.is_main() and any(part for part, _ in shared):
+        _write_index(out_dir)              # once every rank's files are in place
     if error is not None:
         raise error
     failed = [(r, msg) for r, (_, msg) in enumerate(shared) if msg]
@@ -254,3 +291,38 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
                         f"{failed[0][1].splitlines()[0]}); their other files are listed in their messages")
     pairs = [(Path(a), Path(b)) for part, _ in shared for a, b in part]
     return sorted(pairs, key=lambda pair: position[pair[0]])
+
+
+def _options_signature(model: PointModel, options: OutputOptions, fmt: str, buffer: float,
+                       bounds: Bounds | None) -> dict:
+    """What besides the weights changes an output (a sidecar must match it to be skipped)."""
+    from dataclasses import asdict
+
+    from .schema import to_plain
+
+    return {"model_config": to_plain(getattr(model, "config", None)), "output": asdict(options), "format": fmt,
+            "buffer": buffer, "bounds": None if bounds is None else bounds.as_list()}
+
+
+def _batch_error(ledger: Ledger, done: list, out_dir: Path) -> UserError | None:
+    """One error listing every failed file (the others are complete), or None."""
+    if not ledger.failed:
+        return None
+    if len(ledger.failed) == 1 and not done and ledger.total == 1:
+        return UserError(ledger.failed[0][1])
+    listing = "\n".join(f"  {p}: {msg.splitlines()[0]}" for p, msg in ledger.failed)
+    return UserError(f"{len(ledger.failed)} of {ledger.total} file(s) failed and were skipped:\n{listing}\n"
+                     f"({len(done)} complete in {out_dir}; run the same command again to retry only the failed ones)")
+
+
+def _write_index(out_dir: Path) -> None:
+    """``OUT/index.vpc`` over every LAS/LAZ in ``out_dir`` (a failure to index is a warning)."""
+    from data.vpc import write_vpc
+
+    clouds = sorted(p for p in out_dir.iterdir() if p.suffix.lower() in (".las", ".laz") and p.is_file())
+    if len(clouds) < 2:          # one file opens as it is
+        return
+    try:
+        write_vpc(clouds, out_dir / "index.vpc")
+    except (UserError, OSError) as exc:
+        log(f"warning: {out_dir / 'index.vpc'} not written ({exc})")

@@ -76,7 +76,8 @@ def test_sharded_predict_and_merged_evaluate_equal_one_process(rf_bundle, lidar_
     assert two.returncode == 0, two.stderr[-3000:]
     assert "done: 4 labelled file(s)" in two.stdout and "(2 processes)" in two.stdout
     assert two.stdout.count("done:") == 1                               # rank 0 alone sums up
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [t.name for t in tiles]
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.laz")) == [t.name for t in tiles]
+    assert len(json.loads((tmp_path / "two" / "index.vpc").read_text())["features"]) == 4   # both ranks' files
     for t in tiles:
         a, b = laspy.read(tmp_path / "one" / t.name), laspy.read(tmp_path / "two" / t.name)
         np.testing.assert_array_equal(a.classification, b.classification)
@@ -101,7 +102,7 @@ def test_a_failing_file_is_named_and_the_other_rank_finishes(rf_bundle, lidar_da
     assert "zz_broken.laz" in res.stderr and "truncated or corrupt LAZ" in res.stderr
     assert "[rank0]: Traceback" not in res.stderr and "[rank1]: Traceback" not in res.stderr   # (torchrun's own stays)
     # rank 0 had tiles 0 and 2, rank 1 tile 1 and the broken file: three outputs exist
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(t.name for t in tiles[:3])
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.laz")) == sorted(t.name for t in tiles[:3])
 
 
 from test_kpconvx_model import data_root, read_log, tiny_spec  # noqa: E402,F401  (data_root: a fixture)

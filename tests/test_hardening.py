@@ -26,6 +26,11 @@ def cli(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def visible(folder: Path) -> list[str]:
+    """The names in ``folder`` a user sees (not the hidden sidecars and locks)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def refused(res, *words):
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr, res.stderr
@@ -269,16 +274,24 @@ def test_output_folders(tmp_path, rf_bundle, lidar_data):
     assert (inputs / Path(TILE).name).read_bytes() == before
 
 
-def test_a_failing_file_keeps_the_complete_ones_and_says_so(tmp_path, rf_bundle, lidar_data):
+def test_a_failing_file_is_skipped_and_listed_at_the_end(tmp_path, rf_bundle, lidar_data):
+    """One bad tile of a batch is reported and skipped; the others are labelled; the run
+    exits 2 at the end listing it; the same command again retries only it."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(lidar_data / TILE, inputs / "a.laz")
     (inputs / "b.laz").write_bytes(b"LASF" + b"\0" * 300)
-    res = cli("predict", "--model", rf_bundle, "--input", inputs / "a.laz", inputs / "b.laz", "--out", tmp_path / "p")
-    refused(res, "b.laz", "the 1 file(s) before it are complete", "a.laz")
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.laz"]
-    res = cli("predict", "--model", rf_bundle, "--input", inputs / "b.laz", "--out", tmp_path / "q")
-    refused(res, "b.laz")
+    shutil.copy(lidar_data / TILE, inputs / "c.laz")
+    res = cli("predict", "--model", rf_bundle, "--input", inputs, "--out", tmp_path / "p")
+    refused(res, "1 of 3 file(s) failed and were skipped", "b.laz", "2 complete in", "[2/3] b.laz: failed")
+    assert visible(tmp_path / "p") == ["a.laz", "c.laz", "index.vpc"]
+    shutil.copy(lidar_data / TILE, inputs / "b.laz")              # fixed
+    res = cli("predict", "--model", rf_bundle, "--input", inputs, "--out", tmp_path / "p")
+    assert res.returncode == 0, res.stderr
+    assert "1 done, 2 skipped" in res.stderr
+    (inputs / "d.laz").write_bytes(b"LASF" + b"\0" * 300)
+    res = cli("predict", "--model", rf_bundle, "--input", inputs / "d.laz", "--out", tmp_path / "q")
+    refused(res, "d.laz")
     assert not (tmp_path / "q").exists()            # no empty folder left behind
 
 
@@ -322,11 +335,11 @@ def test_links_keep_the_name_the_user_gave(tmp_path, rf_bundle, lidar_data):
     res = cli("predict", "--model", rf_bundle, "--input", tmp_path / "in" / "tile_a.laz", "--out",
               tmp_path / "p", "--quiet")
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["tile_a.laz"]
+    assert visible(tmp_path / "p") == ["tile_a.laz"]
     res = cli("predict", "--model", rf_bundle, "--input", tmp_path / "in" / "tile_b", "--out",
               tmp_path / "q", "--quiet")
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["tile_b.laz"]
+    assert visible(tmp_path / "q") == ["tile_b.laz"]
     (tmp_path / "notes").write_text("not a cloud")
     refused(cli("predict", "--model", rf_bundle, "--input", tmp_path / "notes", "--out", tmp_path / "r"),
             "notes: has no suffix and is neither LAS/LAZ nor PLY")
@@ -452,7 +465,7 @@ def test_one_writer_per_output_folder(tmp_path, rf_bundle, lidar_data):
     res = cli("predict", "--model", rf_bundle, "--input", lidar_data / TILE, "--out", out)    # its owner is gone
     assert res.returncode == 0, res.stderr
     assert "taking over the stale lock" in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == [Path(TILE).name]
+    assert visible(out) == [Path(TILE).name]
     lock.write_text(json.dumps({"pid": 1, "host": "another-host", "started": "then"}))   # cannot be checked
     refused(cli("predict", "--model", rf_bundle, "--input", lidar_data / TILE, "--out", out),
             "pid 1 on another-host", f"delete {lock}")
