@@ -25,6 +25,8 @@ from typing import Any, Sequence, TypeVar
 from data.atomic import atomic_path
 from data.errors import UserError
 
+from .bundle import file_sha256
+
 T = TypeVar("T")
 SIDECARS = ".lidarseg"
 
@@ -45,14 +47,6 @@ def parse_shard(text: str | None, what: str = "--shard") -> tuple[int, int] | No
 def take_shard(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
     """This worker's share: ``items[K::N]`` of the items in the given (sorted) order."""
     return list(items) if shard is None else list(items)[shard[0]::shard[1]]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bundle_digest(folder: Path) -> str:
@@ -135,4 +129,4 @@ class Ledger:
                 f"{len(self.failed)} failed")
 
 
-__all__ = ["parse_shard", "take_shard", "bundle_digest", "file_sha256", "Ledger", "sidecar_path", "SIDECARS"]
+__all__ = ["parse_shard", "take_shard", "bundle_digest", "Ledger", "sidecar_path", "SIDECARS"]

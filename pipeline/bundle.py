@@ -46,10 +46,11 @@ INPUT_PIPELINE = 1
 CHECKSUMS = "SHA256SUMS"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 4 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -58,7 +59,7 @@ def write_checksums(folder: Path) -> Path:
     """``folder/SHA256SUMS``: ``<sha256>  <name>`` for every file of the bundle (not the card)."""
     folder = Path(folder)
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in (CHECKSUMS, "MODEL.md"))
-    text = "".join(f"{_sha256(folder / n)}  {n}\n" for n in names)
+    text = "".join(f"{file_sha256(folder / n)}  {n}\n" for n in names)
     (folder / CHECKSUMS).write_text(text, encoding="utf-8")
     return folder / CHECKSUMS
 
@@ -89,7 +90,7 @@ def verify_checksums(folder: Path, required: bool = False) -> None:
         path = folder / name
         if not path.is_file():
             raise UserError(f"{folder}: {name} is listed in {CHECKSUMS} but missing")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise UserError(f"{folder}: {name} does not match its sha256 in {CHECKSUMS} (changed or corrupt); "
                             "restore the bundle from the repository")
 

@@ -396,14 +396,19 @@ def test_internal_waveform_files_are_refused_for_copies(tmp_path, rf_bundle, lid
     assert not (tmp_path / "p").exists()
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 4 MB tmpfs filled to within 16 KB (CI runs as root; elsewhere the test is skipped)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+def mount_tmpfs(folder: Path, size: str) -> Path:
+    """A tmpfs of ``size`` at ``folder`` (CI runs as root; elsewhere the test is skipped)."""
+    folder.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+    return folder
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MB tmpfs filled to within 16 KB."""
+    mnt = mount_tmpfs(tmp_path / "disk", "4m")
     try:
         with open(mnt / ".ballast", "wb") as f:
             f.write(b"\0" * (4 * 2**20 - 16 * 2**10))
@@ -474,11 +479,7 @@ def test_one_writer_per_output_folder(tmp_path, rf_bundle, lidar_data):
 def test_inputs_on_a_read_only_filesystem(tmp_path, rf_bundle, lidar_data, spec_dict):
     """Nothing is ever written beside an input: training, prediction, evaluation and inspect
     all work on a read-only filesystem (CI runs as root; elsewhere the test is skipped)."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(ro)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+    ro = mount_tmpfs(tmp_path / "ro", "16m")
     try:
         for rel in (TRAIN, TILE):
             (ro / rel).parent.mkdir(parents=True, exist_ok=True)
