@@ -275,3 +275,20 @@ def test_buffered_predict_keeps_each_file_to_its_own_points(run_out, lidar_data,
               "--buffer", "nan")
     assert bad.returncode == 2 and "--buffer: expected a finite number of metres >= 0" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_run_table_lists_runs_with_mean_and_range(run_out):
+    """scripts/run_table.py: one row per run (validation sets, test mIoU and per-class IoU),
+    then mean [min, max]."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "run_table.py"), str(run_out), str(run_out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| run | step | val | val_blocks | val_held_out | test | test_building")
+    report = json.loads((run_out / "evaluation" / "report.json").read_text())
+    assert f"{report['miou']:.4f}" in rows[2] and rows[-1].startswith("| mean [min, max] of 2")
+    assert f"{report['miou']:.4f} [{report['miou']:.4f}, {report['miou']:.4f}]" in rows[-1]

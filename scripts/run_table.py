@@ -1,6 +1,6 @@
 """Validation and test figures of finished runs, one line each, then the mean and range.
 
-    .venv/bin/python benchmarks/run_table.py runs/lidarhd_kpconvx_cpu runs/lidarhd_kpconvx_cpu_s1 ...
+    .venv/bin/python scripts/run_table.py runs/lidarhd_kpconvx_cpu runs/lidarhd_kpconvx_cpu_s1 ...
 
 For each run folder (a spec's output: ``model.bundle/bundle.json`` and ``evaluation/report.json``):
 the validation mIoU the checkpoint was picked by (pooled, and per set: ``blocks``,
