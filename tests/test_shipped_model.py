@@ -21,8 +21,8 @@ from pipeline.shipped import DEFAULT_MODEL, models_dir
 TEST_TILES = DATA / "ign_lidarhd" / "test"
 REFERENCE = REPO / "tests" / "data" / f"{DEFAULT_MODEL}_reference_labels.npz"
 #: a few points under the figures in models/lidarhd-kpconvx/MODEL.md (re-measured by this test)
-FLOOR_MIOU = 0.55
-FLOOR_BUILDING = 0.70
+FLOOR_MIOU = 0.60
+FLOOR_BUILDING = 0.72
 
 
 def cli(*args, env=None, timeout=600):
