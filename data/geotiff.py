@@ -31,11 +31,12 @@ import numpy as np
 from .asprs import colour, colour_table
 from .atomic import DISK_ERRNOS, atomic_path
 from .crs import rasterio_crs
+from .errors import DataError
 
 if TYPE_CHECKING:  # the grid geometry lives in geometry.grids; I/O only reads its transform and shape
     from geometry.grids import Grid2D
 
-__all__ = ["crs_of", "write_class_map", "write_probability_map", "write_preview", "CLASS_NODATA_U8",
+__all__ = ["crs_of", "write_class_map", "write_probability_map", "write_preview", "write_mosaic", "CLASS_NODATA_U8",
            "CLASS_NODATA_U16", "PROBA_NODATA"]
 
 CLASS_NODATA_U8 = 255
@@ -64,8 +65,6 @@ def _gdal_write(path: Path):
 
     import rasterio.errors
     from rasterio._err import CPLE_BaseError
-
-    from .errors import DataError
 
     try:
         with atomic_path(path) as tmp:
@@ -165,3 +164,61 @@ def write_preview(path: str | os.PathLike, grid: Grid2D, class_idx: np.ndarray, 
         fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
+
+
+def write_mosaic(tiffs: Sequence[Path], target: Path) -> Path:
+    """``target`` (``.vrt``): one GDAL virtual raster over single-band GeoTIFFs on one grid
+    (same CRS, cell size and data type; cells aligned, as ``Grid2D`` makes them), so a batch's
+    class maps open in QGIS as one layer. Each source is placed at its integer cell offset,
+    its nodata left transparent (``ComplexSource`` with ``NODATA``); the first source's colour
+    table is the mosaic's. Paths are relative to the ``.vrt``; atomic."""
+    import xml.etree.ElementTree as ET
+
+    import rasterio
+
+    target = Path(target)
+    infos = []
+    for path in sorted(Path(p) for p in tiffs):
+        with rasterio.open(path) as src:
+            cmap = src.colormap(1) if src.colorinterp[0].name == "palette" else None
+            infos.append((path, src.transform, src.width, src.height, src.crs, src.dtypes[0], src.nodata, cmap))
+    if not infos:
+        raise DataError(target, "no GeoTIFF to gather")
+    _, t0, _, _, crs, dtype, nodata, cmap = infos[0]
+    res = t0.a
+    for path, t, _, _, c, d, _, _ in infos[1:]:
+        if c != crs or d != dtype or abs(t.a - res) > 1e-9 * abs(res) or abs(t.e + res) > 1e-9 * abs(res):
+            raise DataError(path, f"cannot join {infos[0][0].name} in one mosaic: another CRS, cell size or type")
+    west = min(t.c for _, t, *_ in infos)
+    north = max(t.f for _, t, *_ in infos)
+    east = max(t.c + w * res for _, t, w, *_ in infos)
+    south = min(t.f - h * res for _, t, _, h, *_ in infos)
+    width, height = int(round((east - west) / res)), int(round((north - south) / res))
+    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}[dtype]
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    if crs is not None:
+        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = f"{west!r}, {res!r}, 0.0, {north!r}, 0.0, {-res!r}"
+    band = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band="1")
+    if nodata is not None:
+        ET.SubElement(band, "NoDataValue").text = repr(float(nodata))
+    if cmap:
+        ET.SubElement(band, "ColorInterp").text = "Palette"
+        table = ET.SubElement(band, "ColorTable")
+        for i in range(max(cmap) + 1):
+            r, g, b, a = cmap.get(i, (0, 0, 0, 0))
+            ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
+    for path, t, w, h, *_ in infos:
+        source = ET.SubElement(band, "ComplexSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = \
+            Path(os.path.relpath(path, target.parent)).as_posix()
+        ET.SubElement(source, "SourceBand").text = "1"
+        ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(w), ySize=str(h))
+        ET.SubElement(source, "DstRect", xOff=str(int(round((t.c - west) / res))),
+                      yOff=str(int(round((north - t.f) / res))), xSize=str(w), ySize=str(h))
+        if nodata is not None:
+            ET.SubElement(source, "NODATA").text = repr(float(nodata))
+    ET.indent(root)
+    with atomic_path(target) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8")
+    return target

@@ -185,7 +185,8 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     options is skipped, so a killed batch re-run redoes only what is missing. ``shard``
     ``(K, N)``: only ``sorted(inputs)[K::N]`` are labelled (a job array's worker K of N); the
     others are still context for a buffer. After the batch, ``OUT/index.vpc`` indexes every
-    labelled LAS/LAZ in ``out_dir`` when it holds two or more (one QGIS layer).
+    labelled LAS/LAZ in ``out_dir`` when it holds two or more (one QGIS layer), and
+    ``OUT/index_class.vrt`` every class-map GeoTIFF of a grid model.
 
     ``train_density`` (the bundle summary's ``{median, min, max}`` points/m^2 of the training
     files) makes a file more than 5x sparser or denser than the training data a warning.
@@ -316,13 +317,19 @@ def _batch_error(ledger: Ledger, done: list, out_dir: Path) -> UserError | None:
 
 
 def _write_index(out_dir: Path) -> None:
-    """``OUT/index.vpc`` over every LAS/LAZ in ``out_dir`` (a failure to index is a warning)."""
+    """``OUT/index.vpc`` over every LAS/LAZ in ``out_dir``, and ``OUT/index_class.vrt`` over
+    every class-map GeoTIFF, when there are two or more (one opens as it is); a failure to
+    index is a warning."""
+    from data.geotiff import write_mosaic
     from data.vpc import write_vpc
 
     clouds = sorted(p for p in out_dir.iterdir() if p.suffix.lower() in (".las", ".laz") and p.is_file())
-    if len(clouds) < 2:          # one file opens as it is
-        return
-    try:
-        write_vpc(clouds, out_dir / "index.vpc")
-    except (UserError, OSError) as exc:
-        log(f"warning: {out_dir / 'index.vpc'} not written ({exc})")
+    maps = sorted(out_dir.glob("*_class.tif"))
+    for files, target, write in ((clouds, out_dir / "index.vpc", write_vpc),
+                                 (maps, out_dir / "index_class.vrt", write_mosaic)):
+        if len(files) < 2:
+            continue
+        try:
+            write(files, target)
+        except (UserError, OSError) as exc:
+            log(f"warning: {target} not written ({exc})")

@@ -53,6 +53,10 @@ def raster_run(tmp_path_factory, lidar_data):
 
 
 def test_raster_spec_writes_laz_geotiff_and_report(raster_run, lidar_data, tmp_path):
+    with rasterio.open(raster_run / "predictions" / "index_class.vrt") as vrt:   # the batch's maps as one layer
+        assert sorted(Path(f).name for f in vrt.files[1:]) == sorted(f"{Path(t).stem}_class.tif" for t in TEST_TILES)
+        assert vrt.crs.to_epsg() == 2154 and vrt.nodata == 255
+    assert len(json.loads((raster_run / "predictions" / "index.vpc").read_text())["features"]) == len(TEST_TILES)
     meta = json.loads((raster_run / "model.bundle" / "bundle.json").read_text())
     assert meta["model"]["type"] == "ckconv_grid" and meta["summary"]["steps"] == 3
     assert (raster_run / "model.bundle" / "ckconv_grid.pt").is_file()

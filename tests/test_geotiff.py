@@ -124,3 +124,26 @@ def test_mostly_empty_raster_is_warned(tile, tmp_path, capsys):
         err = capsys.readouterr().err
         assert ("80% of the 2 m raster's cells hold no point" in err) == warned, err
         assert sorted(p.name for p in out.iterdir()) == ["tile_class.png", "tile_class.tif"]
+
+
+def test_class_maps_of_a_batch_join_in_one_vrt(tmp_path):
+    """Two class maps on one aligned grid -> one .vrt whose cells are each source's, nodata
+    where neither has data, with the colour table (QGIS opens it as one layer)."""
+    from data.crs import rasterio_crs
+    from data.geotiff import write_mosaic
+
+    rng = np.random.default_rng(0)
+    a, b = Grid2D(2.0, 100, 500, 20, 30), Grid2D(2.0, 130, 490, 15, 10)     # b: east of a, lower
+    ca, cb = rng.choice([2, 5, 6], a.shape), rng.choice([2, 6, 9], b.shape)
+    write_class_map(tmp_path / "a_class.tif", a, ca, crs=rasterio_crs(2154, None), class_codes=[2, 5, 6, 9])
+    write_class_map(tmp_path / "b_class.tif", b, cb, crs=rasterio_crs(2154, None), class_codes=[2, 5, 6, 9])
+    vrt = write_mosaic([tmp_path / "a_class.tif", tmp_path / "b_class.tif"], tmp_path / "index_class.vrt")
+    with rasterio.open(vrt) as src:
+        mosaic = src.read(1)
+        assert src.crs.to_epsg() == 2154 and src.res == (2.0, 2.0)
+        assert src.transform.c == 200.0 and src.transform.f == 1002.0      # the top of row 500
+        assert src.colormap(1)[6] == rasterio.open(tmp_path / "a_class.tif").colormap(1)[6]
+    assert mosaic.shape == (25, 40)                       # cell rows 500..476, columns 100..139
+    np.testing.assert_array_equal(mosaic[:20, :30], ca)
+    np.testing.assert_array_equal(mosaic[10:25, 30:40], cb)
+    assert (mosaic[20:, :30] == 255).all() and (mosaic[:10, 30:] == 255).all()
