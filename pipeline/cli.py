@@ -127,12 +127,12 @@ def _class_map_from(path: str):
     from data.classmap import ClassMap
     from data.errors import UserError
     from pipeline.bundle import load_bundle
-    from pipeline.spec import read_spec_file
+    from pipeline.spec import compose_spec_file
 
     p = Path(path)
     if p.is_dir():
         return load_bundle(p)[1]
-    data = read_spec_file(p)
+    data = compose_spec_file(p)
     if "classes" not in data or not isinstance(data["classes"], dict):
         raise UserError(f"{p}: --classes needs a file with a 'classes' mapping (class -> input codes)")
     try:
@@ -149,10 +149,10 @@ def _inspect(args) -> None:
     files = expand_patterns(args.paths, None, "inspect")
     class_map, maps, roles = None, {}, {}
     if args.classes:
-        from pipeline.spec import read_spec_file
+        from pipeline.spec import compose_spec_file
 
         p = Path(args.classes)
-        if p.is_file() and "steps" in read_spec_file(p):
+        if p.is_file() and "steps" in compose_spec_file(p):
             from pipeline.runner import RunContext
             from pipeline.spec import load_spec
 

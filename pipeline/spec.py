@@ -13,6 +13,13 @@ Top-level keys (``Spec``)::
     #   - {files: survey_b/*.laz, ignore: [1]}
     steps: [{type: train, ...}, {type: predict, ...}, {type: evaluate, ...}]
 
+``base: other.yaml`` (relative to the spec's folder; a base may have a base of its own) starts
+from that file: the spec's keys are merged over it (mappings key by key; ``steps`` step by
+step, a step matching the base's step of the same ``name``, or of the same ``type`` when it
+gives no name, and new steps appended; other lists and values replaced), then the result is
+validated; ``resolved_spec.yaml`` records the merged spec. Paths stay relative to the spec
+being run, so bases live beside the specs that use them.
+
 ``--set a.b.c=VALUE`` sets a key by dotted path (VALUE parsed as YAML; list items by index).
 A first segment that is not a top-level key addresses the step with that ``name`` or
 ``type`` (e.g. ``--set train.model.n_estimators=10``).
@@ -192,6 +199,68 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+MAX_BASES = 8
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """``over`` merged onto ``base``: mappings key by key (recursively), anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(over)
+
+
+def compose_spec_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The spec file's data with its ``base:`` chain merged under it (see the module doc).
+    Paths in the result stay relative to the top spec's folder, so a base used from another
+    folder should hold only paths that mean the same from there (keep bases beside their specs)."""
+    path = Path(path).resolve()
+    data = read_spec_file(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise SpecError(str(path), "base", "expected the path of another spec file (relative to this one)")
+    base_path = (path.parent / base).resolve()
+    if base_path in _chain + (path,):
+        raise SpecError(str(path), "base", f"{base} is already in the chain of bases: "
+                                           f"{' -> '.join(p.name for p in _chain + (path, base_path))}")
+    if len(_chain) >= MAX_BASES:
+        raise SpecError(str(path), "base", f"more than {MAX_BASES} bases in a chain")
+    if not base_path.is_file():
+        raise SpecError(str(path), "base", f"{base} not found (looked for {base_path})")
+    merged = compose_spec_file(base_path, _chain + (path,))
+    steps = data.pop("steps", None)
+    merged = deep_merge(merged, data)
+    if steps is not None:
+        merged["steps"] = _merge_steps(merged.get("steps"), steps, str(path))
+    return merged
+
+
+def _merge_steps(base: Any, steps: Any, source: str) -> Any:
+    """A spec's ``steps`` over its base's: each step merged into the base step of the same
+    ``name`` (or the one base step of the same ``type``), unmatched ones appended."""
+    if not (isinstance(base, list) and isinstance(steps, list)):
+        return copy.deepcopy(steps)
+    out = copy.deepcopy(base)
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            out.append(copy.deepcopy(step))
+            continue
+        key = "name" if "name" in step else "type"
+        matches = [j for j, b in enumerate(out) if isinstance(b, dict) and key in step and b.get(key) == step[key]]
+        if len(matches) > 1:
+            raise SpecError(source, f"steps[{i}]", f"matches {len(matches)} steps of the base by {key} "
+                                                   f"{step[key]!r}; give it the 'name' of one")
+        if matches:
+            out[matches[0]] = deep_merge(out[matches[0]], step)
+        else:
+            out.append(copy.deepcopy(step))
+    return out
+
+
 def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
     """Apply one ``dotted.key=VALUE`` override in place; a first segment that is not a
     top-level key addresses the step with that ``name`` or ``type``."""
@@ -211,7 +280,7 @@ def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
     """Read, override and validate a spec; raises SpecError naming file and key."""
     path = Path(path).resolve()
-    data = copy.deepcopy(read_spec_file(path))
+    data = compose_spec_file(path)
     for assignment in overrides:
         apply_override(data, assignment, str(path))
     spec = parse(Spec, data, "", str(path))

@@ -126,3 +126,50 @@ def test_no_shipped_spec_validates_on_the_files_it_scores(name, lidar_data):
             if step.val_inputs:
                 held = {f.path for f in ctx.resolve_labelled(step.val_inputs, "val")}
                 assert held and not held & scored and not held & trained, name
+
+
+def test_base_specs_merge_under_the_spec(tmp_path, lidar_data):
+    """``base:`` composes: mappings merge key by key, steps by name or type, lists replace;
+    chains work, cycles and missing bases are named; the resolved spec is the merged one."""
+    from pipeline.spec import compose_spec_file
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({
+        "name": "a", "data_root": str(lidar_data), "classes": {"ground": [2], "other": [1, 3, 4, 5, 6]},
+        "ignore": [7], "inputs": {"train": ["ign_lidarhd/train/mnx_bat.laz"], "test": ["x"]},
+        "steps": [{"type": "train", "name": "model", "model": {"type": "random_forest", "n_estimators": 5,
+                                                               "features": {"k": [10, 30]}}},
+                  {"type": "predict", "inputs": "test"}]}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({
+        "base": "a.yaml", "name": "b", "inputs": {"test": ["ign_lidarhd/test/*.laz"]},
+        "steps": [{"type": "train", "model": {"features": {"k": [12]}}}, {"type": "evaluate"}]}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"base": "b.yaml", "seed": 3}))
+    data = compose_spec_file(tmp_path / "c.yaml")
+    assert data["name"] == "b" and data["seed"] == 3 and "base" not in data
+    assert data["inputs"] == {"train": ["ign_lidarhd/train/mnx_bat.laz"], "test": ["ign_lidarhd/test/*.laz"]}
+    train = data["steps"][0]
+    assert train["model"] == {"type": "random_forest", "n_estimators": 5, "features": {"k": [12]}}
+    assert [s["type"] for s in data["steps"]] == ["train", "predict", "evaluate"]
+    loaded = load_spec(tmp_path / "c.yaml")
+    assert loaded.spec.steps[0].model.features.k == [12] and loaded.raw["seed"] == 3
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"base": "c.yaml"}))
+    with pytest.raises(SpecError, match=r"a.yaml: base: c.yaml is already in the chain of bases: c.yaml -> b.yaml"):
+        load_spec(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"base": "nope.yaml"}))
+    with pytest.raises(SpecError, match=r"d.yaml: base: nope.yaml not found"):
+        load_spec(tmp_path / "d.yaml")
+
+
+def test_specs_built_on_a_base_resolve_to_their_whole_values():
+    """The specs written on a base resolve to every value of the base, with their own changes."""
+    base = load_spec(REPO / "specs" / "ign_kpconvx_cpu.yaml")
+    pt = load_spec(REPO / "specs" / "ign_point_transformer_cpu.yaml")
+    lidarhd = load_spec(REPO / "specs" / "lidarhd_kpconvx_cpu.yaml")
+    from pipeline.schema import to_plain
+
+    a, b = to_plain(base.spec), to_plain(pt.spec)
+    assert b["steps"][0]["model"]["type"] == "point_transformer"
+    assert a["steps"][0]["model"]["sampling"] == b["steps"][0]["model"]["sampling"]
+    assert a["steps"][1:] == b["steps"][1:] and a["classes"] == b["classes"] and a["inputs"] == b["inputs"]
+    c = to_plain(lidarhd.spec)
+    assert c["steps"][0]["val_inputs"] == "heldout" and c["steps"][0]["val_split"] == a["steps"][0]["val_split"]
+    assert c["steps"][0]["model"] == a["steps"][0]["model"] and len(c["inputs"]["train"]) == 6
