@@ -54,6 +54,11 @@ class Spec:
     data_root: str = "."
     seed: int = option(min=0, default=0)
 
+    def steps_of(self, kind: str, upto: int | None = None) -> list[Any]:
+        """The steps of one type (``train``, ``predict``, ...), in order; ``upto``: among the
+        first ``upto`` steps only."""
+        return [s for s in self.steps[:upto] if type(s).component_type == kind]
+
     def __post_init__(self) -> None:
         if not self.steps:
             raise UserError("'steps' is empty: nothing to run")
@@ -63,7 +68,7 @@ class Spec:
             if items == [] or items == "":
                 raise UserError(f"inputs.{name}: empty; give at least one path or glob")
         for kind in ("train", "predict"):
-            names = [s.name for s in self.steps if type(s).component_type == kind]
+            names = [s.name for s in self.steps_of(kind)]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise UserError(f"steps: two {kind} steps are named {dup[0]!r}; give each its own 'name'")

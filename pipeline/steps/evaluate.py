@@ -22,12 +22,12 @@ class EvaluateStep:
     @staticmethod
     def check(cfg: "EvaluateStep.Config", loaded, key: str) -> None:
         check_output_name(loaded, f"{key}.output", cfg.output)
-        names = [s.name for s in loaded.spec.steps if type(s).component_type == "predict"]
+        names = [s.name for s in loaded.spec.steps_of("predict")]
         if cfg.predictions not in names:
             raise SpecError(str(loaded.path), f"{key}.predictions",
                             f"{cfg.predictions!r} is not a predict step of this spec ({names or 'none'})")
         here = next(i for i, s in enumerate(loaded.spec.steps) if s is cfg)
-        before = [s.name for s in loaded.spec.steps[:here] if type(s).component_type == "predict"]
+        before = [s.name for s in loaded.spec.steps_of("predict", upto=here)]
         if cfg.predictions not in before:
             raise SpecError(str(loaded.path), f"{key}.predictions",
                             f"predict step {cfg.predictions!r} comes after this evaluate step; move it before")
@@ -46,8 +46,7 @@ class EvaluateStep:
             maps = [by_stem.get(p.stem, ctx.class_map) for p in preds]
         else:
             refs = None
-            step = next(s for s in ctx.loaded.spec.steps
-                        if type(s).component_type == "predict" and s.name == cfg.predictions)
+            step = next(s for s in ctx.loaded.spec.steps_of("predict") if s.name == cfg.predictions)
             by_input = {f.path: f.class_map for f in ctx.resolve_labelled(step.inputs, f"{key}.predictions")}
             maps = [by_input.get(src, ctx.class_map) for src, _ in pairs]
         report = evaluate_files(preds, refs, ctx.class_map, ctx.out_dir / cfg.output, ref_maps=maps, views=cfg.views)

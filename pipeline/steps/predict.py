@@ -53,7 +53,7 @@ class PredictStep:
                     raise SpecError(str(loaded.path), f"inputs.{name}[{i}].bounds",
                                     f"a window on predict inputs goes in the predict step ({key}.bounds), "
                                     "which applies it to every input")
-        trained = [s.name for s in loaded.spec.steps if type(s).component_type == "train"]
+        trained = [s.name for s in loaded.spec.steps_of("train")]
         if cfg.model not in trained and cfg.model not in shipped_models() and not cfg.model.endswith(".bundle"):
             raise SpecError(str(loaded.path), f"{key}.model",
                             f"{cfg.model!r} is neither a train step of this spec ({trained or 'none'}), "

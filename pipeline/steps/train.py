@@ -64,8 +64,7 @@ class TrainStep:
                 log(f"warning: {key}.val_inputs: {', '.join(overlap)} also trained on: its figure is not a "
                     "held-out one")
             val = val + held_out
-            predicted = {p for s in ctx.loaded.spec.steps if type(s).component_type == "predict"
-                         for p in ctx.resolve_inputs(s.inputs, key)}
+            predicted = {p for s in ctx.loaded.spec.steps_of("predict") for p in ctx.resolve_inputs(s.inputs, key)}
             leaked = sorted({f.path.name for f in val if f.path in predicted})
             if leaked:
                 log(f"warning: {key}: validation file(s) {', '.join(leaked)} are also labelled by a predict step; "
