@@ -46,6 +46,26 @@ def disk_error(exc: BaseException, path: str | os.PathLike):
     return None
 
 
+def _temporary_affixes(final: Path) -> tuple[str, str]:
+    """``(prefix, suffix)`` of :func:`atomic_path`'s temporary names for ``final``: the name
+    is shortened in the prefix so that prefix, mkstemp's 8 random characters and suffix stay
+    within the filesystems' 255-byte limit."""
+    suffix = f".tmp{final.suffix}"
+    budget = NAME_MAX - len(suffix.encode()) - 8 - 2
+    return "." + final.name.encode()[:budget].decode("utf-8", errors="ignore") + ".", suffix
+
+
+def remove_stale_temporaries(final_path: str | os.PathLike) -> None:
+    """Delete the temporaries a killed writer of ``final_path`` left beside it (a process
+    killed inside :func:`atomic_path` cannot remove its own)."""
+    import glob
+
+    final = Path(final_path)
+    prefix, suffix = _temporary_affixes(final)
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``final_path``; move it into place on success.
@@ -57,13 +77,9 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final_path)
     folder = final.parent if str(final.parent) else Path(".")
-    suffix = f".tmp{final.suffix}"
-    # the temporary name stays within the filesystems' 255-byte limit: a long final name is
-    # shortened in the prefix (mkstemp adds 8 random characters)
-    budget = NAME_MAX - len(suffix.encode()) - 8 - 2
-    stem = final.name.encode()[:budget].decode("utf-8", errors="ignore")
+    prefix, suffix = _temporary_affixes(final)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     except OSError as exc:
         raise (disk_error(exc, final) or exc) from None
     os.close(fd)

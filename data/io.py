@@ -53,15 +53,15 @@ class HeaderInfo:
 
 
 def _sniff(path: Path) -> str | None:
-    """The format of a file by its first bytes (``LASF``: LAS, or LAZ when the point format
-    id carries the compression bit; ``ply``: PLY), or None."""
+    """The format of a file by its first bytes (``LASF``: LAS, or LAZ when its header says
+    compressed; ``ply``: PLY), or None."""
     try:
         with open(path, "rb") as f:
-            head = f.read(105)
+            head = f.read(4)
     except OSError as exc:
         raise DataError(path, f"cannot read ({exc.strerror or exc})") from None
-    if head[:4] == b"LASF" and len(head) == 105:
-        return ".laz" if head[104] & 0xC0 else ".las"
+    if head[:4] == b"LASF":
+        return ".laz" if las_header_info(path)["compressed"] else ".las"
     if head[:4] in (b"ply\n", b"ply\r"):
         return ".ply"
     return None
@@ -83,7 +83,6 @@ def cloud_format(path: str | os.PathLike) -> str:
                               f"(expected one of {', '.join(SUFFIXES)})")
     raise DataError(path, f"unsupported point-cloud suffix {path.suffix!r} "
                           f"(expected one of {', '.join(SUFFIXES)})")
-
 
 
 def _regular(path: Path) -> None:

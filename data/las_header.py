@@ -137,6 +137,7 @@ MAX_COORDINATE = 1e15
 #: global encoding bit 1: waveform data packets inside the file (LAS 1.3/1.4)
 WAVEFORM_INTERNAL = 0b10
 
+
 def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 

@@ -49,15 +49,6 @@ def take_shard(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
     return list(items) if shard is None else list(items)[shard[0]::shard[1]]
 
 
-def bundle_digest(folder: Path) -> str:
-    """sha256 over the bundle's files (name and content; the card and pictures left out)."""
-    digest = hashlib.sha256()
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and p.suffix not in (".md", ".png") and p.name != "SHA256SUMS":
-            digest.update(p.name.encode() + b"\0" + file_sha256(p).encode())
-    return digest.hexdigest()
-
-
 def _identity(path: Path, with_hash: bool) -> dict[str, Any]:
     st = os.stat(path)
     out: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -80,7 +71,6 @@ def sidecar_path(output: Path) -> Path:
 class Ledger:
     """The sidecars of one output folder for one model and one set of options."""
 
-    out_dir: Path
     model: str                                  # bundle_digest
     options: dict[str, Any]                     # what else changes the labels
     total: int = 0
@@ -129,4 +119,4 @@ class Ledger:
                 f"{len(self.failed)} failed")
 
 
-__all__ = ["parse_shard", "take_shard", "bundle_digest", "Ledger", "sidecar_path", "SIDECARS"]
+__all__ = ["parse_shard", "take_shard", "Ledger", "sidecar_path", "SIDECARS"]

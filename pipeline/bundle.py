@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 #: version of the input computation (geometry/, pipeline/models/*_inputs.py) bundles are made for
 INPUT_PIPELINE = 1
 CHECKSUMS = "SHA256SUMS"
+CARD = "MODEL.md"      # a shipped model's card (pipeline.shipped): for people, not checksummed
 
 
 def file_sha256(path: Path) -> str:
@@ -55,24 +56,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _checksum_text(folder: Path) -> str:
+    """``<sha256>  <name>`` lines for every file of the bundle (not the card nor the list)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in (CHECKSUMS, CARD))
+    return "".join(f"{file_sha256(folder / n)}  {n}\n" for n in names)
+
+
 def write_checksums(folder: Path) -> Path:
-    """``folder/SHA256SUMS``: ``<sha256>  <name>`` for every file of the bundle (not the card)."""
+    """``folder/SHA256SUMS``: the sha256 of every file of the bundle (not the card)."""
     folder = Path(folder)
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in (CHECKSUMS, "MODEL.md"))
-    text = "".join(f"{file_sha256(folder / n)}  {n}\n" for n in names)
-    (folder / CHECKSUMS).write_text(text, encoding="utf-8")
+    (folder / CHECKSUMS).write_text(_checksum_text(folder), encoding="utf-8")
     return folder / CHECKSUMS
 
 
-def verify_checksums(folder: Path, required: bool = False) -> None:
-    """Check ``folder/SHA256SUMS`` (when present, or ``required``): every listed file exists
-    and has its recorded sha256, and ``bundle.json`` is listed; else a ``UserError`` naming
-    the bundle and the file."""
+def bundle_digest(folder: Path) -> str:
+    """One sha256 for the whole bundle: of its checksum lines (what predict's sidecars record
+    as the model, ``pipeline.batch``)."""
+    return hashlib.sha256(_checksum_text(Path(folder)).encode()).hexdigest()
+
+
+def verify_checksums(folder: Path) -> None:
+    """Check ``folder/SHA256SUMS`` when present: every listed file exists and has its recorded
+    sha256, and ``bundle.json`` is listed; else a ``UserError`` naming the bundle and the file."""
     folder = Path(folder)
     sums = folder / CHECKSUMS
     if not sums.is_file():
-        if required:
-            raise UserError(f"{folder}: {CHECKSUMS} is missing: a shipped model must carry its checksums")
         return
     try:
         lines = sums.read_text(encoding="utf-8").splitlines()

@@ -243,12 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.inputs import expand_patterns
             from pipeline.layouts import check_vegetation_heights
             from pipeline.predict import OutputOptions, predict_files
-            from pipeline.runner import resolve_device
-
+            from pipeline.batch import parse_shard
+            from pipeline.bundle import bundle_digest
             from pipeline.progress import log
+            from pipeline.runner import resolve_device
             from pipeline.shipped import resolve_model
-
-            from pipeline.batch import bundle_digest, parse_shard
 
             bundle, how = resolve_model(args.model)
             shard = parse_shard(args.shard)

@@ -71,6 +71,12 @@ def metrics_from_confusion(cm: np.ndarray, names: Sequence[str], ignored_points:
     }
 
 
+def confusions_by_set(items: Sequence[Any], num_classes: int) -> dict[str, np.ndarray]:
+    """An empty ``[C, C]`` confusion matrix per validation set the items belong to
+    (``LabelledFile.val_group``), in order of first appearance."""
+    return {g: np.zeros((num_classes, num_classes), np.int64) for g in dict.fromkeys(v.val_group for v in items)}
+
+
 def validation_scores(cms: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, Any]:
     """Validation figures from one confusion matrix ``[C, C]`` per validation set (``blocks``:
     blocks of the training files, ``held_out``: whole held-out files): ``miou`` and

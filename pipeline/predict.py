@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
 
-from data.atomic import make_folder
+from data.atomic import make_folder, remove_stale_temporaries
 from data.locks import LOCK_NAME, folder_lock
 from data.classmap import ClassMap
 from data.errors import DataError, EmptyWindowError, UserError
@@ -180,7 +179,7 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     Each output is written atomically. A file that fails is reported and skipped; the others
     are labelled, and the error at the end lists the failed ones (nothing of them is left).
 
-    ``model_id`` (``pipeline.batch.bundle_digest`` of the bundle): each output gets a sidecar
+    ``model_id`` (``pipeline.bundle.bundle_digest`` of the bundle): each output gets a sidecar
     (``OUT/.lidarseg/``), and an output whose sidecar matches its input, this model and these
     options is skipped, so a killed batch re-run redoes only what is missing. ``shard``
     ``(K, N)``: only ``sorted(inputs)[K::N]`` are labelled (a job array's worker K of N); the
@@ -233,7 +232,7 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
         if buffer > 0 and (len(everything) > 1 or bounds is not None) else None
     position = {path: i for i, path in enumerate(everything)}
     mine = distributed.shard(inputs)     # torchrun: inputs[rank::world]; else all of them
-    ledger = Ledger(out_dir, model_id or "", _options_signature(model, options, fmt, buffer, bounds), len(mine))
+    ledger = Ledger(model_id or "", _options_signature(model, options, fmt, buffer, bounds), len(mine))
     done: list[tuple[Path, Path]] = []
     empty: list[Path] = []
     lock_name = LOCK_NAME if shard is None else f".lidarseg.shard-{shard[0]}-of-{shard[1]}.lock"
@@ -246,8 +245,7 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
                     done.append((path, target))
                     log(ledger.line(path.name, "skipped (complete from an earlier run)"))
                     continue
-                for stale in out_dir.glob(f".{glob_escape(target.name)}.*.tmp*"):   # a killed run's temporaries
-                    stale.unlink(missing_ok=True)
+                remove_stale_temporaries(target)          # a killed run's
                 t0 = time.perf_counter()
                 try:
                     done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from data.errors import UserError
 
+from .bundle import CARD, CHECKSUMS
+
 #: the shipped model ``predict`` uses when no ``--model`` is given
 DEFAULT_MODEL = "lidarhd-kpconvx"
-CARD = "MODEL.md"
 
 
 def models_dir() -> Path:
@@ -47,8 +48,8 @@ def card_summary(name: str) -> str:
 def _checked(name: str) -> Path:
     """A shipped model's folder; it must carry ``SHA256SUMS`` (``load_bundle`` checks the sums)."""
     folder = models_dir() / name
-    if not (folder / "SHA256SUMS").is_file():
-        raise UserError(f"{folder}: SHA256SUMS is missing: a shipped model must carry its checksums")
+    if not (folder / CHECKSUMS).is_file():
+        raise UserError(f"{folder}: {CHECKSUMS} is missing: a shipped model must carry its checksums")
     return folder
 
 

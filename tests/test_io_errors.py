@@ -245,3 +245,27 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         write_cloud(good, tmp_path / "x.ply", extra={"s": np.array(["a", "b"], dtype=object)})
     assert [p.name for p in tmp_path.iterdir()] == ["out.laz"]
+
+
+@pytest.mark.parametrize("length", [5, 251])
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path: Path, length: int) -> None:
+    """What a writer killed inside atomic_path leaves (its temporary, named as atomic_path
+    names it, long names shortened) is removed for that output only."""
+    import os
+    import signal
+
+    from data.atomic import remove_stale_temporaries
+
+    final = tmp_path / ("t" * length + ".laz")
+    other = tmp_path / "other.laz"
+    for target in (final, other):
+        pid = os.fork()
+        if pid == 0:                                   # the child dies inside atomic_path
+            with atomic_path(target) as tmp:
+                Path(tmp).write_bytes(b"half")
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert len(list(tmp_path.iterdir())) == 2 and not final.exists()
+    remove_stale_temporaries(final)
+    left = list(tmp_path.iterdir())
+    assert len(left) == 1 and left[0].name.startswith(".other.laz.")

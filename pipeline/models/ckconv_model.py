@@ -259,9 +259,9 @@ class CKConvGridModel:
         if vdata is not None:
             def validate() -> dict[str, Any]:
                 """Point mIoU: a point takes its cell's (voxel's) class, as in predict_proba."""
-                from pipeline.evaluation import confusion_matrix, validation_scores
+                from pipeline.evaluation import confusion_matrix, confusions_by_set, validation_scores
 
-                cms = {g: np.zeros((C, C), np.int64) for g in dict.fromkeys(v.val_group for v in val)}
+                cms = confusions_by_set(val, C)
                 for item, (g, ref) in zip(val, vdata):
                     pred = self.predict_cells(g, ctx.device).reshape(-1, C).argmax(-1)[g.point_index]
                     cms[item.val_group] += confusion_matrix(ref, pred, C)

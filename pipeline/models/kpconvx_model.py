@@ -274,9 +274,9 @@ class KPConvXModel:
         validate = None
         if vdata is not None:
             def validate() -> dict[str, Any]:
-                from pipeline.evaluation import confusion_matrix, validation_scores
+                from pipeline.evaluation import confusion_matrix, confusions_by_set, validation_scores
 
-                cms = {g: np.zeros((C, C), np.int64) for g in dict.fromkeys(v.val_group for v in val)}
+                cms = confusions_by_set(val, C)
                 for item, xyz, f, y in zip(val, *vdata):
                     proba, _ = self._proba(xyz, f, ctx.device, cfg.val_votes)
                     cms[item.val_group] += confusion_matrix(y, proba.argmax(1), C)

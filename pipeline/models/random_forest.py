@@ -110,9 +110,10 @@ class RandomForestModel:
                                                      in zip(self.feature_names, x[idx].mean(0), x[idx].std(0))},
                                    "train_class_counts": dict(zip(self.class_map.names, present.tolist()))}
         if val:
-            from pipeline.evaluation import confusion_matrix, metrics_from_confusion
+            from pipeline.evaluation import (confusion_matrix, confusions_by_set, metrics_from_confusion,
+                                             validation_scores)
 
-            cms = {g: np.zeros((C, C), np.int64) for g in dict.fromkeys(v.val_group for v in val)}
+            cms = confusions_by_set(val, C)
             for item in progress(val, "validation", unit="file"):
                 cloud, ref = item.read()
                 if (ref != IGNORE).any():
@@ -122,8 +123,8 @@ class RandomForestModel:
             summary["val_iou"] = {n: round(v["iou"], 4) for n, v in m["per_class"].items() if v["support"]}
             summary["val_confusion"] = m["confusion_matrix"]
             if len(cms) > 1:
-                summary["val_miou_sets"] = {g: metrics_from_confusion(cm, self.class_map.names)["miou"]
-                                            for g, cm in cms.items()}
+                scores = validation_scores(cms, self.class_map.names)
+                summary["val_miou_sets"] = {g: scores[f"miou_{g}"] for g in cms}
             log(f"validation mIoU {m['miou']:.4f} (" + ", ".join(f"{n} {v:.3f}" for n, v in summary['val_iou'].items())
                 + ")" + "".join(f"; {g} {v:.4f}" for g, v in summary.get("val_miou_sets", {}).items()))
         return summary
