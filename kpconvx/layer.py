@@ -35,10 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .kernel_points import shell_kernel_points
+from hierarchy.unet import BN_EPS, LEAKY_SLOPE  # the conventions every point network here shares
 
-LEAKY_SLOPE = 0.1   # negative slope of the default LeakyReLU (KPConv/KPConvX convention)
-BN_EPS = 1e-5       # BatchNorm epsilon (PyTorch default)
+from .kernel_points import shell_kernel_points
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,6 +1,6 @@
 """Point Transformer encoder-decoder on a grid-subsampled hierarchy, with PyG's vector attention.
 
-Same skeleton as ``kpconvx.KPConvXSegNet`` (stages on grids of cell ``c_s = first_cell * 2**s``,
+Same skeleton as ``kpconvx.KPConvXSegNet`` (package ``hierarchy``: stages on grids of cell ``c_s = first_cell * 2**s``,
 radius neighbours of radius ``radius_factor * c_s`` capped at ``neighbor_limits[s]``, max-pool
 down, nearest/3-NN up, skip concatenation), with each stage's convolution a residual Point
 Transformer block. For point ``i`` with neighbours ``j in N(i)`` (itself included) and
@@ -21,9 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from kpconvx.layer import BN_EPS, LEAKY_SLOPE
-from kpconvx.network import (Hierarchy, StageGrid, build_hierarchy, check_features, encoder_decoder,
-                              stage0_features, unary)
+from hierarchy import (BN_EPS, LEAKY_SLOPE, Hierarchy, StageGrid, build_hierarchy, check_features,
+                       encoder_decoder, stage0_features, unary)
 
 
 @dataclass

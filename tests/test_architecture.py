@@ -6,11 +6,12 @@ from pathlib import Path
 
 from conftest import REPO
 
-PACKAGES = ("pipeline", "data", "geometry", "kpconvx", "ckconv", "pointtransformer")
+PACKAGES = ("pipeline", "data", "geometry", "hierarchy", "kpconvx", "ckconv", "pointtransformer")
 #: who may import whom (entry point -> pipeline -> models -> operations -> I/O)
 ALLOWED = {"data": {"data"}, "geometry": {"geometry", "data"}, "ckconv": {"ckconv"},
-           "kpconvx": {"kpconvx", "geometry", "data"},
-           "pointtransformer": {"pointtransformer", "kpconvx", "geometry", "data"}, "pipeline": set(PACKAGES)}
+           "hierarchy": {"hierarchy", "geometry", "data"},
+           "kpconvx": {"kpconvx", "hierarchy", "geometry", "data"},
+           "pointtransformer": {"pointtransformer", "hierarchy", "geometry", "data"}, "pipeline": set(PACKAGES)}
 
 
 def _modules() -> dict[str, Path]:

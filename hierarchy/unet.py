@@ -1,0 +1,73 @@
+"""The encoder-decoder (U-Net) the point networks share over a :class:`hierarchy.Hierarchy`:
+point-wise units, max-pooling down, nearest / inverse-distance interpolation up, skip
+concatenation. Shapes: ``M_s`` points of stage s, ``C`` channels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .stages import Hierarchy
+
+LEAKY_SLOPE = 0.1   # negative slope of the default LeakyReLU (KPConv/KPConvX convention)
+BN_EPS = 1e-5       # BatchNorm epsilon (PyTorch default)
+
+
+def unary(cin: int, cout: int, bn_momentum: float) -> nn.Sequential:
+    """Point-wise ``act(BN(x W))``: ``[P, cin] -> [P, cout]``."""
+    return nn.Sequential(nn.Linear(cin, cout, bias=False),
+                         nn.BatchNorm1d(cout, eps=BN_EPS, momentum=1.0 - bn_momentum),
+                         nn.LeakyReLU(LEAKY_SLOPE))
+
+
+def max_pool(x: Tensor, idx: Tensor) -> Tensor:
+    """``y_i = max_{j in idx_i} x_j`` for ``x [M, C]``, ``idx [Q, k]`` (shadow M) -> ``[Q, C]``;
+    a row with only shadow neighbours gives 0."""
+    low = torch.finfo(x.dtype).min
+    xp = torch.cat([x, x.new_full((1, x.shape[1]), low)], dim=0)
+    y = xp[idx].amax(dim=1)
+    return torch.where(y == low, torch.zeros_like(y), y)
+
+
+def interpolate(x: Tensor, idx: Tensor, dist: Tensor) -> Tensor:
+    """Coarse ``x [M, C]`` to fine points: ``idx/dist [P, u]`` nearest coarse points.
+
+    u = 1: ``y_i = x_{idx_i0}``; u > 1: inverse-distance weights
+    ``w_ij = 1/(d_ij + 1e-8)`` normalised over the valid (non-shadow) j. -> ``[P, C]``.
+    """
+    xp = torch.cat([x, x.new_zeros((1, x.shape[1]))], dim=0)
+    if idx.shape[1] == 1:
+        return xp[idx[:, 0]]
+    valid = idx < x.shape[0]
+    w = torch.where(valid, 1.0 / (dist.float().clamp(min=0) + 1e-8), torch.zeros_like(dist.float()))
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-30)
+    return torch.einsum("pu,puc->pc", w.to(xp.dtype), xp[idx])
+
+
+def check_features(points: Tensor, features: Tensor, in_channels: int) -> None:
+    if features.dim() != 2 or features.shape[0] != points.shape[0] or features.shape[1] != in_channels:
+        raise ValueError(f"features must be [N={points.shape[0]}, {in_channels}], got {tuple(features.shape)}")
+
+
+def stage0_features(H: Hierarchy, features: Tensor) -> Tensor:
+    """``features [N, C]`` averaged per stage-0 cell ``[M_0, C]`` (unchanged when stage 0 is the input)."""
+    if H.inverse is None:
+        return features
+    f = torch.zeros((H.points[0].shape[0], features.shape[1]), dtype=features.dtype, device=features.device)
+    return f.index_add_(0, H.inverse, features) / H.counts.clamp(min=1).unsqueeze(1).to(f.dtype)
+
+
+def encoder_decoder(H: Hierarchy, x: Tensor, encode, down: nn.ModuleList, up: nn.ModuleList) -> Tensor:
+    """The U-Net over the hierarchy's stages: ``x_s = encode(s, f_s)``,
+    ``f_{s+1} = down_s(maxpool_{P_s}(x_s))``, then ``y_s = up_s([interp_{U_s}(y_{s+1}), x_s])``;
+    ``x [M_0, w_0]`` -> ``[M_0, w_0]``."""
+    skips = []
+    S = len(H.points)
+    for s in range(S):
+        x = encode(s, x)
+        if s + 1 < S:
+            skips.append(x)
+            x = down[s](max_pool(x, H.pools[s]))
+    for s in range(S - 2, -1, -1):
+        x = up[s](torch.cat([interpolate(x, H.upsamples[s], H.up_dists[s]), skips[s]], dim=1))
+    return x
