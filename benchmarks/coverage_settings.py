@@ -28,7 +28,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import pipeline.components  # noqa: E402,F401  (registers every step and model type)
 from pipeline.bundle import load_bundle  # noqa: E402
 from pipeline.datasets import split_files  # noqa: E402
 from pipeline.evaluation import confusion_matrix, metrics_from_confusion  # noqa: E402
@@ -40,7 +39,7 @@ def validation_data(spec: Path, step_name: str) -> list[tuple[object, np.ndarray
     """``[(cloud, labels, name)]`` of the validation blocks of train step ``step_name``; the
     points outside the blocks are ignored (label ``IGNORE``) as in training's validation."""
     loaded = load_spec(spec)
-    steps = [s for s in loaded.spec.steps if type(s).component_type == "train" and s.name == step_name]
+    steps = [s for s in loaded.spec.steps_of("train") if s.name == step_name]
     if not steps or steps[0].val_split is None:
         raise SystemExit(f"{spec}: no train step named {step_name!r} with a val_split")
     ctx = RunContext(loaded, loaded.output_dir())
@@ -54,7 +53,8 @@ def validation_data(spec: Path, step_name: str) -> list[tuple[object, np.ndarray
 
 
 def measure(bundle: Path, overrides: list[str], data, device: str) -> dict:
-    model, class_map, _ = load_bundle(bundle, overrides)
+    loaded_bundle = load_bundle(bundle, overrides)
+    model, class_map = loaded_bundle.model, loaded_bundle.class_map
     C = class_map.num_classes
     cm = np.zeros((C, C), np.int64)
     seconds, points = 0.0, 0

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import pipeline.components  # noqa: E402,F401  (registers every step and model type)
 from data.io import read_cloud, read_header_info  # noqa: E402
 from data.sample_data import SAMPLE_DATA as DATA  # noqa: E402
 from pipeline.bundle import load_bundle  # noqa: E402
 from pipeline.evaluation import IGNORE, confusion_matrix, metrics_from_confusion  # noqa: E402
-from pipeline.predict import predict_files  # noqa: E402
+from pipeline.labelling import predict_files  # noqa: E402
 from pipeline.progress import set_quiet  # noqa: E402
 
 
@@ -34,7 +33,8 @@ def main() -> None:
     parser.add_argument("--band", type=float, default=5.0)
     args = parser.parse_args()
     set_quiet(True)
-    model, cmap, meta = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle)
+    model, cmap = bundle.model, bundle.class_map
     tiles = sorted((DATA / "ign_lidarhd" / "test").glob("*.laz"))
     cms = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,14 +17,58 @@ e.g. terrain relief or point density, at a cost independent of the tile size.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from .layer import CKConvND
+from .layer import KERNEL_TYPES, CKConvND
 
-#: kernel networks a CKConvSegNet can use (the one list: ``ckconv_grid``'s ``kernel.type`` takes it)
-KERNEL_TYPES = ("SIRENKernelND", "BlockDiagonalLearnableOmegaSIRENKernelND")
+#: the kernel networks' names (``ckconv.layer.KERNEL_TYPES``, the one list)
+KernelType = Literal[tuple(KERNEL_TYPES)]
+
+
+@dataclass
+class KernelConfig:
+    """The kernel network of every CKConv layer of a :class:`CKConvSegNet` (the spec's
+    ``kernel:`` block of ``ckconv_grid``, passed as it is down to the layers).
+
+    ``hidden``: SIREN width (embedding and hidden layers); ``layers``: SIREN ``num_layers``;
+    ``omega_0``: first-layer frequency (block-diagonal kernels: ``omega_0_max``, the top of the
+    blocks' linear schedule); ``omega_blocks``: block-diagonal kernels' ``num_blocks`` (divides
+    ``hidden`` and the network's width).
+    """
+
+    type: KernelType = "SIRENKernelND"
+    hidden: int = 32
+    layers: int = 3
+    omega_0: float = 10.0
+    omega_blocks: int = 4
+
+    def __post_init__(self) -> None:
+        if self.type not in KERNEL_TYPES:
+            raise ValueError(f"kernel type must be one of {sorted(KERNEL_TYPES)}, got {self.type!r}")
+        if self.hidden < 1 or self.layers < 2 or self.omega_0 <= 0 or self.omega_blocks < 1:
+            raise ValueError("kernel: hidden >= 1, layers >= 2, omega_0 > 0, omega_blocks >= 1 expected")
+        if self.block_diagonal and self.hidden % self.omega_blocks:
+            raise ValueError(f"kernel.omega_blocks={self.omega_blocks} must divide kernel.hidden ({self.hidden})")
+
+    @property
+    def block_diagonal(self) -> bool:
+        return self.type == "BlockDiagonalLearnableOmegaSIRENKernelND"
+
+    def layer_cfg(self, L_cache: int | tuple, cond_dim: int | None = None) -> dict:
+        """``CKConvND``'s ``kernel_cfg``: the kernel class's keyword arguments (``cond_dim``: FiLM)."""
+        cfg: dict = {"type": self.type, "mlp_hidden_dim": self.hidden, "num_layers": self.layers,
+                     "embedding_dim": self.hidden, "L_cache": L_cache, "use_bias": True}
+        if self.block_diagonal:
+            cfg.update(num_blocks=self.omega_blocks, omega_0_max=self.omega_0)
+        else:
+            cfg["omega_0"] = self.omega_0
+        if cond_dim is not None:
+            cfg["film_cfg"] = {"cond_dim": cond_dim}
+        return cfg
 
 
 class RegisterPool(nn.Module):
@@ -69,21 +113,14 @@ class CKConvSegNet(nn.Module):
     """Per-cell class logits for a grid ``[B, *S, in_dim]`` (S: 2 or 3 axes)."""
 
     def __init__(self, data_dim: int, in_dim: int, num_classes: int, *, hidden: int = 32, num_blocks: int = 4,
-                 kernel_type: str = KERNEL_TYPES[0], kernel_hidden: int = 32, kernel_layers: int = 3,
-                 omega_0: float = 10.0, omega_blocks: int = 4, L_cache: int | tuple = 64, window: bool = True,
+                 kernel: KernelConfig | None = None, L_cache: int | tuple = 64, window: bool = True,
                  film: bool = False, cond_dim: int = 16, registers: int = 4, dropout: float = 0.1):
         super().__init__()
-        if kernel_type not in KERNEL_TYPES:
-            raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
+        kernel = kernel or KernelConfig()
+        if kernel.block_diagonal and hidden % kernel.omega_blocks:
+            raise ValueError(f"kernel.omega_blocks={kernel.omega_blocks} must divide hidden ({hidden})")
         self.data_dim = data_dim
-        kernel_cfg: dict = {"type": kernel_type, "mlp_hidden_dim": kernel_hidden, "num_layers": kernel_layers,
-                            "embedding_dim": kernel_hidden, "L_cache": L_cache, "use_bias": True}
-        if kernel_type == KERNEL_TYPES[0]:
-            kernel_cfg["omega_0"] = omega_0
-        else:
-            kernel_cfg.update(num_blocks=omega_blocks, omega_0_max=omega_0)
-        if film:
-            kernel_cfg["film_cfg"] = {"cond_dim": cond_dim}
+        kernel_cfg = kernel.layer_cfg(L_cache, cond_dim if film else None)
         mask_cfg = {"type": "ExponentialModulationND"} if window else None
         self.stem = nn.Linear(in_dim, hidden)
         self.pool = RegisterPool(hidden, cond_dim, registers) if film else None

@@ -12,23 +12,22 @@ from __future__ import annotations
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, *,
-                 no_decay_1d: bool = False) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
     """Group ``model``'s trainable parameters by (weight decay, lr scale).
 
     Returns a list of ``{"params": [...], "weight_decay": wd, "lr": lr * lr_scale,
     "lr_scale": lr_scale}`` dicts (order of first appearance), ready for
     ``torch.optim.AdamW(param_groups(model, wd, lr))``. Parameters with
-    ``requires_grad=False`` are left out. ``no_decay_1d``: untagged 1-D parameters and
-    biases (norm scales and shifts) get no decay either, the usual rule for whole networks.
+    ``requires_grad=False`` are left out. (The project's trainer groups whole networks with
+    ``pipeline.training.param_groups``: these tags, and no decay on untagged 1-D parameters.)
     """
     groups: dict[tuple[float, float], dict] = {}
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         if hasattr(p, "_weight_decay"):
             wd = float(p._weight_decay)
-        elif getattr(p, "_no_weight_decay", False) or (no_decay_1d and (p.ndim <= 1 or name.endswith(".bias"))):
+        elif getattr(p, "_no_weight_decay", False):
             wd = 0.0
         else:
             wd = float(weight_decay)

@@ -57,7 +57,7 @@ from .crs import crs_from_vlr_records, crs_vlr_record
 from .las_header import (_EB_STRUCT_SIZE, _LEGACY_TO_14, _STANDARD, ALL_STANDARD, EXTRA_BYTES_ID, LASZIP_ID,
                          ExtraDim, LasMeta, RawVlr, _check_layout, _cstr, _Header, _open,
                          _parse_header, _read_evlrs)
-from .las_records import point_blocks
+from .las_records import point_chunks
 
 
 def _crs_from_vlrs(vlrs: list[RawVlr]) -> tuple[str | None, int | None]:
@@ -402,7 +402,7 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic.
 
     Format choice (:func:`_choose_format`), extra dimensions (:func:`_extra_dims_for`),
-    header (:func:`_header_for`), records in blocks (``data.las_records.point_blocks``), then one atomic write.
+    header (:func:`_header_for`), records in chunks (``data.las_records.point_chunks``), then one atomic write.
     """
     path = Path(path)
     if isinstance(cloud.meta, LasMeta) and cloud.meta.write_problem:
@@ -422,7 +422,7 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     version = meta.version if pf_id == src else ("1.4" if pf_id >= 6 else max(meta.version, "1.2"))
 
     header = _header_for(meta, version, pf_id, _extra_dims_for(meta, fields, path))
-    blocks = point_blocks(cloud, fields, header, meta.raw_xyz if from_las else None, path)
+    chunks = point_chunks(cloud, fields, header, meta.raw_xyz if from_las else None, path)
 
     compress = path.suffix.lower() == ".laz"
     if not path.parent.is_dir():
@@ -430,8 +430,8 @@ def write_las(cloud: PointCloud, path: str | os.PathLike,
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             with laspy.LasWriter(f, header, do_compress=compress, closefd=False) as writer:
-                for block in blocks:
-                    writer.write_points(block)
+                for chunk in chunks:
+                    writer.write_points(chunk)
                 evlrs = _still_valid(meta.evlrs)
                 if evlrs and header.version.minor >= 4:
                     writer.write_evlrs(VLRList(

@@ -1,8 +1,8 @@
 """LAS point records for writing: fields packed into a point format's record array
-(bit fields, range-checked casts), coordinates quantised, a block of points at a time.
+(bit fields, range-checked casts), coordinates quantised, a chunk of points at a time.
 
-:func:`point_blocks` yields ``laspy.PackedPointRecord`` blocks of :data:`WRITE_BLOCK`
-points, packing block ``i + 1`` in a second thread while the caller writes block ``i``;
+:func:`point_chunks` yields ``laspy.PackedPointRecord`` chunks of :data:`WRITE_CHUNK`
+points, packing chunk ``i + 1`` in a second thread while the caller writes chunk ``i``;
 ``data.las.write_las`` writes them.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import DataError
 from .las_header import SCAN_ANGLE_UNIT
 from .pointcloud import PointCloud
 
-__all__ = ["WRITE_BLOCK", "point_blocks"]
+__all__ = ["WRITE_CHUNK", "point_chunks"]
 
 
 def _check_cast(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -36,7 +36,7 @@ def _check_cast(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> n
 def _quantize(path: Path, xyz: np.ndarray, scales: np.ndarray, offsets: np.ndarray,
               raw: np.ndarray | None, whole: np.ndarray | None = None) -> np.ndarray:
     """Integer X/Y/Z: the original ints where xyz is unchanged, else rounded. ``whole``: the
-    cloud's coordinates when ``xyz`` is a block of them (for the error message's count)."""
+    cloud's coordinates when ``xyz`` is a chunk of them (for the error message's count)."""
     if raw is not None and raw.shape == xyz.shape:
         same = (raw * scales + offsets) == xyz
         if same.all():
@@ -58,24 +58,24 @@ def _quantize(path: Path, xyz: np.ndarray, scales: np.ndarray, offsets: np.ndarr
     return q.astype(np.int32)
 
 
-#: Points packed per block when writing (two LAZ chunks of 50,000): the next block is packed
+#: Points packed per chunk when writing (two LAZ chunks of 50,000): the next one is packed
 #: in a second thread while laspy/lazrs write (compress) this one.
-WRITE_BLOCK = 100_000
+WRITE_CHUNK = 100_000
 
 
-def point_blocks(cloud: PointCloud, fields: dict[str, np.ndarray], header: laspy.LasHeader,
+def point_chunks(cloud: PointCloud, fields: dict[str, np.ndarray], header: laspy.LasHeader,
                   raw_xyz: np.ndarray | None, path: Path) -> Iterator[laspy.PackedPointRecord]:
-    """The packed point records, :data:`WRITE_BLOCK` points at a time: X/Y/Z quantised (the
+    """The packed point records, :data:`WRITE_CHUNK` points at a time: X/Y/Z quantised (the
     input's raw integers where unchanged), standard dimensions with bit fields packed, extra
     dimensions cast with range checks. Block ``i + 1`` is packed in a second thread while the
-    caller writes block ``i`` (NumPy and lazrs release the GIL)."""
+    caller writes chunk ``i`` (NumPy and lazrs release the GIL)."""
     point_format = header.point_format
     xyz = np.asarray(cloud.xyz, np.float64)
     cols = {name: np.asarray(v) for name, v in fields.items()}
     n = len(xyz)
 
     def pack(s: int) -> laspy.PackedPointRecord:
-        e = min(n, s + WRITE_BLOCK)
+        e = min(n, s + WRITE_CHUNK)
         arr = np.zeros(e - s, dtype=point_format.dtype())
         _pack_fields(arr, {name: v[s:e] for name, v in cols.items()}, point_format, path)
         raw = _quantize(path, xyz[s:e], header.scales, header.offsets,
@@ -83,14 +83,14 @@ def point_blocks(cloud: PointCloud, fields: dict[str, np.ndarray], header: laspy
         arr["X"], arr["Y"], arr["Z"] = raw[:, 0], raw[:, 1], raw[:, 2]
         return laspy.PackedPointRecord(arr, point_format)
 
-    starts = range(0, max(n, 1), WRITE_BLOCK)       # an empty cloud: one empty block
+    starts = range(0, max(n, 1), WRITE_CHUNK)       # an empty cloud: one empty chunk
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(pack, 0)
         for s in starts:
-            block = nxt.result()
-            if s + WRITE_BLOCK < n:
-                nxt = pool.submit(pack, s + WRITE_BLOCK)
-            yield block
+            chunk = nxt.result()
+            if s + WRITE_CHUNK < n:
+                nxt = pool.submit(pack, s + WRITE_CHUNK)
+            yield chunk
 
 
 def _pack_fields(arr: np.ndarray, fields: dict[str, np.ndarray], point_format: laspy.PointFormat,

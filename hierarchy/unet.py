@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .stages import Hierarchy
+from .stages import Hierarchy, build_hierarchy
 
 LEAKY_SLOPE = 0.1   # negative slope of the default LeakyReLU (KPConv/KPConvX convention)
 BN_EPS = 1e-5       # BatchNorm epsilon (PyTorch default)
@@ -71,3 +71,32 @@ def encoder_decoder(H: Hierarchy, x: Tensor, encode, down: nn.ModuleList, up: nn
     for s in range(S - 2, -1, -1):
         x = up[s](torch.cat([interpolate(x, H.upsamples[s], H.up_dists[s]), skips[s]], dim=1))
     return x
+
+
+class HierarchyUNet(nn.Module):
+    """Base of the point networks on a :class:`Hierarchy`: a subclass builds ``cfg`` (a
+    ``StageGrid``), ``in_channels``, ``stem``, ``down``, ``up`` and ``head`` and implements
+    :meth:`encode`; the forward pass is the same for all::
+
+        H = build_hierarchy(points, batch, cfg)          (unless given)
+        x = encoder_decoder(H, stem(stage0_features(H, features)), encode, down, up)
+        logits = head(x)[H.inverse]                      [N, num_classes]
+    """
+
+    def encode(self, H: Hierarchy, s: int, x: Tensor) -> Tensor:
+        """Stage ``s``'s convolution: ``x [M_s, w_s]`` -> ``[M_s, w_s]``."""
+        raise NotImplementedError
+
+    def build_hierarchy(self, points: Tensor, batch: Tensor | None) -> Hierarchy:
+        """:func:`hierarchy.build_hierarchy` with this network's config."""
+        return build_hierarchy(points, batch, self.cfg)
+
+    def forward(self, points: Tensor, features: Tensor, batch: Tensor | None = None,
+                hierarchy: Hierarchy | None = None) -> Tensor:
+        check_features(points, features, self.in_channels)
+        H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
+        x = encoder_decoder(H, self.stem(stage0_features(H, features)), lambda s, h: self.encode(H, s, h),
+                            self.down, self.up)
+        logits = self.head(x)
+        return logits if H.inverse is None else logits[H.inverse]
+

@@ -23,7 +23,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from hierarchy import Hierarchy, StageGrid, build_hierarchy, check_features, encoder_decoder, stage0_features, unary
+from hierarchy import Hierarchy, HierarchyUNet, StageGrid, build_hierarchy, unary  # noqa: F401  (build_hierarchy: public here too)
 
 from .layer import KPConvXLayer
 
@@ -73,7 +73,7 @@ class KPConvXConfig(StageGrid):
         return replace(base, **overrides)
 
 
-class KPConvXSegNet(nn.Module):
+class KPConvXSegNet(HierarchyUNet):
     """KPConvX encoder-decoder for per-point segmentation.
 
     ``forward(points [N,3], features [N,C], batch [N] int64 | None, hierarchy=None)
@@ -108,18 +108,5 @@ class KPConvXSegNet(nn.Module):
         self.head = nn.Sequential(unary(W[0], W[0], cfg.bn_momentum),
                                   nn.Linear(W[0], self.num_classes))
 
-    def build_hierarchy(self, points: Tensor, batch: Optional[Tensor]) -> Hierarchy:
-        """:func:`build_hierarchy` with this network's config."""
-        return build_hierarchy(points, batch, self.cfg)
-
-    def forward(self, points: Tensor, features: Tensor, batch: Optional[Tensor] = None,
-                hierarchy: Optional[Hierarchy] = None) -> Tensor:
-        check_features(points, features, self.in_channels)
-        H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
-
-        def encode(s: int, x: Tensor) -> Tensor:
-            return self.encoder[s](H.points[s], x, H.neighbors[s], batch=H.batch[s])
-
-        x = encoder_decoder(H, self.stem(stage0_features(H, features)), encode, self.down, self.up)
-        logits = self.head(x)
-        return logits if H.inverse is None else logits[H.inverse]
+    def encode(self, H: Hierarchy, s: int, x: Tensor) -> Tensor:
+        return self.encoder[s](H.points[s], x, H.neighbors[s], batch=H.batch[s])

@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from . import __version__
 from .overrides import apply_assignment
 from .progress import log
 from .registry import MODELS
-from .schema import SpecError, parse_component, to_plain
+from .schema import SpecError, parse_component, renamed_keys, to_plain
 
 FORMAT = "lidarseg-model-bundle"
 FORMAT_VERSION = 1
@@ -151,8 +152,47 @@ def save_bundle(path: Path, model: Any, class_map: ClassMap, summary: dict[str, 
     return path
 
 
-def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, ClassMap, dict[str, Any]]:
-    """-> (model, class map, bundle.json contents). Clear errors for a missing or foreign bundle.
+@dataclass
+class Bundle:
+    """A loaded bundle: the trained model and what ``bundle.json`` says of it.
+
+    ``model``: the model component (``predict(cloud, device)``; ``config`` its resolved
+    Config); ``model_type``: its registered name; ``summary``: the training summary
+    (``train_density`` ``{median, min, max}`` points/m^2 of the training files among it);
+    ``meta``: ``bundle.json`` as read.
+    """
+
+    path: Path
+    model: Any
+    class_map: ClassMap
+    model_type: str
+    project_version: str
+    input_pipeline: int
+    summary: dict[str, Any]
+    meta: dict[str, Any]
+
+    @property
+    def train_density(self) -> dict[str, float] | None:
+        return self.summary.get("train_density")
+
+    @property
+    def card(self) -> Path | None:
+        """``MODEL.md`` of a shipped model, else None."""
+        return self.path / CARD if (self.path / CARD).is_file() else None
+
+    def digest(self) -> str:
+        """:func:`bundle_digest`: what a batch's sidecars record as the model."""
+        return bundle_digest(self.path)
+
+    def describe(self) -> str:
+        """``point model (kpconvx network), classes ground, vegetation, ...``"""
+        network = getattr(getattr(self.model.config, "network", None), "component_type", None)
+        what = f"{self.model_type} model" + (f" ({network} network)" if network else "")
+        return f"{what}, classes {', '.join(self.class_map.names)}"
+
+
+def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Bundle:
+    """Read a bundle folder into a :class:`Bundle`. Clear errors for a missing or foreign bundle.
 
     ``overrides``: ``key=VALUE`` assignments (``run.py predict --set``) of the model's
     prediction-time options, the dotted keys its class lists in ``predict_options`` (e.g.
@@ -189,15 +229,19 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                         "learnt; retrain it with this version (bundle.json's 'model' holds its config)")
     try:
         class_map = ClassMap.from_config(meta["class_map"]["classes"], meta["class_map"].get("ignore", ()))
-        model_cfg = meta["model"]
+        model_cfg = MODELS.current_form(meta["model"], str(meta_path), "model")
         entry = MODELS.get(model_cfg.get("type"), str(meta_path), "model.type")
     except (KeyError, AttributeError, TypeError, ValueError, UserError) as exc:
         raise UserError(f"{meta_path}: broken bundle metadata: {exc}") from None
     if overrides:
         allowed = tuple(getattr(entry.target, "predict_options", ()))
         model_cfg = copy.deepcopy(model_cfg)
+        renamed = renamed_keys(entry.config)
         for assignment in overrides:
             key = assignment.split("=", 1)[0].strip()
+            if key in renamed and "=" in assignment:
+                log(f"--set {key}: now called {renamed[key]!r}; the earlier name still works")
+                key, assignment = renamed[key], f"{renamed[key]}={assignment.split('=', 1)[1]}"
             if key not in allowed:
                 raise UserError(f"{path}: --set {key}: not a prediction option of a {entry.name} model "
                                 f"(these are: {', '.join(allowed) or 'none'})")
@@ -217,5 +261,6 @@ def load_bundle(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if changed:
         log(f"warning: {path.name} was written with " + ", ".join(f"{k} {a} (here {b})" for k, (a, b) in changed.items())
             + "; predictions may differ slightly")
+    summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else {}
     model = entry.target.load(config, class_map, path)
-    return model, class_map, meta
+    return Bundle(path, model, class_map, entry.name, str(meta.get("project_version", "?")), made_for, summary, meta)

@@ -131,7 +131,7 @@ def _class_map_from(path: str):
 
     p = Path(path)
     if p.is_dir():
-        return load_bundle(p)[1]
+        return load_bundle(p).class_map
     data = compose_spec_file(p)
     if "classes" not in data or not isinstance(data["classes"], dict):
         raise UserError(f"{p}: --classes needs a file with a 'classes' mapping (class -> input codes)")
@@ -153,6 +153,7 @@ def _inspect(args) -> None:
 
         p = Path(args.classes)
         if p.is_file() and "steps" in compose_spec_file(p):
+            from pipeline.registry import type_name
             from pipeline.runner import RunContext
             from pipeline.spec import load_spec
 
@@ -160,7 +161,7 @@ def _inspect(args) -> None:
             ctx = RunContext(loaded, loaded.output_dir())
             class_map = loaded.class_map
             for i, step in enumerate(loaded.spec.steps):
-                kind = type(step).component_type
+                kind = type_name(step)
                 if kind in ("train", "predict"):
                     for item in ctx.resolve_labelled(step.inputs, f"steps[{i}].inputs"):
                         roles.setdefault(item.path, "train" if kind == "train" else "predict")
@@ -177,7 +178,7 @@ def _inspect(args) -> None:
         print(f"\naudit written to {Path(args.out).resolve()} (inspect.md, inspect.json, class_shares.png)")
 
 
-def _models() -> None:
+def _models(args) -> None:
     from pipeline.shipped import DEFAULT_MODEL, card_summary, models_dir, shipped_models
 
     names = shipped_models()
@@ -204,9 +205,72 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _run(args) -> None:
+    from pipeline.runner import run_spec
+
+    ctx = run_spec(args.spec, args.overrides, args.out, args.device, args.limit_steps, args.resume,
+                   args.stop_after, args.overwrite)
+    if distributed.is_main():
+        print(f"done: outputs in {ctx.out_dir}")
+
+
+def _validate(args) -> None:
+    from pipeline.runner import check_inputs
+    from pipeline.spec import load_spec
+
+    loaded = load_spec(args.spec, args.overrides)
+    check_inputs(loaded)
+    print(f"{loaded.path}: valid ({len(loaded.spec.steps)} steps, {loaded.class_map.num_classes} classes)")
+
+
+def _predict(args) -> None:
+    from data.bounds import Bounds
+    from pipeline.batch import parse_shard
+    from pipeline.bundle import load_bundle
+    from pipeline.inputs import expand_patterns
+    from pipeline.labelling import OutputOptions, predict_with_bundle
+    from pipeline.layouts import check_vegetation_heights
+    from pipeline.progress import log
+    from pipeline.runner import resolve_device
+    from pipeline.shipped import resolve_model
+
+    path, how = resolve_model(args.model)
+    shard = parse_shard(args.shard)
+    device = distributed.setup(resolve_device(args.device))
+    bundle = load_bundle(path, args.overrides)
+    if distributed.is_main():
+        log(f"model: {how} ({bundle.describe()})")
+    inputs = expand_patterns(args.input, None, "--input")
+    options = OutputOptions(args.probabilities, args.layout, check_vegetation_heights(
+        args.vegetation_heights, bundle.class_map, "--vegetation-heights"), args.preview)
+    pairs = predict_with_bundle(bundle, inputs, Path(args.out), device=device, options=options, fmt=args.format,
+                                buffer=_non_negative(args.buffer, "--buffer"),
+                                bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None, shard=shard)
+    if distributed.is_main():
+        print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}"
+              + (f" ({distributed.world_size()} processes)" if distributed.active() else ""))
+
+
+def _evaluate(args) -> None:
+    from pipeline.evaluation import evaluate_files, summary_line
+    from pipeline.inputs import expand_patterns
+
+    preds = expand_patterns(args.pred, None, "--pred")
+    refs = expand_patterns(args.ref, None, "--ref") if args.ref else None
+    class_map = _class_map_from(args.classes) if args.classes else None
+    distributed.setup("cpu")
+    report = evaluate_files(preds, refs, class_map, Path(args.out), views=not args.no_views)
+    if distributed.is_main():
+        print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
+
+
+#: one function per sub-command
+COMMANDS = {"run": _run, "validate": _validate, "inspect": _inspect, "models": _models, "predict": _predict,
+            "evaluate": _evaluate}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
-    import pipeline.components  # noqa: F401  (registers every step and model type)
     from data.errors import UserError
     from pipeline.progress import set_quiet
 
@@ -218,65 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.check_launch()
         if getattr(args, "out", None):
             check_folder_target(args.out, "--out")
-        if args.command == "run":
-            from pipeline.runner import run_spec
-
-            ctx = run_spec(args.spec, args.overrides, args.out, args.device, args.limit_steps, args.resume,
-                           args.stop_after, args.overwrite)
-            if distributed.is_main():
-                print(f"done: outputs in {ctx.out_dir}")
-        elif args.command == "validate":
-            from pipeline.runner import check_inputs
-            from pipeline.spec import load_spec
-
-            loaded = load_spec(args.spec, args.overrides)
-            check_inputs(loaded)
-            print(f"{loaded.path}: valid ({len(loaded.spec.steps)} steps, "
-                  f"{loaded.class_map.num_classes} classes)")
-        elif args.command == "inspect":
-            _inspect(args)
-        elif args.command == "models":
-            _models()
-        elif args.command == "predict":
-            from data.bounds import Bounds
-            from pipeline.bundle import load_bundle
-            from pipeline.inputs import expand_patterns
-            from pipeline.layouts import check_vegetation_heights
-            from pipeline.predict import OutputOptions, predict_files
-            from pipeline.batch import parse_shard
-            from pipeline.bundle import bundle_digest
-            from pipeline.progress import log
-            from pipeline.runner import resolve_device
-            from pipeline.shipped import resolve_model
-
-            bundle, how = resolve_model(args.model)
-            shard = parse_shard(args.shard)
-            device = distributed.setup(resolve_device(args.device))
-            model, class_map, meta = load_bundle(bundle, args.overrides)
-            if distributed.is_main():
-                log(f"model: {how} ({meta['model'].get('type')}, classes {', '.join(class_map.names)})")
-            inputs = expand_patterns(args.input, None, "--input")
-            options = OutputOptions(args.probabilities, args.layout, check_vegetation_heights(
-                args.vegetation_heights, class_map, "--vegetation-heights"), args.preview)
-            pairs = predict_files(model, class_map, inputs, Path(args.out), device=device, options=options, fmt=args.format,
-                                  train_density=meta.get("summary", {}).get("train_density"),
-                                  buffer=_non_negative(args.buffer, "--buffer"),
-                                  bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None,
-                                  model_id=bundle_digest(bundle), shard=shard)
-            if distributed.is_main():
-                print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}"
-                      + (f" ({distributed.world_size()} processes)" if distributed.active() else ""))
-        elif args.command == "evaluate":
-            from pipeline.evaluation import evaluate_files, summary_line
-            from pipeline.inputs import expand_patterns
-
-            preds = expand_patterns(args.pred, None, "--pred")
-            refs = expand_patterns(args.ref, None, "--ref") if args.ref else None
-            class_map = _class_map_from(args.classes) if args.classes else None
-            distributed.setup("cpu")
-            report = evaluate_files(preds, refs, class_map, Path(args.out), views=not args.no_views)
-            if distributed.is_main():
-                print(f"{summary_line(report)} -> {Path(args.out).resolve()}")
+        COMMANDS[args.command](args)
         status = 0
     except UserError as exc:
         try:

@@ -6,5 +6,5 @@ registration side effect.
 """
 from __future__ import annotations
 
-from .models import ckconv_model, kpconvx_model, point_transformer_model, random_forest  # noqa: F401  (model types)
+from .models import ckconv_model, point_model, random_forest  # noqa: F401  (model types; point_model: its networks)
 from .steps import evaluate, features, predict, train  # noqa: F401  (step types)

@@ -12,7 +12,7 @@ over the last interval, the CPU time the rest of the machine used::
 and calls ``torch.set_num_threads`` when that changes. Linux only (``/proc/stat``); elsewhere
 it leaves the thread count alone.
 
-:func:`block_workers` is the prediction side: independent blocks of work run one per torch
+:func:`pass_workers` is the prediction side: independent forward passes run one per torch
 thread, each single-threaded.
 """
 from __future__ import annotations
@@ -77,12 +77,12 @@ class ThreadGovernor:
 
 
 @contextmanager
-def block_workers(device: str) -> Iterator[int]:
-    """How many independent blocks (e.g. of prediction regions) to run at once on ``device``.
+def pass_workers(device: str) -> Iterator[int]:
+    """How many independent forward passes (of prediction regions) to run at once on ``device``.
 
-    On CPU with more than one torch thread: one block per thread, with torch single-threaded
+    On CPU with more than one torch thread: one pass per thread, with torch single-threaded
     inside the context (the gather-bound KPConvX layers and the NumPy region work scale better
-    across blocks than inside one: benchmarks/README.md, "Coverage settings");
+    across passes than inside one: benchmarks/README.md, "Coverage settings");
     ``LIDARSEG_BLOCK_WORKERS=1`` or any other device: 1, threads unchanged.
     """
     import torch

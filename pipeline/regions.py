@@ -12,8 +12,8 @@ occupied cells of a regular grid (3-D for spheres, 2-D for cylinders) of spacing
 within ``r`` of its own cell's centre, so every point is reached unless a region hits the
 ``max_points`` cap. Softmax outputs are summed per original point and divided by the
 count; points no region reached take the probabilities of the nearest reached point (the
-count is reported). Regions are processed in blocks of at most ``block_points`` points, so
-memory is bounded by ``N x classes`` plus one block.
+count is reported). Regions go through the network in passes of at most ``points_per_pass``
+points, so memory is bounded by ``N x classes`` plus one pass.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from geometry.neighbors import NeighborIndex
 from pipeline.schema import option
 
 __all__ = ["SamplingConfig", "AugmentConfig", "Region", "RegionSampler", "ClassBalancedCenters",
-           "augment", "stretch_heights", "rotation_z", "sampled_class_counts", "coverage_centers", "iter_blocks", "predict_coverage"]
+           "augment", "stretch_heights", "rotation_z", "sampled_class_counts", "coverage_centers", "iter_passes", "predict_coverage"]
 
 
 @dataclass
@@ -240,68 +240,77 @@ def coverage_centers(xyz: np.ndarray, cfg: SamplingConfig, offset: float = 0.0) 
     return centers
 
 
-def iter_blocks(regions: Iterable[Region], block_points: int) -> Iterator[list[Region]]:
-    """Consecutive groups of regions holding at most ``block_points`` points (at least one)."""
-    block: list[Region] = []
+def iter_passes(regions: Iterable[Region], points_per_pass: int) -> Iterator[list[Region]]:
+    """Consecutive groups of regions holding at most ``points_per_pass`` points (at least one)."""
+    group: list[Region] = []
     total = 0
     for r in regions:
-        if block and total + len(r.index) > block_points:
-            yield block
-            block, total = [], 0
-        block.append(r)
+        if group and total + len(r.index) > points_per_pass:
+            yield group
+            group, total = [], 0
+        group.append(r)
         total += len(r.index)
-    if block:
-        yield block
+    if group:
+        yield group
+
+
+def vote_pose(vote: int, votes: int) -> tuple[float, float]:
+    """Test-time vote ``vote`` of ``votes``: ``(grid offset, angle)``, the coverage grid shifted by
+    ``0.5 * vote / votes`` of its spacing (none with one vote) and the regions rotated about z by
+    ``2 pi * vote / votes`` radians."""
+    return (0.5 * vote / votes if votes > 1 else 0.0), 2 * np.pi * vote / votes
 
 
 def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
-                     run_block: Callable[[list[Region], int], np.ndarray], *, votes: int = 1,
-                     block_points: int = 200_000, progress: Callable = lambda it, **kw: it,
+                     run_pass: Callable[[list[Region], float], np.ndarray], *, votes: int = 1,
+                     points_per_pass: int = 200_000, progress: Callable = lambda it, **kw: it,
                      chunk: int = 64, workers: int = 1) -> tuple[np.ndarray, int]:
     """Average per-point probabilities over overlapping regions covering ``xyz``.
 
-    ``run_block(regions, vote) -> [sum of region sizes, num_classes]`` probabilities, rows in
-    the order of the regions' points. Returns ``(proba [N, C] float32, unreached count)``.
-    Regions are built ``chunk`` centres at a time as the blocks consume them, so memory is
-    ``N x (C + 1)`` accumulators, the KD-tree and about ``workers + 1`` blocks of regions,
-    whatever ``N``. With ``workers > 1``, that many blocks run at once in threads (``run_block``
+    ``run_pass(regions, angle) -> [sum of region sizes, num_classes]`` probabilities of the
+    regions rotated by ``angle`` about z, rows in the order of the regions' points; each vote
+    (:func:`vote_pose`) shifts the grid and turns the regions. Returns ``(proba [N, C] float32, unreached count)``.
+    Regions are built ``chunk`` centres at a time as the passes consume them, so memory is
+    ``N x (C + 1)`` accumulators, the KD-tree and about ``workers + 1`` passes of regions,
+    whatever ``N``. With ``workers > 1``, that many passes run at once in threads (``run_pass``
     must be thread-safe) while this thread builds the next regions and adds up the results,
-    in block order (the sums are the same as with one worker).
+    in pass order (the sums are the same as with one worker).
     """
     n = len(xyz)
     acc = np.zeros((n, num_classes), np.float32)
     cnt = np.zeros(n, np.int32)
     sampler = RegionSampler([xyz], cfg)
 
-    def add(block: list[Region], proba: np.ndarray) -> None:
-        idx = np.concatenate([r.index for r in block])
-        # scatter-add in O(block) (np.add.at is slow; bincount over N would be O(N) per block)
+    def add(group: list[Region], proba: np.ndarray) -> None:
+        idx = np.concatenate([r.index for r in group])
+        # scatter-add in O(pass) (np.add.at is slow; bincount over N would be O(N) per pass)
         uniq, inv = np.unique(idx, return_inverse=True)
         part = np.stack([np.bincount(inv, weights=proba[:, c], minlength=len(uniq))
                          for c in range(num_classes)], axis=1)
         acc[uniq] += part.astype(np.float32)
         cnt[uniq] += np.bincount(inv, minlength=len(uniq)).astype(np.int32)
 
-    def blocks():
+    def passes():
         for vote in range(votes):
-            centers = coverage_centers(xyz, cfg, offset=0.5 * vote / votes if votes > 1 else 0.0)
+            offset, angle = vote_pose(vote, votes)
+            centers = coverage_centers(xyz, cfg, offset=offset)
             starts = range(0, len(centers), chunk)
             chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
             regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))
-            for block in iter_blocks(regions, block_points):
-                yield block, vote
+            for group in iter_passes(regions, points_per_pass):
+                yield group, angle
 
     if workers <= 1:
-        for block, vote in blocks():
-            add(block, run_block(block, vote))
+        for group, angle in passes():
+            add(group, run_pass(group, angle))
     else:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as pool:
             pending: deque = deque()
-            for block, vote in blocks():
-                pending.append((block, pool.submit(run_block, block, vote)))
+            for group, angle in passes():
+                pending.append((group, pool.submit(run_pass, group, angle)))
                 if len(pending) >= workers:
                     done, fut = pending.popleft()
                     add(done, fut.result())

@@ -23,6 +23,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from data.errors import UserError
 
+from .progress import log
+
 
 #: the largest integer a spec may hold (a 64-bit signed value): sizes, seeds and counts
 MAX_INT = 2**63 - 1
@@ -51,6 +53,9 @@ def Component(registry: Any) -> Any:  # noqa: N802 - reads like a type in annota
 
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is typing.Annotated:
+        marker = next((m for m in get_args(tp)[1:] if isinstance(m, _ComponentMarker)), None)
+        return f"a {marker.registry.kind} mapping with a 'type'" if marker else _describe(get_args(tp)[0])
     if tp is type(None):
         return "null"
     if origin is Literal:
@@ -171,6 +176,7 @@ def _parse_dataclass(cls: type, data: Any, key: str, source: str) -> Any:
         raise SpecError(source, key, f"expected a mapping, got {_short(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = get_type_hints(cls, include_extras=True)
+    data = _current_names(fields, data, key, source)
     for name in data:
         if name not in fields:
             hint = difflib.get_close_matches(str(name), list(fields), n=1)
@@ -185,12 +191,32 @@ def _parse_dataclass(cls: type, data: Any, key: str, source: str) -> Any:
             raise SpecError(source, _join(key, name), f"required key is missing (expected {_describe(hints[name])})")
     try:
         return cls(**values)
-    except UserError as exc:
+    except (UserError, ValueError) as exc:     # a config's own check (the operation layers raise ValueError)
         raise SpecError(source, key, str(exc)) from None
 
 
+def _current_names(fields: dict[str, dataclasses.Field], data: dict, key: str, source: str) -> dict:
+    """``data`` with keys of an earlier name (``option(was=...)``) under their current one, saying so."""
+    renamed = {f.metadata["was"]: name for name, f in fields.items() if f.metadata.get("was")}
+    if not any(old in data for old in renamed):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old in data:
+            if new in data:
+                raise SpecError(source, _join(key, old), f"the earlier name of {new!r}, which is given too; keep {new!r}")
+            data[new] = data.pop(old)
+            log(f"{source}: {_join(key, old)} is now called {new!r}; the earlier name still works")
+    return data
+
+
+def renamed_keys(cls: type) -> dict[str, str]:
+    """``{earlier name: current name}`` of ``cls``'s top-level fields (``option(was=...)``)."""
+    return {f.metadata["was"]: f.name for f in dataclasses.fields(cls) if f.metadata.get("was")}
+
+
 def option(*, min: float | None = None, exclusive: bool = False, max: float | None = None, predict: bool = False,
-           resume: bool = True, **kw: Any) -> Any:
+           resume: bool = True, was: str | None = None, **kw: Any) -> Any:
     """A config dataclass field with the facts the rest of the project derives from it::
 
         radius: float = option(min=0, exclusive=True, default=10.0)
@@ -201,10 +227,11 @@ def option(*, min: float | None = None, exclusive: bool = False, max: float | No
     - ``predict``: a trained bundle's option that ``run.py predict --set`` may change
       (:func:`keys_where`, e.g. a model's ``predict_options``);
     - ``resume=False``: not part of what a checkpoint must match to be resumed (how long,
-      how often, how predictions are made).
+      how often, how predictions are made);
+    - ``was``: the key's earlier name, still read (specs, bundles, ``--set``) with a line saying so.
     """
     return dataclasses.field(metadata={"min": min, "exclusive": exclusive, "max": max, "predict": predict,
-                                       "resume": resume}, **kw)
+                                       "resume": resume, "was": was}, **kw)
 
 
 def keys_where(cls: type, flag: str, value: bool = True, prefix: str = "") -> tuple[str, ...]:
@@ -251,6 +278,7 @@ def _check_range(f: dataclasses.Field, value: Any, key: str, source: str) -> Non
 
 def parse_component(registry: Any, data: Any, key: str, source: str) -> Any:
     """``{type: NAME, **options}`` -> the config dataclass registered as NAME."""
+    data = registry.current_form(data, source, key)
     if not isinstance(data, dict) or "type" not in data:
         raise SpecError(source, _join(key, "type") if isinstance(data, dict) else key,
                         f"expected a mapping with a 'type' key (one of: {', '.join(registry.names())})")
@@ -264,9 +292,9 @@ def to_plain(obj: Any) -> Any:
     """Dataclass instances (with their registry ``type``) -> plain dicts/lists for YAML/JSON."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}
-        type_name = getattr(type(obj), "component_type", None)
-        if type_name:
-            out["type"] = type_name
+        name = getattr(type(obj), "component_type", None)     # registry.type_name (no import circle)
+        if name:
+            out["type"] = name
         for f in dataclasses.fields(obj):
             out[f.name] = to_plain(getattr(obj, f.name))
         return out

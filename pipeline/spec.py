@@ -39,7 +39,7 @@ from data.errors import UserError
 
 from .datasets import InputEntry
 from .overrides import parse_assignment, set_path
-from .registry import STEPS
+from .registry import STEPS, type_name
 from .schema import Component, SpecError, option, parse
 
 
@@ -57,7 +57,7 @@ class Spec:
     def steps_of(self, kind: str, upto: int | None = None) -> list[Any]:
         """The steps of one type (``train``, ``predict``, ...), in order; ``upto``: among the
         first ``upto`` steps only."""
-        return [s for s in self.steps[:upto] if type(s).component_type == kind]
+        return [s for s in self.steps[:upto] if type_name(s) == kind]
 
     def __post_init__(self) -> None:
         if not self.steps:

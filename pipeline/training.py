@@ -38,7 +38,7 @@ from pipeline.cpu_share import ThreadGovernor
 from pipeline.curves import plot_curves
 from pipeline.schema import option
 
-__all__ = ["OptimConfig", "seed_everything", "step_rng", "build_optimizer", "class_weights", "lr_factor", "Trainer",
+__all__ = ["OptimConfig", "seed_everything", "step_rng", "param_groups", "build_optimizer", "class_weights", "lr_factor", "Trainer",
            "CsvLog", "atomic_torch_save", "amp_autocast"]
 
 
@@ -100,15 +100,27 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(step), int(stream)])
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over ``ckconv.optim.param_groups(model, ..., no_decay_1d=True)``: a parameter's
-    ``_weight_decay`` tag if set, else 0 when tagged ``_no_weight_decay``, 1-D or a bias, else
-    ``cfg.weight_decay``; lr ``cfg.lr * _lr_scale`` (the tags ``ckconv`` sets)."""
-    from ckconv.optim import param_groups
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups of a whole network, by (weight decay, learning rate), in order of
+    first appearance; frozen parameters left out. A parameter's decay is its ``_weight_decay``
+    tag if set, else 0 when it is tagged ``_no_weight_decay``, 1-D or a bias (norm scales and
+    shifts), else ``cfg.weight_decay``; its lr is ``cfg.lr * _lr_scale`` (tag, default 1). The
+    layers set the tags (``ckconv``: SIREN, window and shortcut parameters; the same convention
+    as ``ckconv.param_groups``, the CKConv contract's grouping without the 1-D rule)."""
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        untagged_decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") else float(cfg.weight_decay)
+        decay = float(getattr(p, "_weight_decay", 0.0 if getattr(p, "_no_weight_decay", False) else untagged_decay))
+        lr = cfg.lr * float(getattr(p, "_lr_scale", 1.0))
+        groups.setdefault((decay, lr), {"params": [], "weight_decay": decay, "lr": lr})["params"].append(p)
+    return list(groups.values())
 
-    groups = param_groups(model, cfg.weight_decay, cfg.lr, no_decay_1d=True)
-    return torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"], "lr": g["lr"]}
-                              for g in groups], lr=cfg.lr, betas=tuple(cfg.betas))
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:

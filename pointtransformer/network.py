@@ -21,8 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from hierarchy import (BN_EPS, LEAKY_SLOPE, Hierarchy, StageGrid, build_hierarchy, check_features,
-                       encoder_decoder, stage0_features, unary)
+from hierarchy import BN_EPS, LEAKY_SLOPE, Hierarchy, HierarchyUNet, StageGrid, unary
 
 
 @dataclass
@@ -84,7 +83,7 @@ class PointTransformerBlock(nn.Module):
         return self.act(x + self.lin_out(y))
 
 
-class PointTransformerSegNet(nn.Module):
+class PointTransformerSegNet(HierarchyUNet):
     """Point Transformer encoder-decoder for per-point segmentation (module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: Optional[PointTransformerConfig] = None):
@@ -99,20 +98,8 @@ class PointTransformerSegNet(nn.Module):
         self.up = nn.ModuleList(unary(W[s + 1] + W[s], W[s], m) for s in range(S - 1))
         self.head = nn.Sequential(unary(W[0], W[0], m), nn.Linear(W[0], self.num_classes))
 
-    def build_hierarchy(self, points: Tensor, batch: Optional[Tensor]) -> Hierarchy:
-        return build_hierarchy(points, batch, self.cfg)
-
-    def forward(self, points: Tensor, features: Tensor, batch: Optional[Tensor] = None,
-                hierarchy: Optional[Hierarchy] = None) -> Tensor:
-        check_features(points, features, self.in_channels)
-        H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
-
-        def encode(s: int, x: Tensor) -> Tensor:
-            pos, edges = H.points[s] / self.cfg.radius(s), edge_index_of(H.neighbors[s])
-            for block in self.encoder[s]:
-                x = block(x, pos, edges)
-            return x
-
-        x = encoder_decoder(H, self.stem(stage0_features(H, features)), encode, self.down, self.up)
-        logits = self.head(x)
-        return logits if H.inverse is None else logits[H.inverse]
+    def encode(self, H: Hierarchy, s: int, x: Tensor) -> Tensor:
+        pos, edges = H.points[s] / self.cfg.radius(s), edge_index_of(H.neighbors[s])
+        for block in self.encoder[s]:
+            x = block(x, pos, edges)
+        return x

@@ -21,7 +21,6 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-import pipeline.components  # noqa: E402,F401  (registers the model types)
 from data.io import read_cloud  # noqa: E402
 from pipeline.bundle import CHECKSUMS, load_bundle, write_checksums  # noqa: E402
 from pipeline.inputs import expand_patterns  # noqa: E402
@@ -30,7 +29,8 @@ from pipeline.shipped import CARD, models_dir  # noqa: E402
 
 def reference_labels(folder: Path, patterns: list[str]) -> dict[str, np.ndarray]:
     """``{file stem: [N] uint8 predicted codes}`` of the bundle in ``folder`` on those files."""
-    model, class_map, _ = load_bundle(folder)
+    bundle = load_bundle(folder)
+    model, class_map = bundle.model, bundle.class_map
     out = {}
     for path in expand_patterns(patterns, None, "--reference"):
         proba = model.predict(read_cloud(path)).proba

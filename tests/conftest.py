@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.components  # noqa: F401  (registers every step and model type, as run.py does)
 from data.sample_data import SAMPLE_DATA as DATA
+from pipeline.spec import compose_spec_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def rf_tiny_bundle(tmp_path_factory, lidar_data) -> Path:
     import yaml
 
     folder = tmp_path_factory.mktemp("rf_tiny")
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec.update(output="out", data_root=str(lidar_data))
     spec["inputs"] = {"train": ["ign_lidarhd/train/mnx_bat.laz"]}
     spec["steps"] = spec["steps"][:1]

@@ -82,3 +82,15 @@ def test_no_source_file_over_500_lines():
     files = [p for pkg in PACKAGES + ("benchmarks",) for p in (REPO / pkg).rglob("*.py")] + [REPO / "run.py"]
     long = {str(p.relative_to(REPO)): n for p in files if (n := len(p.read_text().splitlines())) > 500}
     assert not long, long
+
+
+def test_registration_cannot_be_skipped():
+    """A spec loads (its step and model types known) without anyone importing pipeline.components:
+    the registries import it on the first lookup."""
+    import subprocess
+    import sys
+
+    code = ("from pipeline.spec import load_spec; s = load_spec('specs/ign_point_transformer_cpu.yaml').spec; "
+            "print(type(s.steps[0].model.network).component_type)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "point_transformer", res.stderr

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from pipeline.spec import compose_spec_file
 
 QUICK = ["bench_ckconv.py", "bench_contention.py", "bench_copc.py", "bench_features.py", "bench_io.py", "bench_render.py",
          "bench_kpconvx.py", "bench_ply.py"]
@@ -35,7 +36,7 @@ def test_quick_mode_runs(script):
 def test_bundle_benchmarks_run(tmp_path, lidar_data):
     import yaml
 
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec.update(data_root=str(lidar_data), output="out")
     spec["steps"] = spec["steps"][:1]
     spec["steps"][0]["model"].update(n_estimators=4, max_samples=10000)

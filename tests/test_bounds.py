@@ -15,6 +15,7 @@ import data.las as las_module
 from data.bounds import Bounds
 from data.errors import DataError, UserError
 from data.io import read_cloud, read_header_info, write_cloud
+from pipeline.spec import compose_spec_file
 
 TILE = DATA / "ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz"
 
@@ -143,7 +144,7 @@ def test_predict_and_train_on_windows(copc_tiles: list[Path], tmp_path: Path) ->
 
     from conftest import REPO
 
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec.update(output="out", data_root=str(tmp_path))
     window = [770500.0, 6277550.0, 770520.0, 6277580.0]            # a quarter of the tile
     spec["inputs"] = {"train": [{"files": str(copc_tiles[1]), "bounds": window}]}

@@ -18,10 +18,11 @@ import yaml
 from conftest import REPO
 from geometry.heights import height_above_ground
 from pipeline.models.grid_inputs import point_bands
+from pipeline.spec import compose_spec_file
 
 TEST_TILES = ["ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz",
               "ign_lidarhd/test/test_data_77055_627755_LA93_IGN69.laz"]
-RASTER_BANDS = yaml.safe_load((REPO / "specs" / "ign_ckconv_raster.yaml").read_text())["steps"][0]["model"]["bands"]
+RASTER_BANDS = compose_spec_file(REPO / "specs" / "ign_ckconv_raster.yaml")["steps"][0]["model"]["bands"]
 TINY = {"hidden": 8, "blocks": 1, "kernel": {"hidden": 8, "layers": 2}, "crop": 24, "batch_size": 2,
         "cond_dim": 4, "registers": 2}
 
@@ -32,7 +33,7 @@ def cli(*args):
 
 
 def _spec(folder: Path, lidar_data: Path, which: str, **model) -> Path:
-    spec = yaml.safe_load((REPO / "specs" / f"ign_ckconv_{which}.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / f"ign_ckconv_{which}.yaml")
     spec.update(data_root=str(lidar_data), output="out")
     spec["inputs"] = {"train": ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz",
                                 "ign_lidarhd/train/mnx_corse.laz"], "test": TEST_TILES}
@@ -142,11 +143,11 @@ def test_specs_validate():
 @pytest.mark.parametrize("data_dim,kernel,film", [(2, "BlockDiagonalLearnableOmegaSIRENKernelND", True),
                                                   (3, "SIRENKernelND", False)])
 def test_network_shapes_and_gradients(data_dim, kernel, film):
-    from ckconv.network import CKConvSegNet
+    from ckconv.network import CKConvSegNet, KernelConfig
 
     torch.manual_seed(0)
-    net = CKConvSegNet(data_dim, 5, 4, hidden=8, num_blocks=2, kernel_type=kernel, kernel_hidden=8,
-                       L_cache=16, film=film, cond_dim=4, registers=2, omega_blocks=2)
+    net = CKConvSegNet(data_dim, 5, 4, hidden=8, num_blocks=2, kernel=KernelConfig(kernel, hidden=8, omega_blocks=2),
+                       L_cache=16, film=film, cond_dim=4, registers=2)
     shape = (2, 12, 10) + ((6,) if data_dim == 3 else ())
     x = torch.randn(*shape, 5)
     mask = torch.rand(shape) > 0.5
@@ -199,9 +200,10 @@ GRID_VAL = ["ign_lidarhd/train/mnx_corse.laz"]
 def _fit(lidar_data, work, stop=None, resume=False, seed=0, steps=6, **cfg):
     from data.classmap import ClassMap
     from pipeline.models.base import TrainContext
-    from pipeline.models.ckconv_model import CKConvGridModel, KernelConfig
+    from ckconv.network import KernelConfig
+    from pipeline.models.ckconv_model import CKConvGridModel
 
-    spec = yaml.safe_load((REPO / "specs" / "ign_ckconv_raster.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "ign_ckconv_raster.yaml")
     cmap = ClassMap.from_config(spec["classes"], spec["ignore"])
     options = dict(cell_size=2.0, hidden=8, blocks=1, kernel=KernelConfig(hidden=8, layers=2), crop=12,
                    batch_size=2, steps=steps, val_every=2, checkpoint_every=100)

@@ -45,22 +45,22 @@ def test_free_cores_formula_and_thread_choice(clock):
     assert gov2.update() == 2                                 # never above max_threads
 
 
-def test_block_workers_one_block_per_thread_on_cpu(monkeypatch):
+def test_pass_workers_one_block_per_thread_on_cpu(monkeypatch):
     import torch
 
-    from pipeline.cpu_share import block_workers
+    from pipeline.cpu_share import pass_workers
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         monkeypatch.delenv("LIDARSEG_BLOCK_WORKERS", raising=False)
-        with block_workers("cpu") as workers:
+        with pass_workers("cpu") as workers:
             assert workers == 2 and torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with block_workers("cuda") as workers:
+        with pass_workers("cuda") as workers:
             assert workers == 1 and torch.get_num_threads() == 2
         monkeypatch.setenv("LIDARSEG_BLOCK_WORKERS", "1")
-        with block_workers("cpu") as workers:
+        with pass_workers("cpu") as workers:
             assert workers == 1 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from pipeline.spec import compose_spec_file
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -56,7 +57,7 @@ def rf_bundle(tmp_path_factory, lidar_data):
     import yaml
 
     folder = tmp_path_factory.mktemp("ddp_rf")
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec["data_root"] = str(lidar_data)
     spec["output"] = "out"
     spec["steps"] = spec["steps"][:1]

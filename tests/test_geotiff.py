@@ -110,7 +110,7 @@ def test_preview_png(tile, tmp_path):
 def test_mostly_empty_raster_is_warned(tile, tmp_path, capsys):
     """0.3 pts/m2 at 1 m cells leaves most cells empty: the writer says so."""
     from pipeline.models.base import GridProduct
-    from pipeline.predict import write_grid_product
+    from pipeline.labelling import write_grid_product
 
     cloud, r = tile
     sparse = r.mask.copy()

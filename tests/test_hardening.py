@@ -161,23 +161,24 @@ def test_torch_bundles_check_their_weights(tmp_path):
     from data.errors import UserError
     from pipeline.bundle import load_bundle, save_bundle
     from pipeline.models.ckconv_model import CKConvGridModel
-    from pipeline.models.kpconvx_model import KPConvXModel, NetworkOverrides
+    from pipeline.models.networks import KPConvXNetwork
+    from pipeline.models.point_model import PointNetworkModel
 
     cmap = ClassMap.from_config({"a": [1], "b": [2]})
-    cfg = KPConvXModel.Config(network=NetworkOverrides(widths=[8, 16], blocks=[1, 1], neighbor_limits=[8, 8]))
-    model = KPConvXModel(cfg, cmap)
-    model.net = model._build_net()
+    cfg = PointNetworkModel.Config(network=KPConvXNetwork.Config(widths=[8, 16], blocks=[1, 1], neighbor_limits=[8, 8]))
+    model = PointNetworkModel(cfg, cmap)
+    model.net = model.build_net()
     path = save_bundle(tmp_path / "k.bundle", model, cmap, {})
-    assert isinstance(load_bundle(path)[0], KPConvXModel)
+    assert isinstance(load_bundle(path).model, PointNetworkModel)
     meta = json.loads((path / "kpconvx_model.json").read_text())
     for std, words in (([0.0] * len(meta["std"]), "'std' .* must be > 0"), ([float("nan")] * len(meta["std"]), "'std' holds NaN")):
         broken = copy_bundle(path, tmp_path / f"std{len(words)}.bundle")
         (broken / "kpconvx_model.json").write_text(json.dumps({**meta, "std": std}))
         with pytest.raises(UserError, match=f"std{len(words)}.bundle: kpconvx_model.json: {words}"):
             load_bundle(broken)
-    wide = KPConvXModel(KPConvXModel.Config(network=NetworkOverrides(widths=[8, 32], blocks=[1, 1],
-                                                                     neighbor_limits=[8, 8])), cmap)
-    torch.save(wide._build_net().state_dict(), path / "weights.pt")
+    wide = PointNetworkModel(PointNetworkModel.Config(network=KPConvXNetwork.Config(widths=[8, 32], blocks=[1, 1],
+                                                                                 neighbor_limits=[8, 8])), cmap)
+    torch.save(wide.build_net().state_dict(), path / "weights.pt")
     with pytest.raises(UserError, match=r"k.bundle: weights.pt does not fit .*wrong shape"):
         load_bundle(path)
     Marker.path = str(tmp_path / "ran")
@@ -436,9 +437,9 @@ def test_a_full_disk_is_named_and_leaves_no_partial_file(full_disk, tmp_path, rf
     refused(cli("evaluate", "--pred", pred, "--out", out / "e"), "no space left on the device")
     from pipeline.bundle import load_bundle, save_bundle
 
-    model, class_map, meta = load_bundle(rf_bundle)
+    bundle = load_bundle(rf_bundle)
     with pytest.raises(DataError, match=r"model.bundle: cannot write: no space left on the device"):
-        save_bundle(out / "model.bundle", model, class_map, meta["summary"])
+        save_bundle(out / "model.bundle", bundle.model, bundle.class_map, bundle.summary)
     with pytest.raises(DataError, match=r"last.pt: cannot write: no space left on the device"):
         atomic_torch_save({"w": torch.zeros(2**20)}, out / "last.pt")
     grid = Grid2D(1.0, 0, 100, 600, 600)

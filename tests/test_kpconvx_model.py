@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from conftest import REPO
+from pipeline.spec import compose_spec_file
 
 TRAIN_CUTS = [("ign_lidarhd/train/792000_6272000-50mx100m-left.laz", 20.0),
               ("ign_lidarhd/train/mnx_bat.laz", 15.0)]
 TEST_CUT = ("ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz", 15.0)
-TINY = {"preset": "small",
-        "network": {"first_cell": 0.5, "widths": [16, 32], "blocks": [1, 1], "neighbor_limits": [10, 10]},
+TINY = {"network": {"preset": "small", "first_cell": 0.5, "widths": [16, 32], "blocks": [1, 1], "neighbor_limits": [10, 10]},
         "sampling": {"radius": 8.0, "max_points": 2000}, "batch_size": 2, "steps": 50, "val_every": 2,
-        "votes": 1, "block_points": 20000, "optim": {"warmup_steps": 2}}
+        "votes": 1, "points_per_pass": 20000, "optim": {"warmup_steps": 2}}
 
 
 def cli(*args):
@@ -53,7 +53,7 @@ def data_root(tmp_path_factory, lidar_data):
 
 
 def tiny_spec(folder: Path, data_root: Path, val: bool = True) -> Path:
-    spec = yaml.safe_load((REPO / "specs" / "ign_kpconvx.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "ign_kpconvx.yaml")
     spec["data_root"] = str(data_root)
     spec["output"] = "out"
     spec["inputs"] = {"train": ["train/*.laz"], "test": ["test/*.laz"]}
@@ -95,7 +95,8 @@ def test_run_trains_predicts_and_evaluates(run_out, data_root):
     assert {"bundle.json", "weights.pt", "kpconvx_model.json", "curves.png"} <= {p.name for p in bundle.iterdir()}
     assert (bundle / "curves.png").read_bytes() == (run_out / "model.work" / "curves.png").read_bytes()
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["model"]["type"] == "kpconvx" and meta["summary"]["steps"] == 3
+    assert meta["model"]["type"] == "point" and meta["model"]["network"]["type"] == "kpconvx"
+    assert meta["summary"]["steps"] == 3
     assert meta["summary"]["best_val_miou"] is not None
     norm = json.loads((bundle / "kpconvx_model.json").read_text())
     assert norm["feature_columns"] == ["return_ratio", "number_of_returns", "height", "hag_ground"]
@@ -133,14 +134,14 @@ def test_predict_options_override_the_bundle(run_out, data_root, tmp_path):
     from data.errors import UserError
     from pipeline.bundle import load_bundle
 
-    model, _, _ = load_bundle(run_out / "model.bundle", ["votes=2", "sampling.test_spacing=0.5"])
+    model = load_bundle(run_out / "model.bundle", ["votes=2", "sampling.test_spacing=0.5"]).model
     assert model.config.votes == 2 and model.config.sampling.test_spacing == 0.5
-    for assignment, words in [("preset=full", "not a prediction option"), ("votes=0", "votes"),
+    for assignment, words in [("network.preset=full", "not a prediction option"), ("votes=0", "votes"),
                               ("sampling.test_spacing=5", "test_spacing")]:
         with pytest.raises(UserError, match=words):
             load_bundle(run_out / "model.bundle", [assignment])
     res = cli("predict", "--model", run_out / "model.bundle", "--input", data_root / "test" / "tile.laz",
-              "--out", tmp_path / "pred", "--set", "block_points=2000", "--quiet")
+              "--out", tmp_path / "pred", "--set", "points_per_pass=2000", "--quiet")
     assert res.returncode == 0, res.stderr
     res = cli("predict", "--model", run_out / "model.bundle", "--input", data_root / "test" / "tile.laz",
               "--out", tmp_path / "bad", "--set", "network.widths=[8]")
@@ -153,7 +154,8 @@ def test_unlabelled_input_and_missing_feature(run_out, data_root):
     from data.io import read_cloud
     from pipeline.bundle import load_bundle
 
-    model, class_map, _ = load_bundle(run_out / "model.bundle")
+    bundle = load_bundle(run_out / "model.bundle")
+    model, class_map = bundle.model, bundle.class_map
     cloud = read_cloud(data_root / "test" / "tile.laz")
     cloud.fields.pop("classification")
     proba = model.predict_proba(cloud, "cpu")
@@ -198,7 +200,7 @@ def test_coverage_reaches_every_point(shape):
     cfg = SamplingConfig(shape=shape, radius=5.0, max_points=10**6, test_spacing=float(limit))
     seen = np.zeros(len(xyz), np.int64)
 
-    def run_block(regions, vote):
+    def run_pass(regions, angle):
         for r in regions:
             d = r.xyz if shape == "sphere" else r.xyz[:, :2]
             assert (np.linalg.norm(d, axis=1) <= cfg.radius + 1e-4).all()
@@ -206,7 +208,7 @@ def test_coverage_reaches_every_point(shape):
         n = sum(len(r.index) for r in regions)
         return np.tile(np.array([[0.25, 0.75]], np.float32), (n, 1))
 
-    proba, missing = predict_coverage(xyz, 2, cfg, run_block, votes=2, block_points=3000)
+    proba, missing = predict_coverage(xyz, 2, cfg, run_pass, votes=2, points_per_pass=3000)
     assert missing == 0 and (seen > 0).all()
     np.testing.assert_allclose(proba, np.tile([0.25, 0.75], (len(xyz), 1)), atol=1e-6)
     assert len(coverage_centers(xyz, cfg)) < len(xyz)
@@ -225,16 +227,16 @@ def test_coverage_blocks_in_threads_add_up_as_in_one():
     cfg = SamplingConfig(shape="cylinder", radius=6.0, max_points=10**6, test_spacing=1.0)
     threads = set()
 
-    def run_block(regions, vote):
+    def run_pass(regions, angle):
         threads.add(threading.get_ident())
         idx = np.concatenate([r.index for r in regions])
         _time.sleep(0.002 * (len(regions) % 3))                  # blocks finish out of order
-        p = np.stack([np.sin(idx * 0.37 + vote), np.cos(idx * 0.11 - vote), np.full(len(idx), 0.5)], 1)
+        p = np.stack([np.sin(idx * 0.37 + angle), np.cos(idx * 0.11 - angle), np.full(len(idx), 0.5)], 1)
         return np.abs(p).astype(np.float32)
 
-    one, m1 = predict_coverage(xyz, 3, cfg, run_block, votes=2, block_points=900)
+    one, m1 = predict_coverage(xyz, 3, cfg, run_pass, votes=2, points_per_pass=900)
     threads.clear()
-    two, m2 = predict_coverage(xyz, 3, cfg, run_block, votes=2, block_points=900, workers=3)
+    two, m2 = predict_coverage(xyz, 3, cfg, run_pass, votes=2, points_per_pass=900, workers=3)
     assert len(threads) > 1 and m1 == m2 == 0
     np.testing.assert_array_equal(one, two)
 
@@ -246,10 +248,10 @@ def test_coverage_fills_unreached_points_from_nearest():
     xyz = rng.uniform(0, 20, (3000, 3))
     cfg = SamplingConfig(radius=4.0, max_points=50)                   # cap leaves points unreached
 
-    def run_block(regions, vote):
+    def run_pass(regions, angle):
         return np.concatenate([np.eye(3, dtype=np.float32)[(r.index % 3)] for r in regions])
 
-    proba, missing = predict_coverage(xyz, 3, cfg, run_block)
+    proba, missing = predict_coverage(xyz, 3, cfg, run_pass)
     assert missing > 0
     assert proba.shape == (3000, 3) and np.allclose(proba.sum(1), 1)
 
@@ -321,7 +323,7 @@ def test_column_inputs_and_stretch_need_their_fields(tmp_path, data_root):
     np.testing.assert_allclose(m[:, 1:], np.c_[ref["ground_gap"], ref["rank"], ref["multi_return"]], atol=1e-6)
     spec = tiny_spec(tmp_path, data_root)
     res = cli("validate", spec, "--set", "train.model.augment.stretch_z=[1.0, 2.0]",
-              "--set", "train.model.features=[xyz, returns]")
+              "--set", "train.model.channels=[xyz, returns]")
     assert res.returncode == 2 and "stretch_z" in res.stderr and "ground" in res.stderr
 
 
@@ -331,7 +333,8 @@ def test_config_errors_name_the_key(tmp_path, data_root):
     assert res.returncode == 0, res.stderr
     for setting, words in [("train.model.sampling.test_spacing=2.0", "test_spacing"),
                            ("train.model.network.widths=[12,24]", "groups"),
-                           ("train.model.features=[xyz,colour]", "features"),
+                           ("train.model.channels=[xyz,colour]", "channels"),
+                           ("train.model.features=[xyz,colour]", "channels"),      # its earlier name
                            ("train.model.optim.lr=0", "lr")]:
         res = cli("validate", spec, "--set", setting)
         assert res.returncode == 2 and words in res.stderr, (setting, res.stderr)
@@ -366,7 +369,7 @@ def test_coverage_memory_is_one_block_not_all_regions():
     cfg = SamplingConfig(radius=5.0, max_points=2000, test_spacing=0.3)     # ~100 regions per point
     total = 0
 
-    def run_block(regions, vote):
+    def run_pass(regions, angle):
         nonlocal total
         m = sum(len(r.index) for r in regions)
         assert m <= 20_000 or len(regions) == 1
@@ -375,7 +378,7 @@ def test_coverage_memory_is_one_block_not_all_regions():
 
     tracemalloc.start()
     try:
-        proba, missing = predict_coverage(xyz, 2, cfg, run_block, block_points=20_000)
+        proba, missing = predict_coverage(xyz, 2, cfg, run_pass, points_per_pass=20_000)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -9,7 +9,7 @@ from data.errors import DataError, UserError
 from data.io import read_cloud, write_cloud
 from geometry.heights import height_above_ground
 from pipeline.layouts import check_vegetation_heights
-from pipeline.predict import OutputOptions, labelled_cloud
+from pipeline.labelling import OutputOptions, labelled_cloud
 
 CMAP = ClassMap.from_config({"ground": [2], "vegetation": [3, 4, 5], "building": [6], "other": [1]})
 TILE = "ign_lidarhd/test/test_data_77055_627760_LA93_IGN69.laz"

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from pipeline.spec import compose_spec_file
 
 TEST_TILE = "ign_lidarhd/test/test_data_77050_627760_LA93_IGN69.laz"
 
@@ -24,7 +25,7 @@ def cli(*args, cwd=REPO):
 @pytest.fixture(scope="module")
 def small_spec(tmp_path_factory, lidar_data):
     folder = tmp_path_factory.mktemp("spec")
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec["data_root"] = str(lidar_data)
     spec["output"] = "out"
     spec["inputs"] = {"train": ["ign_lidarhd/train/792000_6272000-50mx100m-left.laz",
@@ -91,7 +92,7 @@ def test_validate_and_help():
 
 
 def test_bad_spec_key_exit_code_and_message(tmp_path):
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec["steps"][0]["model"]["n_estimatorz"] = 3
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -117,7 +118,7 @@ def test_predict_bad_inputs_fail_clearly_without_output(run_out, tmp_path):
 
 
 def test_unknown_class_code_in_training_data(tmp_path, lidar_data):
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec["data_root"] = str(lidar_data)
     spec["ignore"] = [7, 66]   # 65 occurs in mnx_corse and is now unknown
     spec["inputs"]["train"] = ["ign_lidarhd/train/mnx_corse.laz"]
@@ -136,7 +137,7 @@ def test_broken_bundle_metadata_and_predict_options(run_out, tmp_path):
     from data.errors import UserError
     from pipeline.bundle import load_bundle
 
-    model, _, _ = load_bundle(run_out / "model.bundle", ["n_jobs=1"])
+    model = load_bundle(run_out / "model.bundle", ["n_jobs=1"]).model
     assert model.config.n_jobs == 1
     with pytest.raises(UserError, match="not a prediction option of a random_forest model"):
         load_bundle(run_out / "model.bundle", ["n_estimators=3"])
@@ -248,7 +249,7 @@ def test_myria3d_layout_and_vegetation_split(run_out, lidar_data, tmp_path):
 
 
 def test_vegetation_heights_need_the_asprs_codes(tmp_path, lidar_data):
-    spec = yaml.safe_load((REPO / "specs" / "train_demo.yaml").read_text())
+    spec = compose_spec_file(REPO / "specs" / "train_demo.yaml")
     spec["data_root"] = str(lidar_data)
     spec["steps"][1]["vegetation_heights"] = [0.5, 1.5]
     spec["classes"]["vegetation"] = [3, 4]

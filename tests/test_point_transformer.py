@@ -59,15 +59,14 @@ def test_spec_component_trains_saves_loads_and_predicts(tmp_path, data_root):  #
     spec = tiny_spec(tmp_path / "spec", data_root)
     data = yaml.safe_load(spec.read_text())
     model = data["steps"][0]["model"]
-    model["type"] = "point_transformer"
-    model["network"] = {"first_cell": 0.5, "widths": [16, 32], "blocks": [1, 1], "neighbor_limits": [10, 10]}
+    model["network"] = {"type": "point_transformer", "first_cell": 0.5, "widths": [16, 32], "blocks": [1, 1], "neighbor_limits": [10, 10]}
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     res = cli("run", spec, "--limit-steps", "3", "--quiet")
     assert res.returncode == 0, res.stderr
     bundle = spec.parent / "out" / "model.bundle"
     assert {"bundle.json", "weights.pt", "point_transformer_model.json"} <= {p.name for p in bundle.iterdir()}
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["model"]["type"] == "point_transformer" and meta["summary"]["steps"] == 3
+    assert meta["model"]["network"]["type"] == "point_transformer" and meta["summary"]["steps"] == 3
     net = json.loads((bundle / "point_transformer_model.json").read_text())["network"]
     assert net["widths"] == [16, 32] and "shell_points" not in net
     res = cli("predict", "--model", bundle, "--input", data_root / "test" / "tile.laz", "--out", tmp_path / "p",

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from pipeline.schema import SpecError
-from pipeline.spec import load_spec
+from pipeline.spec import compose_spec_file, load_spec
 
 from conftest import REPO
 
@@ -98,7 +98,7 @@ def test_step_references_are_checked(tmp_path):
     assert "neither a train step" in spec_error(tmp_path, data)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("[!_]*.yaml")))
 def test_every_shipped_spec_is_valid_and_finds_its_inputs(name, lidar_data):
     from pipeline.runner import RunContext
 
@@ -108,7 +108,7 @@ def test_every_shipped_spec_is_valid_and_finds_its_inputs(name, lidar_data):
         assert ctx.resolve_labelled(group, f"inputs.{group}"), (name, group)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("[!_]*.yaml")))
 def test_no_shipped_spec_validates_on_the_files_it_scores(name, lidar_data):
     """Checkpoint and setting selection never sees the test tiles: validation is a split of
     the training files, plus held-out files that are neither trained on nor scored."""
@@ -116,16 +116,14 @@ def test_no_shipped_spec_validates_on_the_files_it_scores(name, lidar_data):
 
     loaded = load_spec(REPO / "specs" / name, [f"data_root={lidar_data}"])
     ctx = RunContext(loaded, loaded.output_dir())
-    scored = {p for s in loaded.spec.steps if type(s).component_type == "predict"
-              for p in ctx.resolve_inputs(s.inputs, "predict")}
-    for step in loaded.spec.steps:
-        if type(step).component_type == "train":
-            assert step.val_split is not None, name
-            trained = {f.path for f in ctx.resolve_labelled(step.inputs, "train")}
-            assert not scored & trained, name
-            if step.val_inputs:
-                held = {f.path for f in ctx.resolve_labelled(step.val_inputs, "val")}
-                assert held and not held & scored and not held & trained, name
+    scored = {p for s in loaded.spec.steps_of("predict") for p in ctx.resolve_inputs(s.inputs, "predict")}
+    for step in loaded.spec.steps_of("train"):
+        assert step.val_split is not None, name
+        trained = {f.path for f in ctx.resolve_labelled(step.inputs, "train")}
+        assert not scored & trained, name
+        if step.val_inputs:
+            held = {f.path for f in ctx.resolve_labelled(step.val_inputs, "val")}
+            assert held and not held & scored and not held & trained, name
 
 
 def test_base_specs_merge_under_the_spec(tmp_path, lidar_data):
@@ -167,9 +165,27 @@ def test_specs_built_on_a_base_resolve_to_their_whole_values():
     from pipeline.schema import to_plain
 
     a, b = to_plain(base.spec), to_plain(pt.spec)
-    assert b["steps"][0]["model"]["type"] == "point_transformer"
+    assert b["steps"][0]["model"]["network"]["type"] == "point_transformer"
+    assert b["steps"][0]["model"]["network"]["first_cell"] == a["steps"][0]["model"]["network"]["first_cell"] == 0.5
     assert a["steps"][0]["model"]["sampling"] == b["steps"][0]["model"]["sampling"]
     assert a["steps"][1:] == b["steps"][1:] and a["classes"] == b["classes"] and a["inputs"] == b["inputs"]
     c = to_plain(lidarhd.spec)
     assert c["steps"][0]["val_inputs"] == "heldout" and c["steps"][0]["val_split"] == a["steps"][0]["val_split"]
     assert c["steps"][0]["model"] == a["steps"][0]["model"] and len(c["inputs"]["train"]) == 6
+
+
+def test_earlier_point_model_types_read_as_the_point_component(tmp_path, capsys):
+    """``type: kpconvx`` / ``point_transformer`` with ``preset`` and ``network`` on the model (the
+    earlier form) resolve to ``type: point`` with that network, and a line says so."""
+    from pipeline.schema import to_plain
+
+    data = compose_spec_file(REPO / "specs" / "ign_kpconvx_cpu.yaml")
+    new = data["steps"][0]["model"]
+    network = {k: v for k, v in new["network"].items() if k not in ("type", "preset")}
+    data["steps"][0]["model"] = {**{k: v for k, v in new.items() if k not in ("type", "network")},
+                                 "type": "kpconvx", "preset": new["network"]["preset"], "network": network}
+    data["data_root"] = str((REPO / "specs" / data["data_root"]).resolve())
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    old = to_plain(load_spec(tmp_path / "old.yaml").spec)
+    assert "model type 'kpconvx' is an earlier name" in capsys.readouterr().err
+    assert old["steps"] == to_plain(load_spec(REPO / "specs" / "ign_kpconvx_cpu.yaml").spec)["steps"]

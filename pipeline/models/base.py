@@ -4,7 +4,7 @@ A model is constructed from its ``Config`` and the run's class map, trained with
 saved into a bundle folder with ``save`` and rebuilt there with ``load``; ``predict`` turns
 one point cloud into a :class:`Prediction`: class probabilities ``[N, num_classes]`` per
 point, plus the 2-D map a grid model predicted (:class:`GridProduct`), which the prediction
-writer (``pipeline.predict``) writes as GeoTIFFs and a PNG preview.
+writer (``pipeline.labelling``) writes as GeoTIFFs and a PNG preview.
 """
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ class TrainContext:
     resume: bool = False
 
 
-class PointModel(Protocol):
+class Model(Protocol):
+    """What every model component provides (the ``type:`` of a train step's ``model``)."""
+
     config: Any
     class_map: ClassMap
     #: dotted Config keys that ``run.py predict --set KEY=VALUE`` may change on a trained bundle
@@ -103,5 +105,5 @@ class PointModel(Protocol):
         """Write weights into ``folder`` (relative file names only)."""
 
     @classmethod
-    def load(cls, config: Any, class_map: ClassMap, folder: Path) -> "PointModel":
+    def load(cls, config: Any, class_map: ClassMap, folder: Path) -> "Model":
         """Rebuild a trained model from ``save``'s files."""

@@ -41,7 +41,7 @@ Per-point probabilities (``predict_proba``):
   top surface (ground under trees then reads as vegetation).
 
 Grid outputs (a ``GridProduct`` in :meth:`CKConvGridModel.predict`'s result, written by
-``pipeline.predict``): ``<stem>_class.tif``
+``pipeline.labelling``): ``<stem>_class.tif``
 (input codes, nodata 255/65535), ``<stem>_proba.tif`` when probabilities are asked
 (float32 per class, nodata -1) and ``<stem>_class.png`` (preview with legend), in the
 cloud's CRS, origin on multiples of ``cell_size``. Voxel mode maps the top-most occupied
@@ -55,38 +55,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ckconv.network import KERNEL_TYPES
+from ckconv.network import KernelConfig
 from data.classmap import IGNORE, ClassMap
 from data.errors import DataError, UserError
 from data.pointcloud import PointCloud
-from pipeline import distributed
 from pipeline.datasets import LabelledFile
-from pipeline.priors import adjust_logits, prior_log_ratio
-from pipeline.progress import log, progress
+from pipeline.priors import adjust_logits
+from pipeline.progress import progress
 from pipeline.registry import MODELS
-from pipeline.schema import keys_where, option, to_plain, without_keys
-from pipeline.training import (OptimConfig, Trainer, amp_autocast, class_weights, planned_steps, seed_everything,
-                               step_rng)
+from pipeline.schema import keys_where, option
+from pipeline.training import OptimConfig, amp_autocast
 
 from .base import GridProduct, Prediction, TrainContext, load_torch_file, load_weights
 from .grid_inputs import EncodedGrid, encode_grid
 from .tiling import tent_weight, tile_starts, window
-
-KernelType = Literal[KERNEL_TYPES]
-
-
-@dataclass
-class KernelConfig:
-    type: KernelType = "SIRENKernelND"
-    hidden: int = 32          # SIREN width (embedding and hidden layers)
-    layers: int = 3           # SIREN num_layers (>= 2)
-    omega_0: float = 10.0     # SIREN omega_0 (block-diagonal: omega_0_max)
-    omega_blocks: int = 4     # block-diagonal kernel: num_blocks (divides hidden and the net width)
-
-    def __post_init__(self) -> None:
-        if self.hidden < 1 or self.layers < 2 or self.omega_0 <= 0 or self.omega_blocks < 1:
-            raise UserError("kernel: hidden >= 1, layers >= 2, omega_0 > 0, omega_blocks >= 1 expected")
-
+from .torch_model import TorchModel, TrainingData
 
 @dataclass
 class GridOptimConfig(OptimConfig):
@@ -99,7 +82,7 @@ class GridOptimConfig(OptimConfig):
 
 
 @MODELS.register("ckconv_grid")
-class CKConvGridModel:
+class CKConvGridModel(TorchModel):
     @dataclass
     class Config:
         mode: Literal["raster", "voxel"] = "raster"
@@ -140,20 +123,25 @@ class CKConvGridModel:
                                 f"got {list(self.bands)}")
             if not 0 <= self.overlap < 1 or not 0 <= self.dropout < 1:
                 raise UserError("overlap and dropout in [0, 1) expected")
-            if self.kernel.type != KERNEL_TYPES[0] and (self.hidden % self.kernel.omega_blocks
-                                                       or self.kernel.hidden % self.kernel.omega_blocks):
-                raise UserError(f"kernel.omega_blocks={self.kernel.omega_blocks} must divide hidden "
-                                f"({self.hidden}) and kernel.hidden ({self.kernel.hidden})")
+            if self.kernel.block_diagonal and self.hidden % self.kernel.omega_blocks:
+                raise UserError(f"kernel.omega_blocks={self.kernel.omega_blocks} must divide hidden ({self.hidden})")
+
+        @property
+        def total_steps(self) -> int:
+            return self.steps
+
+        @property
+        def class_weight_power(self) -> float | None:
+            return 0.5 if self.class_weights else None
 
     #: Config keys ``run.py predict --set`` may change on a trained bundle (``option(predict=True)``)
     predict_options = keys_where(Config, "predict")
 
+    kind = "ckconv_grid"
+
     def __init__(self, config: "CKConvGridModel.Config", class_map: ClassMap):
-        self.config = config
-        self.class_map = class_map
-        self.net = None
+        super().__init__(config, class_map)
         self.in_dim: int | None = None
-        self.logit_bias: np.ndarray | None = None   # [C] prior correction added to the logits
 
     # -- grids --------------------------------------------------------------------------
     @property
@@ -174,13 +162,11 @@ class CKConvGridModel:
     def _build_net(self, in_dim: int):
         from ckconv.network import CKConvSegNet
 
-        cfg, k = self.config, self.config.kernel
+        cfg = self.config
         L = (cfg.crop, cfg.crop) if cfg.mode == "raster" else (cfg.crop, cfg.crop, cfg.levels)
         self.in_dim = in_dim
         self.net = CKConvSegNet(self.data_dim, in_dim, self.class_map.num_classes * self.bands, hidden=cfg.hidden,
-                                num_blocks=cfg.blocks, kernel_type=k.type, kernel_hidden=k.hidden,
-                                kernel_layers=k.layers, omega_0=k.omega_0, omega_blocks=k.omega_blocks,
-                                L_cache=L, window=cfg.window, film=cfg.film, cond_dim=cfg.cond_dim,
+                                num_blocks=cfg.blocks, kernel=cfg.kernel, L_cache=L, window=cfg.window, film=cfg.film, cond_dim=cfg.cond_dim,
                                 registers=cfg.registers, dropout=cfg.dropout)
         return self.net
 
@@ -208,18 +194,11 @@ class CKConvGridModel:
             out.append((self._grid(cloud, labels), labels))
         return out
 
-    def _signature(self) -> dict[str, Any]:
-        """What a checkpoint must have been trained with to be resumed (``Trainer.signature``):
-        the config without its ``option(resume=False)`` keys."""
-        return {"config": without_keys(to_plain(self.config), keys_where(type(self.config), "resume", False)),
-                "classes": list(self.class_map.names), "in_dim": self.in_dim}
+    def signature(self) -> dict[str, Any]:
+        return {**super().signature(), "in_dim": self.in_dim}
 
-    def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
-        import torch
-
-        cfg = self.config
-        C = self.class_map.num_classes
-        seed_everything(ctx.seed)
+    def load_training(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> TrainingData:
+        cfg, C = self.config, self.class_map.num_classes
         grids = [g for g, _ in self._labelled_grids(train, "train")]
         counts = np.zeros(C, np.int64)
         for g in grids:
@@ -227,58 +206,36 @@ class CKConvGridModel:
         if counts.sum() == 0:
             raise UserError("ckconv_grid: the training files hold no labelled cells")
         cells = np.array([max(1, int((g.labels >= 0).sum())) for g in grids], np.float64)
-        file_p = cells / cells.sum()
-        vdata = self._labelled_grids(val, "validation") if val else None
+        self._grids, self._file_p = grids, cells / cells.sum()
+        self.in_dim = grids[0].x.shape[-1]
+        vdata = self._labelled_grids(val, "validation") if val else []
+        # crops are drawn by file size: the network sees the cells' own shares (seen = counts)
+        return TrainingData(counts, vdata, None, {"train_cell_counts": dict(zip(self.class_map.names, counts.tolist()))},
+                            f"{cfg.mode}, {len(grids)} grids, {int(counts.sum()):,} labelled cells, "
+                            f"batches of {cfg.batch_size} crops")
 
-        torch.manual_seed(ctx.seed)
-        net = self._build_net(grids[0].x.shape[-1]).to(ctx.device)
-        weight = None
-        seen = counts.astype(np.float64)       # crops are drawn by file size: the cells' own shares
-        if cfg.class_weights:
-            w = class_weights(counts, 0.5)
-            weight = torch.tensor(w, dtype=torch.float32, device=ctx.device)
-            seen = seen * w
-        self.logit_bias = prior_log_ratio(counts, seen) if cfg.prior_correction else None
-        n_params = sum(p.numel() for p in net.parameters())
-        log(f"ckconv_grid ({cfg.mode}): {len(grids)} grids, {int(counts.sum()):,} labelled cells, "
-            f"{n_params:,} parameters, {planned_steps(cfg.steps, ctx)} steps x {cfg.batch_size} crops on {ctx.device}")
+    def build_net(self):
+        return self._build_net(self.in_dim)
 
-        def train_step(step: int):
-            rng = step_rng(ctx.seed, step, distributed.rank())     # each rank its own crops
-            batch = [self._crop(grids[int(rng.choice(len(grids), p=file_p))], rng) for _ in range(cfg.batch_size)]
-            x, m, y = (torch.from_numpy(np.stack([b[i] for b in batch])).to(ctx.device) for i in range(3))
-            logits = trainer.net(x, m).float()
-            if (y >= 0).any():
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1), weight=weight,
-                                                         ignore_index=IGNORE)
-            else:
-                loss = logits.sum() * 0.0
-            return loss, {}
+    def train_step(self, step: int, rng: np.random.Generator, net: Any, ctx: TrainContext):
+        import torch
 
-        validate = None
-        if vdata is not None:
-            def validate() -> dict[str, Any]:
-                """Point mIoU: a point takes its cell's (voxel's) class, as in predict_proba."""
-                from pipeline.evaluation import confusion_matrix, confusions_by_set, validation_scores
+        cfg, C = self.config, self.class_map.num_classes
+        grids = self._grids
+        batch = [self._crop(grids[int(rng.choice(len(grids), p=self._file_p))], rng) for _ in range(cfg.batch_size)]
+        x, m, y = (torch.from_numpy(np.stack([b[i] for b in batch])).to(ctx.device) for i in range(3))
+        logits = net(x, m).float()
+        if (y >= 0).any():
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1), weight=self.loss_weights,
+                                                     ignore_index=IGNORE)
+        else:
+            loss = logits.sum() * 0.0
+        return loss, {}
 
-                cms = confusions_by_set(val, C)
-                for item, (g, ref) in zip(val, vdata):
-                    pred = self.predict_cells(g, ctx.device).reshape(-1, C).argmax(-1)[g.point_index]
-                    cms[item.val_group] += confusion_matrix(ref, pred, C)
-                return validation_scores(cms, self.class_map.names)
-
-        trainer = Trainer(net, cfg.optim, cfg.steps, ctx.device, ctx.work_dir, seed=ctx.seed,
-                          limit_steps=ctx.limit_steps, stop_after=ctx.stop_after, val_every=cfg.val_every,
-                          checkpoint_every=cfg.checkpoint_every, signature=self._signature())
-        result = trainer.fit(train_step, validate, resume=ctx.resume)
-        trainer.load_best()
-        net.eval()
-        recent = trainer.losses[-20:]
-        return {"steps": result["steps"], "total_steps": trainer.total_steps,
-                "final_loss": float(np.mean(recent)) if recent else None,
-                "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
-                "val_history": result["val_history"], "parameters": n_params,
-                "train_cell_counts": dict(zip(self.class_map.names, counts.tolist()))}
+    def val_labels(self, data: Any, device: str) -> tuple[np.ndarray, np.ndarray]:
+        """Point labels: a point takes its cell's (voxel's) class, as in prediction."""
+        g, ref = data
+        return ref, self.predict_cells(g, device).reshape(-1, self.class_map.num_classes).argmax(-1)[g.point_index]
 
     # -- inference ----------------------------------------------------------------------
     def predict_cells(self, g: EncodedGrid, device: str = "cpu") -> np.ndarray:

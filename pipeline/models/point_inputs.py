@@ -1,6 +1,6 @@
-"""Input encoding of the point model: per-point feature columns of a cloud.
+"""Input encoding of the point model: per-point input columns of a cloud.
 
-Input features per point (``features`` of a ``kpconvx`` model):
+Input channels per point (``channels`` of a ``point`` model):
 
 - always a constant 1;
 - ``xyz``: coordinates relative to the region centre, divided by the region radius;
@@ -65,7 +65,7 @@ def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: fl
         missing = [name for name in _NEEDS[f] if not cloud.has(name)]
         if missing:
             raise DataError(cloud.source, f"has no {', '.join(repr(m) for m in missing)} field, which the "
-                                          f"KPConvX input feature {f!r} needs (drop it from 'features')")
+                                          f"input channel {f!r} needs (drop it from 'channels')")
         if f == "intensity":
             cols.append(point_features(cloud.fields, ["intensity"])["intensity"])
         elif f == "returns":

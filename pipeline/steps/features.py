@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from data.io import read_cloud, write_cloud
 from pipeline.mining import FeatureConfig, mine
-from pipeline.predict import output_path
+from pipeline.labelling import output_path
 from pipeline.progress import log, progress
 from pipeline.registry import STEPS
 from pipeline.spec import check_output_name

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from data.bounds import Bounds, bounds_problem
 from pipeline.bundle import load_bundle
+from pipeline.labelling import OutputOptions, predict_with_bundle
 from pipeline.layouts import check_vegetation_heights, vegetation_heights_problem
-from pipeline.predict import OutputOptions, predict_files
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError, option
-from pipeline.shipped import models_dir, shipped_models
+from pipeline.shipped import resolve_model, shipped_models
 from pipeline.spec import check_output_name
 
 
@@ -62,18 +61,15 @@ class PredictStep:
     @staticmethod
     def run(cfg: "PredictStep.Config", ctx, key: str) -> None:
         if cfg.model in ctx.bundles:
-            bundle = ctx.bundles[cfg.model]
+            path = ctx.bundles[cfg.model]
         elif cfg.model in shipped_models() and not cfg.model.endswith(".bundle"):
-            bundle = models_dir() / cfg.model
+            path = resolve_model(cfg.model)[0]
         else:
-            bundle = Path(cfg.model)
-            if not bundle.is_absolute():
-                bundle = ctx.loaded.folder / bundle
-        model, class_map, meta = load_bundle(bundle)
+            path = ctx.loaded.folder / cfg.model      # an absolute path stays as it is
+        bundle = load_bundle(path)
         inputs = ctx.resolve_inputs(cfg.inputs, f"{key}.inputs")
-        out = ctx.out_dir / cfg.output
-        ctx.predictions[cfg.name] = predict_files(model, class_map, inputs, out, device=ctx.device,
-                                                  options=cfg.output_options(class_map, key), fmt=cfg.format,
-                                                  train_density=meta.get("summary", {}).get("train_density"),
-                                                  buffer=cfg.buffer,
-                                                  bounds=None if cfg.bounds is None else Bounds.of(cfg.bounds, f"{key}.bounds"))
+        ctx.predictions[cfg.name] = predict_with_bundle(
+            bundle, inputs, ctx.out_dir / cfg.output, device=ctx.device,
+            options=cfg.output_options(bundle.class_map, key), fmt=cfg.format, buffer=cfg.buffer,
+            bounds=None if cfg.bounds is None else Bounds.of(cfg.bounds, f"{key}.bounds"),
+            resumable=False)     # a spec's run is resumed by the runner (--resume), not by sidecars

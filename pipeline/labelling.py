@@ -1,4 +1,8 @@
-"""Prediction writer: class probabilities -> labelled point clouds.
+"""Labelling files with a model: read each cloud, predict it, write it labelled.
+
+:func:`predict_with_bundle` (what ``run.py predict`` and a spec's predict step both call)
+labels files with a loaded :class:`~pipeline.bundle.Bundle`; :func:`predict_files` with any
+model component.
 
 For every input cloud, one output file with the same stem holding all input points in input
 order, all input dimensions, header, VLRs and CRS, plus the predicted codes and per-point
@@ -18,6 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,8 +41,11 @@ from .audit import bbox_density, density_warning
 from .batch import Ledger, take_shard
 from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
-from .models.base import GridProduct, PointModel
+from .models.base import GridProduct, Model
 from .progress import log, progress
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 
 def label_outputs(proba: np.ndarray, class_map: ClassMap) -> dict[str, np.ndarray]:
@@ -136,7 +144,7 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
     return written
 
 
-def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Path, device: str,
+def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, device: str,
                  options: OutputOptions, fmt: str, train_density: dict[str, float] | None,
                  context: tuple[NeighbourContext, int] | None = None,
                  bounds: Bounds | None = None) -> tuple[Path, Path]:
@@ -169,7 +177,7 @@ def _predict_one(model: PointModel, class_map: ClassMap, path: Path, out_dir: Pa
     return path, target
 
 
-def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
+def predict_files(model: Model, class_map: ClassMap, inputs: list[Path], out_dir: Path, *, device: str = "cpu",
                   options: OutputOptions = OutputOptions(), fmt: str = "same",
                   train_density: dict[str, float] | None = None, buffer: float = 0.0,
                   bounds: Bounds | None = None, model_id: str | None = None,
@@ -292,7 +300,18 @@ def predict_files(model: PointModel, class_map: ClassMap, inputs: list[Path], ou
     return sorted(pairs, key=lambda pair: position[pair[0]])
 
 
-def _options_signature(model: PointModel, options: OutputOptions, fmt: str, buffer: float,
+def predict_with_bundle(bundle: "Bundle", inputs: list[Path], out_dir: Path, *, device: str = "cpu",
+                        options: OutputOptions = OutputOptions(), fmt: str = "same", buffer: float = 0.0,
+                        bounds: Bounds | None = None, shard: tuple[int, int] | None = None,
+                        resumable: bool = True) -> list[tuple[Path, Path]]:
+    """:func:`predict_files` with a bundle's model, class map and training density; ``resumable``:
+    sidecars record the bundle's digest, so a re-run skips the outputs already complete."""
+    return predict_files(bundle.model, bundle.class_map, inputs, out_dir, device=device, options=options, fmt=fmt,
+                         train_density=bundle.train_density, buffer=buffer, bounds=bounds,
+                         model_id=bundle.digest() if resumable else None, shard=shard)
+
+
+def _options_signature(model: Model, options: OutputOptions, fmt: str, buffer: float,
                        bounds: Bounds | None) -> dict:
     """What besides the weights changes an output (a sidecar must match it to be skipped)."""
     from dataclasses import asdict

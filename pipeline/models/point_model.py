@@ -1,21 +1,26 @@
-"""KPConvX as a model component: ``model: {type: kpconvx, ...}`` in a train step.
+"""The point model component: ``model: {type: point, network: {type: kpconvx | point_transformer, ...}}``.
 
 Training draws class-balanced spheres (or vertical cylinders) from the training tiles,
-augments them (rotation about z, scaling, flips, jitter, feature dropout) and optimises
-:class:`kpconvx.KPConvXSegNet` with AdamW, warm-up and a cosine/step schedule
-(:mod:`pipeline.training`): validation mIoU on the ``val_inputs`` files every ``val_every``
-steps, best checkpoint kept, ``--resume`` continues from ``OUT/NAME.work/last.pt``.
+augments them (rotation about z, scaling, flips, jitter, feature dropout, thinning, vertical
+stretch) and optimises the network chosen in ``network`` (:mod:`pipeline.models.networks`:
+KPConvX, or Point Transformer blocks on the same hierarchy) in the shared skeleton
+(:class:`pipeline.models.torch_model.TorchModel`: class weights, prior correction, AdamW with
+warm-up and a cosine/step schedule, validation every ``val_every`` steps, best checkpoint kept,
+``--resume`` from ``OUT/NAME.work/last.pt``).
 
 Prediction covers every point with overlapping regions on a regular grid
 (:mod:`pipeline.regions`), averages the softmax per original point over regions
-and ``votes`` (rotated copies, shifted grids), and processes regions in blocks of at most
-``block_points`` points (bounded memory).
+and ``votes`` (rotated copies, shifted grids), and runs regions through the network in passes
+of at most ``points_per_pass`` points (bounded memory).
 
-Input features per point (``features``): ``pipeline.models.point_inputs``; the non-geometric
+Input channels per point (``channels``): ``pipeline.models.point_inputs``; the non-geometric
 ones are standardised with the training points' mean and standard deviation (in the bundle).
 
+The earlier model types ``kpconvx`` and ``point_transformer`` (``preset`` and ``network`` on the
+model) are read as this component with that network (:func:`_from_earlier_form`).
+
 Bundle files: ``weights.pt`` (the network's state_dict, CPU tensors; loads anywhere with
-``map_location``) and ``kpconvx_model.json`` (resolved network config, feature columns,
+``map_location``) and ``<network type>_model.json`` (resolved network config, feature columns,
 normalisation statistics, training class counts).
 """
 from __future__ import annotations
@@ -24,49 +29,26 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal
 
 import numpy as np
 
 from data.classmap import IGNORE, ClassMap
 from data.errors import UserError
 from data.pointcloud import PointCloud
-from pipeline import distributed
-from pipeline.cpu_share import block_workers
+from pipeline.cpu_share import pass_workers
 from pipeline.datasets import LabelledFile
-from pipeline.priors import adjust_logits, prior_log_ratio
+from pipeline.priors import adjust_logits
 from pipeline.progress import log, progress
-from pipeline.registry import MODELS
+from pipeline.registry import MODELS, NETWORKS
 from pipeline.regions import (AugmentConfig, ClassBalancedCenters, Region, RegionSampler, SamplingConfig, augment,
                               predict_coverage, rotation_z, sampled_class_counts, stretch_heights)
-from pipeline.schema import keys_where, option, to_plain, without_keys
-from pipeline.training import (OptimConfig, Trainer, amp_autocast, class_weights, partial_label_loss, planned_steps,
-                               step_rng)
+from pipeline.schema import Component, keys_where, option
+from pipeline.training import OptimConfig, amp_autocast, partial_label_loss
 
 from .base import Prediction, TrainContext, load_torch_file, load_weights
 from .point_inputs import FEATURES, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
-
-def network_overrides(config_cls: type, name: str, defaults: dict[str, Any]) -> type:
-    """A dataclass with every field of the network config ``config_cls``, each optional (null
-    keeps the preset's value), derived from it so that the two never drift."""
-    hints = get_type_hints(config_cls)
-    fields = [(f.name, hints[f.name] | None, field(default=defaults.get(f.name)))
-              for f in dataclasses.fields(config_cls)]
-    cls = dataclasses.make_dataclass(name, fields)
-    cls.__module__ = __name__
-    cls.__doc__ = f"Values replacing the preset's (``{config_cls.__qualname__}``); null keeps the preset's."
-    return cls
-
-
-def _kpconvx_config() -> type:
-    from kpconvx import KPConvXConfig
-
-    return KPConvXConfig
-
-
-#: ``first_cell`` defaults to 0.25 m (the KPConvX presets' 0.04 is indoor scale)
-NetworkOverrides = network_overrides(_kpconvx_config(), "NetworkOverrides", {"first_cell": 0.25})
-
+from .torch_model import TorchModel, TrainingData
 
 @dataclass
 class LossConfig:
@@ -82,32 +64,21 @@ class LossConfig:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def resolve_network(preset: str, overrides: Any, config_cls: type | None = None):
-    """The network config: ``config_cls.<preset>(**overrides that are not null)``."""
-    config_cls = config_cls or _kpconvx_config()
-    values = {k: (tuple(v) if isinstance(v, list) else v)
-              for k, v in dataclasses.asdict(overrides).items() if v is not None}
-    try:
-        return getattr(config_cls, preset)(**values)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"network: {exc}") from None
+def _default_network() -> Any:
+    return NETWORKS.get("kpconvx").config()
 
 
-@MODELS.register("kpconvx")
-class KPConvXModel:
-    """KPConvX on sampled regions; also the base of the other point networks on the same
-    regions, inputs, training loop and prediction coverage (``point_transformer``): a subclass
-    sets ``kind``/``meta_file``, its ``Config.network_config`` and ``_build_net``."""
-
-    kind = "kpconvx"
-    meta_file = "kpconvx_model.json"
+@MODELS.register("point")
+class PointNetworkModel(TorchModel):
+    """A point network (``network.type``) on sampled regions of the point clouds."""
 
     @dataclass
     class Config:
-        preset: Literal["small", "full"] = "small"
-        network: NetworkOverrides = field(default_factory=NetworkOverrides)
-        features: list[FeatureName] = field(default_factory=lambda: ["xyz", "intensity", "returns", "height"])
-        height_cell: float = option(min=0, exclusive=True, default=10.0)   # metres, for the 'height' feature
+        network: Component(NETWORKS) = field(default_factory=_default_network)
+        #: the network's input channels per point (``pipeline.models.point_inputs``)
+        channels: list[FeatureName] = option(was="features", default_factory=lambda: ["xyz", "intensity", "returns",
+                                                                                   "height"])
+        height_cell: float = option(min=0, exclusive=True, default=10.0)   # metres, for the 'height' channel
         sampling: SamplingConfig = field(default_factory=SamplingConfig)
         augment: AugmentConfig = field(default_factory=AugmentConfig)
         loss: LossConfig = field(default_factory=LossConfig)
@@ -120,47 +91,48 @@ class KPConvXModel:
         checkpoint_every: int = option(min=1, resume=False, default=500)
         val_votes: int = option(min=1, resume=False, default=1)
         votes: int = option(min=1, predict=True, resume=False, default=3)  # test-time votes (rotations, shifts)
-        block_points: int = option(min=1, predict=True, resume=False, default=200_000)  # points per forward pass
+        points_per_pass: int = option(min=1, predict=True, resume=False, was="block_points", default=200_000)  # per forward pass
 
         def __post_init__(self) -> None:
-            if len(set(self.features)) != len(self.features):
-                raise UserError(f"features: duplicates in {self.features}")
-            if self.augment.stretches and "ground" not in self.features:
-                raise UserError("augment.stretch_z needs the 'ground' feature (height above the ground model)")
-            self.network_config()  # validates the overrides now
-
-        def network_config(self):
-            return resolve_network(self.preset, self.network)
+            if len(set(self.channels)) != len(self.channels):
+                raise UserError(f"channels: duplicates in {self.channels}")
+            if self.augment.stretches and "ground" not in self.channels:
+                raise UserError("augment.stretch_z needs the 'ground' channel (height above the ground model)")
 
         @property
         def total_steps(self) -> int:
             return self.epochs * self.steps_per_epoch if self.epochs is not None else self.steps
 
+        @property
+        def class_weight_power(self) -> float | None:
+            return {"none": None, "inverse": 1.0, "sqrt_inverse": 0.5}[self.loss.class_weights]
+
+        @property
+        def prior_correction(self) -> bool:
+            return self.loss.prior_correction
+
     #: Config keys ``run.py predict --set`` may change on a trained bundle (``option(predict=True)``)
     predict_options = keys_where(Config, "predict")
 
-    def __init__(self, config: "KPConvXModel.Config", class_map: ClassMap):
-        self.config = config
-        self.class_map = class_map
-        self.net_cfg = config.network_config()
-        self.geo_cols, self.pt_cols = feature_columns(list(config.features))
+    def __init__(self, config: "PointNetworkModel.Config", class_map: ClassMap):
+        super().__init__(config, class_map)
+        self.network = NETWORKS.for_config(config.network)
+        self.kind = f"{self.network.name} ({config.network.preset})"
+        self.meta_file = f"{self.network.name}_model.json"
+        self.net_cfg = config.network.resolve()
+        self.geo_cols, self.pt_cols = feature_columns(list(config.channels))
         #: standardised columns that are heights (scaled by augment.stretch_z)
         self.height_cols = [i for i, c in enumerate(self.pt_cols) if c in HEIGHT_COLUMNS]
         self.mean = np.zeros(len(self.pt_cols), np.float32)
         self.std = np.ones(len(self.pt_cols), np.float32)
         self.class_counts: list[int] | None = None
-        self.logit_bias: np.ndarray | None = None      # [C] prior correction added to the logits
-        self.net: Any = None
-        self._device: str | None = None
 
     @property
     def in_channels(self) -> int:
         return len(self.geo_cols) + len(self.pt_cols)
 
-    def _build_net(self):
-        from kpconvx import KPConvXSegNet
-
-        return KPConvXSegNet(self.in_channels, self.class_map.num_classes, self.net_cfg)
+    def build_net(self):
+        return self.network.target.build(self.in_channels, self.class_map.num_classes, self.net_cfg)
 
     # -- features -----------------------------------------------------------------------
     def _inputs(self, regions: list[Region], tiles_feats: list[np.ndarray], rng: np.random.Generator | None,
@@ -180,7 +152,7 @@ class KPConvXModel:
             else:
                 xyz = r.xyz @ rotation_z(angle).astype(np.float32).T
             geo = [np.ones((len(xyz), 1), np.float32)]
-            if "xyz" in cfg.features:
+            if "xyz" in cfg.channels:
                 geo.append(xyz / cfg.sampling.radius)
             xs.append(xyz.astype(np.float32))
             fs.append(np.concatenate(geo + [pf.astype(np.float32)], axis=1))
@@ -203,24 +175,12 @@ class KPConvXModel:
             cloud, y = item.read()
             labels.append(y)
             cands.append(item.candidates(cloud))
-            feats.append(point_feature_matrix(cloud, list(self.config.features), self.config.height_cell))
+            feats.append(point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell))
             xyzs.append(np.asarray(cloud.xyz, np.float64))
         return xyzs, feats, labels, cands
 
-    def _signature(self) -> dict[str, Any]:
-        """What a checkpoint must have been trained with to be resumed (``Trainer.signature``):
-        the config without its ``option(resume=False)`` keys."""
-        return {"config": without_keys(to_plain(self.config), keys_where(type(self.config), "resume", False)),
-                "classes": list(self.class_map.names)}
-
-    def fit(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> dict[str, Any]:
-        import torch
-
-        from pipeline.training import seed_everything
-
-        cfg = self.config
-        C = self.class_map.num_classes
-        seed_everything(ctx.seed)
+    def load_training(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> TrainingData:
+        cfg, C = self.config, self.class_map.num_classes
         xyzs, feats, labels, cands = self._load_labelled(train, "train")
         allf = np.concatenate(feats) if feats else np.zeros((0, len(self.pt_cols)), np.float32)
         self.mean = allf.mean(0).astype(np.float32) if len(allf) else self.mean
@@ -228,71 +188,45 @@ class KPConvXModel:
         del allf
         counts = np.bincount(np.concatenate([y[y != IGNORE] for y in labels]), minlength=C)
         self.class_counts = counts.tolist()
-        weights = None
-        if cfg.loss.class_weights != "none":
-            w = class_weights(counts, 1.0 if cfg.loss.class_weights == "inverse" else 0.5)
-            weights = torch.tensor(w, dtype=torch.float32, device=ctx.device)
-        centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
-        sampler = RegionSampler(xyzs, cfg.sampling)
-        vdata = self._load_labelled(val, "validation")[:3] if val else None
-        n_amb = sum(int(c.any(1).sum()) for c in cands if c is not None)
-        if n_amb:
-            log(f"{n_amb:,} training points of ambiguous codes (partial-label loss over their class sets)")
-        if cfg.loss.prior_correction:
-            seen = sampled_class_counts(centers, sampler, labels, C, ctx.seed)
-            if weights is not None:
-                seen = seen * w
-            self.logit_bias = prior_log_ratio(counts, seen)
-            log("prior correction (logits += log p_train/p_seen): "
-                + ", ".join(f"{n} {b:+.2f}" for n, b in zip(self.class_map.names, self.logit_bias)))
+        self._train = (xyzs, feats, labels, cands)
+        self._centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
+        self._sampler = RegionSampler(xyzs, cfg.sampling)
+        vdata = list(zip(*self._load_labelled(val, "validation")[:3])) if val else []
+        self._ambiguous = sum(int(c.any(1).sum()) for c in cands if c is not None)
+        if self._ambiguous:
+            log(f"{self._ambiguous:,} training points of ambiguous codes (partial-label loss over their class sets)")
+        seen = sampled_class_counts(self._centers, self._sampler, labels, C, ctx.seed) if self.config.prior_correction \
+            else None
+        summary = {"train_class_counts": dict(zip(self.class_map.names, self.class_counts)),
+                   "normalisation": {"columns": self.pt_cols, "mean": self.mean.tolist(), "std": self.std.tolist()}}
+        what = (f"{self.in_channels} input channels, {sum(map(len, labels)):,} training points, batches of "
+                f"{cfg.batch_size} {cfg.sampling.shape}s of radius {cfg.sampling.radius} m")
+        return TrainingData(counts, vdata, seen, summary, what)
 
-        torch.manual_seed(ctx.seed)
-        self.net = self._build_net().to(ctx.device)
-        self._device = ctx.device
-        n_params = sum(p.numel() for p in self.net.parameters())
-        log(f"{self.kind} ({cfg.preset}): {n_params:,} parameters, {self.in_channels} input channels, "
-            f"{sum(map(len, labels)):,} training points, {planned_steps(cfg.total_steps, ctx)} steps x {cfg.batch_size} "
-            f"{cfg.sampling.shape}s of radius {cfg.sampling.radius} m on {ctx.device}")
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE,
+    def train_step(self, step: int, rng: np.random.Generator, net: Any, ctx: TrainContext):
+        import torch
+
+        cfg, C = self.config, self.class_map.num_classes
+        xyzs, feats, labels, cands = self._train
+        tiles, rows, _ = self._centers.draw(cfg.batch_size, rng)
+        regions = [self._sampler.regions(int(t), xyzs[t][r][None])[0] for t, r in zip(tiles, rows)]
+        if cfg.augment.thins:
+            regions = [r.thinned(rng.uniform(*cfg.augment.thin), rng) for r in regions]
+        xyz, f, b = self._inputs(regions, feats, rng)
+        y = torch.from_numpy(np.concatenate([labels[r.tile][r.index] for r in regions])).to(ctx.device)
+        logits = self._forward(xyz, f, b, ctx.device, net).float()
+        cand = None
+        if self._ambiguous:
+            cand = np.concatenate([cands[r.tile][r.index] if cands[r.tile] is not None
+                                   else np.zeros((len(r.index), C), bool) for r in regions])
+        loss_fn = torch.nn.CrossEntropyLoss(weight=self.loss_weights, ignore_index=IGNORE,
                                             label_smoothing=cfg.loss.label_smoothing)
+        return partial_label_loss(loss_fn, logits, y, cand, self.loss_weights), {"points": int(len(xyz))}
 
-        def train_step(step: int):
-            rng = step_rng(ctx.seed, step, distributed.rank())     # each rank its own regions
-            tiles, rows, _ = centers.draw(cfg.batch_size, rng)
-            regions = [sampler.regions(int(t), xyzs[t][r][None])[0] for t, r in zip(tiles, rows)]
-            if cfg.augment.thins:
-                regions = [r.thinned(rng.uniform(*cfg.augment.thin), rng) for r in regions]
-            xyz, f, b = self._inputs(regions, feats, rng)
-            y = torch.from_numpy(np.concatenate([labels[r.tile][r.index] for r in regions])).to(ctx.device)
-            logits = self._forward(xyz, f, b, ctx.device, trainer.net).float()
-            cand = None
-            if n_amb:
-                cand = np.concatenate([cands[r.tile][r.index] if cands[r.tile] is not None
-                                       else np.zeros((len(r.index), C), bool) for r in regions])
-            return partial_label_loss(loss_fn, logits, y, cand, weights), {"points": int(len(xyz))}
-
-        validate = None
-        if vdata is not None:
-            def validate() -> dict[str, Any]:
-                from pipeline.evaluation import confusion_matrix, confusions_by_set, validation_scores
-
-                cms = confusions_by_set(val, C)
-                for item, xyz, f, y in zip(val, *vdata):
-                    proba, _ = self._proba(xyz, f, ctx.device, cfg.val_votes)
-                    cms[item.val_group] += confusion_matrix(y, proba.argmax(1), C)
-                return validation_scores(cms, self.class_map.names)
-
-        trainer = Trainer(self.net, cfg.optim, cfg.total_steps, ctx.device, ctx.work_dir, seed=ctx.seed,
-                          limit_steps=ctx.limit_steps, stop_after=ctx.stop_after, val_every=cfg.val_every,
-                          checkpoint_every=cfg.checkpoint_every, signature=self._signature())
-        result = trainer.fit(train_step, validate, resume=ctx.resume)
-        trainer.load_best()
-        self.net.eval()
-        return {"steps": result["steps"], "total_steps": trainer.total_steps, "final_loss": result["final_loss"],
-                "best_val_miou": result["best_val_miou"], "best_step": result["best_step"],
-                "val_history": result["val_history"], "parameters": n_params,
-                "train_class_counts": dict(zip(self.class_map.names, self.class_counts)),
-                "normalisation": {"columns": self.pt_cols, "mean": self.mean.tolist(), "std": self.std.tolist()}}
+    def val_labels(self, data: Any, device: str) -> tuple[np.ndarray, np.ndarray]:
+        xyz, f, y = data
+        proba, _ = self._proba(xyz, f, device, self.config.val_votes)
+        return y, proba.argmax(1)
 
     # -- inference ----------------------------------------------------------------------
     def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int) -> tuple[np.ndarray, int]:
@@ -301,24 +235,20 @@ class KPConvXModel:
         cfg = self.config
         self.net.eval()
 
-        def run_block(regions: list[Region], vote: int) -> np.ndarray:
-            x, f, b = self._inputs(regions, [feats], None, angle=2 * np.pi * vote / votes)
+        def run_pass(regions: list[Region], angle: float) -> np.ndarray:
+            x, f, b = self._inputs(regions, [feats], None, angle=angle)
             with torch.no_grad(), amp_autocast(cfg.optim, device):
                 logits = self._forward(x, f, b, device)
             return torch.softmax(adjust_logits(logits.float(), self.logit_bias), dim=1).cpu().numpy()
 
-        with block_workers(device) as workers:
-            return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_block, votes=votes,
-                                    block_points=cfg.block_points, workers=workers,
+        with pass_workers(device) as workers:
+            return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_pass, votes=votes,
+                                    points_per_pass=cfg.points_per_pass, workers=workers,
                                     progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
 
     def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
-        if self.net is None:
-            raise RuntimeError("model is not trained")
-        if self._device != device:
-            self.net.to(device)
-            self._device = device
-        feats = point_feature_matrix(cloud, list(self.config.features), self.config.height_cell)
+        self.to_device(device)
+        feats = point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell)
         proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes)
         if missing:
             log(f"{cloud.source}: {missing:,} of {len(cloud):,} points reached by no region "
@@ -343,14 +273,14 @@ class KPConvXModel:
         (Path(folder) / self.meta_file).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, config: "KPConvXModel.Config", class_map: ClassMap, folder: Path) -> "KPConvXModel":
+    def load(cls, config: "PointNetworkModel.Config", class_map: ClassMap, folder: Path) -> "PointNetworkModel":
         model = cls(config, class_map)
         folder = Path(folder)
-        name = cls.meta_file
+        name = model.meta_file
         try:
             meta = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{folder}: broken {cls.kind} bundle ({exc})") from None
+            raise UserError(f"{folder}: broken {model.network.name} bundle ({exc})") from None
         if not isinstance(meta, dict):
             raise UserError(f"{folder}: {name} must hold a JSON object")
         F, C = len(model.pt_cols), class_map.num_classes
@@ -374,11 +304,29 @@ class KPConvXModel:
         model.class_counts = meta.get("class_counts")
         bias = meta.get("logit_bias")
         model.logit_bias = None if bias is None else np.asarray(bias, np.float32)
-        model.net = model._build_net()
+        model.net = model.build_net()
         load_weights(model.net, load_torch_file(folder, "weights.pt"), folder, "weights.pt")
         model.net.eval()
         model._device = "cpu"
         return model
 
 
-__all__ = ["KPConvXModel", "NetworkOverrides", "LossConfig", "FEATURES"]
+def _from_earlier_form(network_type: str):
+    """``{type: kpconvx | point_transformer, preset, network: {...}, ...}`` (the earlier model
+    types) -> ``{type: point, network: {type: ..., preset, ...}, ...}``."""
+    def translate(data: dict) -> dict:
+        out = {k: v for k, v in data.items() if k not in ("type", "preset", "network")}
+        network = data.get("network")
+        network = dict(network) if isinstance(network, dict) else {}
+        if "preset" in data:
+            network["preset"] = data["preset"]
+        return {"type": "point", "network": {"type": network_type, **network}, **out}
+    return translate
+
+
+for _name in ("kpconvx", "point_transformer"):
+    MODELS.alias(_name, f"'type: point' with 'network: {{type: {_name}, preset: ..., <network keys>}}'",
+                 _from_earlier_form(_name))
+
+
+__all__ = ["PointNetworkModel", "LossConfig", "FEATURES"]
