@@ -1,17 +1,19 @@
-"""Peak memory and throughput of ``run.py predict`` on one large tile.
+"""Peak memory and throughput of ``run.py predict`` on large tiles, window by window.
 
-The tile: the four IGN test crops (a 2 x 2 block of 50 m crops, 100 m x 100 m, 262,813
-points, ~26 points/m^2, every LAS field) repeated on a grid of 100 m steps until it holds at
-least ``--points`` points, written once as LAZ into ``--work`` (same scale, offsets, CRS).
+The tiles: the four IGN test crops (a 2 x 2 block of 50 m crops, 100 m x 100 m, 262,813
+points, ~26 points/m^2, every LAS field) repeated on a grid of 100 m steps until each holds at
+least the asked number of points, written once as LAZ into ``--work`` (same scale, offsets, CRS).
 
-Baseline, measured in the same run: a child process that only reads the tile
-(``data.io.read_cloud``), the memory any tool that holds the cloud pays. Ours: a child
-process running ``run.py predict --model BUNDLE --input TILE --out WORK/pred --set votes=V``
-(labelled LAZ written). Peak memory of each child is its peak resident set size (``ru_maxrss``
-from ``os.wait4``).
+Baseline, measured in the same run for every tile: a child process that only reads it
+(``data.io.read_cloud``), the memory any tool that holds the cloud pays. Ours: a child process
+running ``run.py predict --model BUNDLE --input TILE --out WORK/pred --max-memory SIZE`` per
+bundle (labelled LAZ written; ``--set KEY=VALUE`` options go to the bundles that have them).
+Peak memory of each child is its peak resident set size (``ru_maxrss`` from ``os.wait4``);
+flat memory means the same peak at every tile size.
 
-Usage: python benchmarks/bench_predict_memory.py --bundle runs/ign_kpconvx_cpu/model.bundle
-       [--points 20000000] [--votes 1] [--set sampling.test_spacing=1.25] [--device cpu] [--work /tmp/lidarseg_bench_big]
+Usage: python benchmarks/bench_predict_memory.py --bundle models/lidarhd-kpconvx --bundle runs/lidarhd_rf_s0/model.bundle
+       [--points 10000000 50000000] [--max-memory 3G] [--set votes=1 --set sampling.test_spacing=1.4]
+       [--device cpu] [--work /tmp/lidarseg_bench_big]
 """
 from __future__ import annotations
 
@@ -66,37 +68,59 @@ def run_child(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024 ** 2          # ru_maxrss is in KiB on Linux
 
 
+def bundle_settings(bundle: str, settings: list[str]) -> tuple[str, list[str]]:
+    """(the bundle's model type, the ``--set`` options it has among ``settings``)."""
+    from pipeline.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    allowed = set(loaded.model.predict_options)
+    name = loaded.model_type + (f" ({loaded.model.config.network.component_type})"
+                                if hasattr(loaded.model.config, "network") else "")
+    return name, [kv for kv in settings if kv.split("=", 1)[0] in allowed]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--points", type=int, default=20_000_000)
-    ap.add_argument("--votes", type=int, default=None, help="kpconvx test-time votes (a --set of the bundle)")
+    ap.add_argument("--bundle", action="append", required=True, help="a bundle or shipped model (repeatable)")
+    ap.add_argument("--points", type=int, nargs="+", default=[10_000_000, 50_000_000])
+    ap.add_argument("--max-memory", default="3G")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="another bundle setting for the prediction (e.g. sampling.test_spacing=1.25)")
+                    help="a prediction option, given to the bundles that have it (e.g. votes=1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
-    ap.add_argument("--quick", action="store_true", help="a 200,000-point tile (CI)")
+    ap.add_argument("--quick", action="store_true", help="200,000 and 400,000-point tiles (CI)")
     args = ap.parse_args()
     if args.quick:
-        args.points, args.work = 200_000, args.work + "_quick"
+        args.points, args.work = [200_000, 400_000], args.work + "_quick"
     work = Path(args.work)
-    tile = work / "big_tile.laz"
-    t = time.perf_counter()
-    n = build_tile(tile, args.points)
-    print(f"tile: {tile} ({n:,} points, {tile.stat().st_size / 1e6:.0f} MB LAZ; ready in "
-          f"{time.perf_counter() - t:.1f} s)", flush=True)
-    read_wall, read_rss = run_child([sys.executable, "-c",
-                                     f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
-    settings = ([] if args.votes is None else [f"votes={args.votes}"]) + args.set
-    pred_wall, pred_rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", args.bundle,
-                                     "--input", str(tile), "--out", str(work / "pred"), "--device", args.device,
-                                     *[a for kv in settings for a in ("--set", kv)], "--quiet"])
-    print("\n| | wall | points/s | peak RSS |\n|---|---|---|---|")
-    print(f"| baseline: read_cloud alone | {read_wall:.1f} s | {n / read_wall:.3g} | {read_rss:.2f} GB |")
-    print(f"| run.py predict ({''.join(kv + ', ' for kv in settings)}{args.device}) | {pred_wall:.1f} s | {n / pred_wall:.3g} | "
-          f"{pred_rss:.2f} GB |")
-    print(f"\npredict / read_cloud: time {pred_wall / read_wall:.1f}x, peak memory {pred_rss / read_rss:.2f}x "
-          f"(target: peak <= 8 GB for 20M points)")
+    from pipeline.shipped import resolve_model
+
+    bundles = [(str(resolve_model(b)[0]), *bundle_settings(str(resolve_model(b)[0]), args.set)) for b in args.bundle]
+    rows, peaks = [], {}
+    for target in args.points:
+        tile = work / f"tile_{target}.laz"
+        t = time.perf_counter()
+        n = build_tile(tile, target)
+        print(f"tile: {tile} ({n:,} points, {tile.stat().st_size / 1e6:.0f} MB LAZ; ready in "
+              f"{time.perf_counter() - t:.1f} s)", flush=True)
+        wall, rss = run_child([sys.executable, "-c", f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
+        rows.append((n, "baseline: read_cloud alone", wall, rss))
+        for path, name, settings in bundles:
+            wall, rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", path, "--input",
+                                   str(tile), "--out", str(work / "pred"), "--device", args.device,
+                                   "--max-memory", args.max_memory,
+                                   *[a for kv in settings for a in ("--set", kv)], "--quiet"])
+            label = f"run.py predict {name} --max-memory {args.max_memory}" + "".join(f" --set {kv}" for kv in settings)
+            rows.append((n, label, wall, rss))
+            peaks.setdefault(label, []).append(rss)
+            print(f"{n:,} points, {label}: {wall:.1f} s, peak {rss:.2f} GB", flush=True)
+    print("\n| points | | wall | points/s | peak RSS |\n|---|---|---|---|---|")
+    for n, label, wall, rss in rows:
+        print(f"| {n:,} | {label} | {wall:.1f} s | {n / wall:.3g} | {rss:.2f} GB |")
+    print()
+    for label, values in peaks.items():
+        print(f"{label}: peak RSS {' -> '.join(f'{v:.2f}' for v in values)} GB over the tile sizes "
+              f"(largest / smallest {max(values) / min(values):.2f}x; target: <= 3 GB, within 10%)")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ format 1) selects the smallest format of the same family that holds all dimensio
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable, Iterator
 from uuid import UUID
 
 import laspy
@@ -239,6 +240,11 @@ def read_las(path: str | os.PathLike, bounds: Bounds | None = None) -> PointClou
             coords = pool.submit(_coordinates, arr, h.scales, h.offsets)
             fields = _unpack_fields(arr, pf)
             raw_xyz, xyz = coords.result()
+    return PointCloud(xyz, fields, _meta_for(h, pf, evlrs, raw_xyz), str(path))
+
+
+def _meta_for(h: _Header, pf: laspy.PointFormat, evlrs: list[RawVlr], raw_xyz: np.ndarray | None) -> LasMeta:
+    """What the writer needs to reproduce the file (header fields, VLRs, extra dims, CRS)."""
     vlrs = [v for v in h.vlrs if (v.user_id, v.record_id) != LASZIP_ID]
     eb = h.find_vlr(EXTRA_BYTES_ID)
     eb_structs = {}
@@ -249,14 +255,13 @@ def read_las(path: str | os.PathLike, bounds: Bounds | None = None) -> PointClou
     extra_dims = [ExtraDim(d.name, d.type_str(), eb_structs.get(d.name))
                   for d in pf.extra_dimensions]
     crs_wkt, epsg = _crs_from_vlrs(vlrs + evlrs)
-    meta = LasMeta(
+    return LasMeta(
         version=h.version_str, point_format=h.pf, scales=h.scales, offsets=h.offsets,
         raw_xyz=raw_xyz, vlrs=vlrs, evlrs=evlrs, global_encoding=h.global_encoding,
         file_source_id=h.file_source_id, uuid=h.uuid, system_identifier=h.system_identifier,
         generating_software=h.generating_software, creation_date=h.creation_date,
         extra_dims=extra_dims, extra_header_bytes=h.extra_header_bytes,
         extra_vlr_bytes=h.extra_vlr_bytes, compressed=h.compressed, crs_wkt=crs_wkt, epsg=epsg)
-    return PointCloud(xyz, fields, meta, str(path))
 
 
 def las_header_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -397,46 +402,70 @@ def _header_for(meta: LasMeta, version: str, pf_id: int, extra_dims: list[ExtraD
     return header
 
 
-def write_las(cloud: PointCloud, path: str | os.PathLike,
-              extra: dict[str, np.ndarray] | None = None) -> None:
-    """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic.
+@contextlib.contextmanager
+def las_writer(path: str | os.PathLike, meta: LasMeta, fields: dict[str, np.ndarray],
+               need14: bool) -> Iterator[Callable[[PointCloud, dict[str, np.ndarray]], None]]:
+    """A LAS/LAZ file (``.laz``: LAZ) written chunk by chunk, atomically: ``with las_writer(...)
+    as write: write(cloud, fields)`` for every chunk; nothing is left under ``path`` unless the
+    block ends without an error. ``meta``: the header to reproduce; ``fields``: the names and
+    dtypes every chunk has (their values choose the types of new extra-bytes dimensions);
+    ``need14``: codes above 31 somewhere in the file (a legacy point format becomes LAS 1.4).
 
     Format choice (:func:`_choose_format`), extra dimensions (:func:`_extra_dims_for`),
-    header (:func:`_header_for`), records in chunks (``data.las_records.point_chunks``), then one atomic write.
-    """
+    header (:func:`_header_for`), records packed a chunk at a time (``data.las_records``);
+    ``write`` keeps a cloud's raw X/Y/Z (``meta.raw_xyz``) wherever ``xyz`` still equals them."""
     path = Path(path)
-    if isinstance(cloud.meta, LasMeta) and cloud.meta.write_problem:
-        raise DataError(path, f"cannot write a copy of {cloud.source}: it {cloud.meta.write_problem}")
-    fields = cloud.fields_with(extra, path)
-    from_las = isinstance(cloud.meta, LasMeta)
-    meta = cloud.meta if from_las else _new_meta(cloud)
-    src = meta.point_format if from_las else None
-
-    cls = fields.get("classification")
-    need14 = cls is not None and cls.size > 0 and int(np.max(cls)) > 31
     standard = {k for k in fields if k in ALL_STANDARD}
     try:
-        pf_id = _choose_format(src, standard, need14)
+        pf_id = _choose_format(meta.point_format, standard, need14)
     except DataError as e:
         raise DataError(path, str(e).split(": ", 1)[1]) from None
-    version = meta.version if pf_id == src else ("1.4" if pf_id >= 6 else max(meta.version, "1.2"))
-
+    version = meta.version if pf_id == meta.point_format else ("1.4" if pf_id >= 6 else max(meta.version, "1.2"))
     header = _header_for(meta, version, pf_id, _extra_dims_for(meta, fields, path))
-    chunks = point_chunks(cloud, fields, header, meta.raw_xyz if from_las else None, path)
-
     compress = path.suffix.lower() == ".laz"
     if not path.parent.is_dir():
         raise DataError(path, f"cannot write: folder {str(path.parent)!r} does not exist")
+    caller_error: BaseException | None = None
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             with laspy.LasWriter(f, header, do_compress=compress, closefd=False) as writer:
-                for chunk in chunks:
-                    writer.write_points(chunk)
+                def write(cloud: PointCloud, chunk_fields: dict[str, np.ndarray]) -> None:
+                    raw = cloud.meta.raw_xyz if isinstance(cloud.meta, LasMeta) else None
+                    try:
+                        for chunk in point_chunks(cloud, chunk_fields, header, raw, path):
+                            writer.write_points(chunk)
+                    except (DataError, OSError):     # OSError: atomic_path names a full disk
+                        raise
+                    except Exception as e:
+                        raise DataError(path, f"cannot write {'LAZ' if compress else 'LAS'}: "
+                                              f"{type(e).__name__}: {e}") from e
+                try:
+                    yield write
+                except BaseException as e:
+                    caller_error = e
+                    raise
                 evlrs = _still_valid(meta.evlrs)
                 if evlrs and header.version.minor >= 4:
                     writer.write_evlrs(VLRList(
                         [laspy.VLR(v.user_id, v.record_id, v.description, v.data) for v in evlrs]))
-    except DataError:
-        raise
-    except Exception as e:
+    except BaseException as e:
+        if caller_error is not None and not isinstance(caller_error, (DataError, OSError)):
+            raise caller_error from None     # the caller's own failure, not a closing writer's
+        if isinstance(e, DataError) or not isinstance(e, Exception):
+            raise
         raise DataError(path, f"cannot write {'LAZ' if compress else 'LAS'}: {type(e).__name__}: {e}") from e
+
+
+def write_las(cloud: PointCloud, path: str | os.PathLike,
+              extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic
+    (:func:`las_writer` with the whole cloud as one chunk)."""
+    path = Path(path)
+    if isinstance(cloud.meta, LasMeta) and cloud.meta.write_problem:
+        raise DataError(path, f"cannot write a copy of {cloud.source}: it {cloud.meta.write_problem}")
+    fields = cloud.fields_with(extra, path)
+    meta = cloud.meta if isinstance(cloud.meta, LasMeta) else _new_meta(cloud)
+    cls = fields.get("classification")
+    need14 = cls is not None and cls.size > 0 and int(np.max(cls)) > 31
+    with las_writer(path, meta, fields, need14) as write:
+        write(cloud, fields)

@@ -34,6 +34,10 @@ GROUND_FEATURE = "hag_ground"
 # height features
 # ----------------------------------------------------------------------------------------------
 
+#: metres: the largest object the default ground model removes (its widest opening window)
+GROUND_WINDOW = 24.0
+
+
 def height_features(xyz: np.ndarray, cell_size: float = 2.0) -> dict[str, np.ndarray]:
     """Height features on a 2-D grid of ``cell_size`` cells (aligned to multiples of it).
 
@@ -92,7 +96,7 @@ def height_features(xyz: np.ndarray, cell_size: float = 2.0) -> dict[str, np.nda
     return out
 
 
-def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0, slope: float = 0.3,
+def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = GROUND_WINDOW, slope: float = 0.3,
                    dh0: float = 0.3, dh_max: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """A digital terrain model by a progressive morphological filter (Zhang et al. 2003).
 
@@ -156,7 +160,7 @@ def ground_surface(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0,
     return dtm, origin
 
 
-def height_above_ground(xyz: np.ndarray, cell: float = 1.0, max_window: float = 24.0, *,
+def height_above_ground(xyz: np.ndarray, cell: float = 1.0, max_window: float = GROUND_WINDOW, *,
                         source: str | None = None) -> np.ndarray:
     """``[N]`` float32 ``z - DTM(x, y)``: :func:`ground_surface` read bilinearly at each point.
     ``source`` (the points' file) prefixes the message of a :class:`GridSizeError`."""

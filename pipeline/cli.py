@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write vegetation as ASPRS 3/4/5 by height above the ground model (metres)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a prediction option of the model (e.g. votes=1 for kpconvx; repeatable)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory budget (e.g. 3G): a LAS/LAZ file too large for it is predicted in windows "
+                        "sized for it, in memory that does not grow with the file (default: half of this "
+                        "machine's memory)")
+    p.add_argument("--window", type=float, metavar="METRES",
+                   help="predict every LAS/LAZ file in square windows of this side (with the model's context "
+                        "around each), whatever its size")
     p.add_argument("--shard", metavar="K/N",
                    help="label only worker K's share of the sorted inputs (every N-th from K, K = 0..N-1): "
                         "a job array's index, with no coordination between workers")
@@ -120,6 +127,14 @@ def _non_negative(value: float, option: str) -> float:
 
     if not (value >= 0 and value < float("inf")):
         raise UserError(f"{option}: expected a finite number of metres >= 0, got {value}")
+    return value
+
+
+def _window(value: float | None) -> float | None:
+    from data.errors import UserError
+
+    if value is not None and not (value > 0 and value < float("inf")):
+        raise UserError(f"--window: expected a finite number of metres > 0, got {value}")
     return value
 
 
@@ -228,7 +243,8 @@ def _predict(args) -> None:
     from pipeline.batch import parse_shard
     from pipeline.bundle import load_bundle
     from pipeline.inputs import expand_patterns
-    from pipeline.labelling import OutputOptions, predict_with_bundle
+    from pipeline.labelling import Memory, OutputOptions, predict_with_bundle
+    from pipeline.windows import memory_budget
     from pipeline.layouts import check_vegetation_heights
     from pipeline.progress import log
     from pipeline.runner import resolve_device
@@ -245,7 +261,8 @@ def _predict(args) -> None:
         args.vegetation_heights, bundle.class_map, "--vegetation-heights"), args.preview)
     pairs = predict_with_bundle(bundle, inputs, Path(args.out), device=device, options=options, fmt=args.format,
                                 buffer=_non_negative(args.buffer, "--buffer"),
-                                bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None, shard=shard)
+                                bounds=Bounds.of(args.bounds, "--bounds") if args.bounds else None, shard=shard,
+                                memory=Memory(memory_budget(args.max_memory), _window(args.window)))
     if distributed.is_main():
         print(f"done: {len(pairs)} labelled file(s) in {Path(args.out).resolve()}"
               + (f" ({distributed.world_size()} processes)" if distributed.active() else ""))

@@ -20,7 +20,7 @@ probabilities are asked, ``<stem>_class.png`` (preview), in the cloud's CRS.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,9 +43,20 @@ from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, Model
 from .progress import log, progress
+from .windows import memory_budget, predict_windowed, window_size
 
 if TYPE_CHECKING:
     from .bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How large a file may be predicted at once: ``budget`` bytes of process memory (a larger
+    file is predicted in windows sized for it, ``pipeline.windows``); ``window``: a fixed window
+    side in metres instead."""
+
+    budget: float = field(default_factory=lambda: memory_budget(None))
+    window: float | None = None
 
 
 def label_outputs(proba: np.ndarray, class_map: ClassMap) -> dict[str, np.ndarray]:
@@ -144,16 +155,48 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
     return written
 
 
+def _window(model: Model, path: Path, options: OutputOptions, buffered: bool, bounds: Bounds | None,
+            memory: Memory) -> float | None:
+    """The window side (m) to predict ``path`` with (``pipeline.windows``), or None: whole."""
+    halo = getattr(model, "context", None)
+    if halo is None or cloud_format(path) == ".ply":
+        return None
+    if memory.window is not None:
+        size = memory.window
+    else:
+        info = read_header_info(path)
+        extent = np.asarray(info.maxs[:2], float) - np.asarray(info.mins[:2], float)
+        size = window_size(info.point_count, float(np.prod(np.maximum(extent, 1.0))), halo, model.bytes_per_point,
+                           memory.budget)
+    if size is not None and (buffered or bounds is not None or options.preview):
+        log(f"{path.name}: predicted whole, not in windows of {size:.0f} m (windows do not combine with "
+            "--buffer, --bounds or --preview yet): its memory is not bounded")
+        return None
+    return size
+
+
 def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, device: str,
                  options: OutputOptions, fmt: str, train_density: dict[str, float] | None,
                  context: tuple[NeighbourContext, int] | None = None,
-                 bounds: Bounds | None = None) -> tuple[Path, Path]:
+                 bounds: Bounds | None = None, memory: "Memory" = None) -> tuple[Path, Path]:
+    if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
+        raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
+    size = _window(model, path, options, context is not None, bounds, memory or Memory())
+    if size is not None:
+        info = read_header_info(path)
+        warning = density_warning(path.name, bbox_density(info), train_density)
+        if warning:
+            log(warning)
+        target = output_path(path, out_dir, fmt)
+        predict_windowed(model, class_map, path, target, device=device, grid_size=size, halo=model.context,
+                         anchor=np.asarray(info.mins, np.float64),
+                         label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
+        log(f"{path.name}: {info.point_count:,} points -> {target}")
+        return path, target
     cloud = read_cloud(path, bounds=bounds)
     problem = getattr(cloud.meta, "write_problem", None)
     if problem:                   # refused before the prediction, not after it
         raise DataError(path, problem)
-    if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
-        raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
     warning = density_warning(path.name, bbox_density(cloud.xyz), train_density)
     if warning:
         log(warning)
@@ -181,7 +224,7 @@ def predict_files(model: Model, class_map: ClassMap, inputs: list[Path], out_dir
                   options: OutputOptions = OutputOptions(), fmt: str = "same",
                   train_density: dict[str, float] | None = None, buffer: float = 0.0,
                   bounds: Bounds | None = None, model_id: str | None = None,
-                  shard: tuple[int, int] | None = None) -> list[tuple[Path, Path]]:
+                  shard: tuple[int, int] | None = None, memory: Memory | None = None) -> list[tuple[Path, Path]]:
     """Label every file of ``inputs`` into ``out_dir``; returns (input, output) pairs.
 
     Each output is written atomically. A file that fails is reported and skipped; the others
@@ -205,6 +248,10 @@ def predict_files(model: Model, class_map: ClassMap, inputs: list[Path], out_dir
     predicted and written (COPC inputs decode only the octree nodes that meet it); inputs
     whose header bounds miss the window are skipped (a line says which), and with a buffer
     the points around the window are context.
+
+    ``memory`` (:class:`Memory`): a LAS/LAZ file whose whole-file prediction would not fit the
+    budget is predicted window by window (``pipeline.windows``), in memory that does not grow
+    with the file.
     """
     everything = list(inputs)       # all of them are context for a buffer
     if shard is not None:
@@ -257,7 +304,8 @@ def predict_files(model: Model, class_map: ClassMap, inputs: list[Path], out_dir
                 t0 = time.perf_counter()
                 try:
                     done.append(_predict_one(model, class_map, path, out_dir, device, options, fmt, train_density,
-                                             None if neighbours is None else (neighbours, position[path]), bounds))
+                                             None if neighbours is None else (neighbours, position[path]), bounds,
+                                             memory))
                 except EmptyWindowError:     # its header box meets the window, none of its points does
                     empty.append(path)
                     log(f"--bounds {bounds}: {path.name} holds no point inside the window; skipped")
@@ -303,12 +351,12 @@ def predict_files(model: Model, class_map: ClassMap, inputs: list[Path], out_dir
 def predict_with_bundle(bundle: "Bundle", inputs: list[Path], out_dir: Path, *, device: str = "cpu",
                         options: OutputOptions = OutputOptions(), fmt: str = "same", buffer: float = 0.0,
                         bounds: Bounds | None = None, shard: tuple[int, int] | None = None,
-                        resumable: bool = True) -> list[tuple[Path, Path]]:
+                        resumable: bool = True, memory: Memory | None = None) -> list[tuple[Path, Path]]:
     """:func:`predict_files` with a bundle's model, class map and training density; ``resumable``:
     sidecars record the bundle's digest, so a re-run skips the outputs already complete."""
     return predict_files(bundle.model, bundle.class_map, inputs, out_dir, device=device, options=options, fmt=fmt,
                          train_density=bundle.train_density, buffer=buffer, bounds=bounds,
-                         model_id=bundle.digest() if resumable else None, shard=shard)
+                         model_id=bundle.digest() if resumable else None, shard=shard, memory=memory)
 
 
 def _options_signature(model: Model, options: OutputOptions, fmt: str, buffer: float,

@@ -43,6 +43,14 @@ class FeatureConfig:
         if not (self.k or self.radii):
             raise UserError("give at least one k or radius")
 
+    @property
+    def context(self) -> float:
+        """Metres of neighbourhood the features read beyond a point: the ground model's window,
+        the height blocks (3 x 3 cells), the radii, coarse cells and column cells (k-NN
+        neighbourhoods follow the density and are assumed within it)."""
+        return max([self.ground_window if self.ground else 0.0] + [1.5 * c for c in self.height_cells]
+                   + list(self.radii) + [2 * c for c in self.coarse_cells] + list(self.column_cells))
+
 
 def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
     from geometry.features import compute_features

@@ -220,16 +220,19 @@ def augment(xyz: np.ndarray, features: np.ndarray, cfg: AugmentConfig, rng: np.r
     return out, feats
 
 
-def coverage_centers(xyz: np.ndarray, cfg: SamplingConfig, offset: float = 0.0) -> np.ndarray:
+def coverage_centers(xyz: np.ndarray, cfg: SamplingConfig, offset: float = 0.0,
+                     anchor: np.ndarray | None = None) -> np.ndarray:
     """Centres of the occupied cells of the inference grid (``[m, 3]`` float64).
 
     Cylinders use a 2-D grid (centre z = the cell's mean z, irrelevant to membership).
-    ``offset`` (a fraction of the spacing) shifts the grid, for test-time votes.
+    ``offset`` (a fraction of the spacing) shifts the grid, for test-time votes. The grid
+    starts at ``anchor`` ``[3]`` (default: the points' minimum; a window of a tile passes the
+    tile's, so that its regions are the whole tile's).
     """
     xyz = np.asarray(xyz, np.float64)
     h = cfg.test_spacing * cfg.radius
     dims = 3 if cfg.shape == "sphere" else 2
-    origin = xyz.min(0) - offset * h
+    origin = (xyz.min(0) if anchor is None else np.asarray(anchor, np.float64)) - offset * h
     cells = np.floor((xyz[:, :dims] - origin[:dims]) / h).astype(np.int64)
     uniq, inv = np.unique(cells, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
@@ -264,7 +267,7 @@ def vote_pose(vote: int, votes: int) -> tuple[float, float]:
 def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
                      run_pass: Callable[[list[Region], float], np.ndarray], *, votes: int = 1,
                      points_per_pass: int = 200_000, progress: Callable = lambda it, **kw: it,
-                     chunk: int = 64, workers: int = 1) -> tuple[np.ndarray, int]:
+                     chunk: int = 64, workers: int = 1, anchor: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Average per-point probabilities over overlapping regions covering ``xyz``.
 
     ``run_pass(regions, angle) -> [sum of region sizes, num_classes]`` probabilities of the
@@ -274,7 +277,8 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     ``N x (C + 1)`` accumulators, the KD-tree and about ``workers + 1`` passes of regions,
     whatever ``N``. With ``workers > 1``, that many passes run at once in threads (``run_pass``
     must be thread-safe) while this thread builds the next regions and adds up the results,
-    in pass order (the sums are the same as with one worker).
+    in pass order (the sums are the same as with one worker). ``anchor``: where the coverage
+    grid starts (:func:`coverage_centers`).
     """
     n = len(xyz)
     acc = np.zeros((n, num_classes), np.float32)
@@ -293,7 +297,7 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     def passes():
         for vote in range(votes):
             offset, angle = vote_pose(vote, votes)
-            centers = coverage_centers(xyz, cfg, offset=offset)
+            centers = coverage_centers(xyz, cfg, offset=offset, anchor=anchor)
             starts = range(0, len(centers), chunk)
             chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
             regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))

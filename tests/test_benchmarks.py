@@ -22,7 +22,8 @@ def bench(script: str, *args: object) -> subprocess.CompletedProcess:
 def test_every_benchmark_is_covered():
     scripts = {p.name for p in (REPO / "benchmarks").glob("*.py")} - {"timing.py"}   # timing: a helper
     # these need a bundle: run below, and coverage_settings.py in tests/test_kpconvx_model.py
-    assert scripts == set(QUICK) | {"bench_predict_memory.py", "edge_band.py", "coverage_settings.py"}
+    assert scripts == set(QUICK) | {"bench_predict_memory.py", "edge_band.py", "coverage_settings.py",
+                                    "window_agreement.py"}
 
 
 @pytest.mark.usefixtures("lidar_data")
@@ -45,8 +46,11 @@ def test_bundle_benchmarks_run(tmp_path, lidar_data):
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     bundle = tmp_path / "out" / "model.bundle"
-    res = bench("bench_predict_memory.py", "--bundle", bundle, "--quick", "--work", tmp_path / "big")
-    assert res.returncode == 0 and "predict / read_cloud" in res.stdout, res.stderr[-3000:]
+    res = bench("bench_predict_memory.py", "--bundle", bundle, "--quick", "--work", tmp_path / "big",
+                "--max-memory", "100M")
+    assert res.returncode == 0 and "largest / smallest" in res.stdout, res.stderr[-3000:]
+    res = bench("window_agreement.py", "--bundle", bundle, "--quick", "--work", tmp_path / "agree")
+    assert res.returncode == 0 and "all tiles: 100.0000%" in res.stdout, (res.stdout, res.stderr[-3000:])
     res = bench("edge_band.py", bundle)
     assert res.returncode == 0, res.stderr[-3000:]
 

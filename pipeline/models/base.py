@@ -97,9 +97,19 @@ class Model(Protocol):
         where a point is not to be learnt), validate on ``val``; returns a summary (shown and
         stored in the bundle)."""
 
-    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+    #: peak process memory per point of a whole cloud predicted at once (``pipeline.windows``
+    #: sizes its windows with it)
+    bytes_per_point: float
+
+    @property
+    def context(self) -> float | None:
+        """Metres around a point whose points its label depends on (a window's halo), or None
+        when the model cannot predict a tile window by window."""
+
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
         """Probabilities ``[N, num_classes]`` float32 for every point of ``cloud`` (input order),
-        and a grid model's 2-D products."""
+        and a grid model's 2-D products. ``anchor`` ``[3]``: where the model's placement grids
+        start (default: the cloud's minimum; a window of a tile passes the tile's)."""
 
     def save(self, folder: Path) -> None:
         """Write weights into ``folder`` (relative file names only)."""

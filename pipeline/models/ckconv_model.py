@@ -265,7 +265,18 @@ class CKConvGridModel(TorchModel):
                     wsum[r:r + h, q:q + w] += tent[:h, :w, ..., None]
         return acc / wsum
 
-    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+    #: peak process memory per point of a whole cloud predicted at once (pipeline.windows)
+    bytes_per_point = 300.0
+
+    @property
+    def context(self) -> float | None:
+        """Metres around a point its label depends on (the tiles' reach), or None when the model
+        writes a map (windows would cut it)."""
+        if self.config.geotiff:
+            return None
+        return self.config.crop * self.config.cell_size / 2 + self.config.ground_window
+
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
         """Per-point probabilities (each point takes its cell's / voxel's) and, with ``geotiff``,
         the 2-D map (voxel mode: the top-most occupied voxel of each column)."""
         g = self._grid(cloud, None)

@@ -27,11 +27,12 @@ import numpy as np
 
 from data.errors import DataError
 from data.pointcloud import PointCloud
+from geometry.heights import GROUND_WINDOW
 
-__all__ = ["FEATURES", "HEIGHT_COLUMNS", "FeatureName", "feature_columns", "point_feature_matrix"]
+__all__ = ["FEATURES", "HEIGHT_COLUMNS", "FeatureName", "feature_columns", "point_feature_matrix", "GROUND_WINDOW"]
 
 FEATURES = ("xyz", "intensity", "returns", "height", "ground", "columns", "rgb", "nir")
-FeatureName = Literal["xyz", "intensity", "returns", "height", "ground", "columns", "rgb", "nir"]
+FeatureName = Literal[FEATURES]
 #: Cell size (metres) of the ``columns`` feature.
 COLUMN_CELL = 2.0
 #: Point fields each feature needs.

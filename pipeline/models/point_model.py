@@ -47,7 +47,7 @@ from pipeline.schema import Component, keys_where, option
 from pipeline.training import OptimConfig, amp_autocast, partial_label_loss
 
 from .base import Prediction, TrainContext, load_torch_file, load_weights
-from .point_inputs import FEATURES, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
+from .point_inputs import FEATURES, GROUND_WINDOW, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
 from .torch_model import TorchModel, TrainingData
 
 @dataclass
@@ -71,6 +71,10 @@ def _default_network() -> Any:
 @MODELS.register("point")
 class PointNetworkModel(TorchModel):
     """A point network (``network.type``) on sampled regions of the point clouds."""
+
+    #: peak process memory per point of a whole cloud predicted at once (pipeline.windows
+    #: sizes windows with it; measured: benchmarks/README.md, "Whole tiles in bounded memory")
+    bytes_per_point = 230.0
 
     @dataclass
     class Config:
@@ -229,7 +233,8 @@ class PointNetworkModel(TorchModel):
         return y, proba.argmax(1)
 
     # -- inference ----------------------------------------------------------------------
-    def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int) -> tuple[np.ndarray, int]:
+    def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int,
+               anchor: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         import torch
 
         cfg = self.config
@@ -243,20 +248,26 @@ class PointNetworkModel(TorchModel):
 
         with pass_workers(device) as workers:
             return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_pass, votes=votes,
-                                    points_per_pass=cfg.points_per_pass, workers=workers,
+                                    points_per_pass=cfg.points_per_pass, workers=workers, anchor=anchor,
                                     progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
 
-    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
+    @property
+    def context(self) -> float:
+        """Metres around a point whose points its label depends on: the regions reaching it
+        (2 radii) and the ground model and height blocks of its channels."""
+        return 2 * self.config.sampling.radius + max(GROUND_WINDOW, 1.5 * self.config.height_cell)
+
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> np.ndarray:
         self.to_device(device)
         feats = point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell)
-        proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes)
+        proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes, anchor)
         if missing:
             log(f"{cloud.source}: {missing:,} of {len(cloud):,} points reached by no region "
                 f"(max_points cap); they take the prediction of the nearest reached point")
         return proba.astype(np.float32)
 
-    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
-        return Prediction(self.predict_proba(cloud, device))
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
+        return Prediction(self.predict_proba(cloud, device, anchor))
 
     # -- bundle -------------------------------------------------------------------------
     def save(self, folder: Path) -> None:

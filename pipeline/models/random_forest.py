@@ -138,7 +138,15 @@ class RandomForestModel:
                                   "(is a field such as intensity or return_number missing?)")
 
     # -- inference ----------------------------------------------------------------------
-    def predict_proba(self, cloud: PointCloud, device: str = "cpu") -> np.ndarray:
+    #: peak process memory per point of a whole cloud predicted at once (pipeline.windows)
+    bytes_per_point = 400.0
+
+    @property
+    def context(self) -> float:
+        """Metres around a point whose points its features read (``FeatureConfig.context``)."""
+        return self.config.features.context
+
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> np.ndarray:
         names, feats = mine(cloud, self.config.features)
         self._check_names(names, cloud.source)
         proba = np.zeros((len(cloud), self.class_map.num_classes), dtype=np.float32)
@@ -151,7 +159,7 @@ class RandomForestModel:
             proba /= np.maximum(proba.sum(1, keepdims=True), 1e-12)
         return proba
 
-    def predict(self, cloud: PointCloud, device: str = "cpu") -> Prediction:
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
         return Prediction(self.predict_proba(cloud, device))
 
     # -- bundle -------------------------------------------------------------------------

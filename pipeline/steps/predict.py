@@ -5,13 +5,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from data.bounds import Bounds, bounds_problem
+from data.errors import UserError
 from pipeline.bundle import load_bundle
-from pipeline.labelling import OutputOptions, predict_with_bundle
+from pipeline.labelling import Memory, OutputOptions, predict_with_bundle
 from pipeline.layouts import check_vegetation_heights, vegetation_heights_problem
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError, option
 from pipeline.shipped import resolve_model, shipped_models
 from pipeline.spec import check_output_name
+from pipeline.windows import memory_budget
 
 
 @STEPS.register("predict")
@@ -29,6 +31,8 @@ class PredictStep:
         preview: bool = False           # <stem>_view.png: top and oblique views (data/render.py)
         buffer: float = option(min=0, default=0.0)   # metres of neighbouring inputs' points as context
         bounds: list[float] | None = None   # [xmin, ymin, xmax, ymax]: predict only this window (data/bounds.py)
+        max_memory: str | None = None   # e.g. "3G": larger LAS/LAZ files in windows (pipeline/windows.py)
+        window: float | None = option(min=0, exclusive=True, default=None)   # metres: always in windows
 
         def output_options(self, class_map, key: str) -> OutputOptions:
             return OutputOptions(self.probabilities, self.layout,
@@ -42,6 +46,11 @@ class PredictStep:
             vegetation_heights_problem(cfg.vegetation_heights, loaded.class_map)
         if problem:
             raise SpecError(str(loaded.path), f"{key}.vegetation_heights", problem)
+        if cfg.max_memory is not None:
+            try:
+                memory_budget(cfg.max_memory)
+            except UserError as exc:
+                raise SpecError(str(loaded.path), f"{key}.max_memory", str(exc).split(": ", 1)[1]) from None
         problem = None if cfg.bounds is None else bounds_problem(cfg.bounds)
         if problem:
             raise SpecError(str(loaded.path), f"{key}.bounds", problem)
@@ -72,4 +81,5 @@ class PredictStep:
             bundle, inputs, ctx.out_dir / cfg.output, device=ctx.device,
             options=cfg.output_options(bundle.class_map, key), fmt=cfg.format, buffer=cfg.buffer,
             bounds=None if cfg.bounds is None else Bounds.of(cfg.bounds, f"{key}.bounds"),
-            resumable=False)     # a spec's run is resumed by the runner (--resume), not by sidecars
+            resumable=False,     # a spec's run is resumed by the runner (--resume), not by sidecars
+            memory=Memory(memory_budget(cfg.max_memory), cfg.window))

@@ -1,0 +1,258 @@
+"""Whole tiles in bounded memory: one LAS/LAZ file predicted in square windows.
+
+The file's x/y box is cut into windows of ``size`` metres; each is predicted with a ``halo``
+of the points around it (the model's context: a point's label depends on points that far
+away), and only its own (core) points are kept. Three streaming passes, each holding one
+chunk or one window, never the tile:
+
+1. spill: the file is read :data:`CHUNK` records at a time; each record is appended (raw
+   bytes, with its index in the file) to the temporary file of every window whose core plus
+   halo holds it;
+2. predict: each window's records become a cloud, the model labels it
+   (``pipeline.labelling.labelled_cloud``), and its core points' new fields go, with their
+   indices, to per-chunk result files (chunk ``k`` holds the points ``k*CHUNK ..``);
+3. write: the file is read again chunk by chunk, each chunk's results scattered back by
+   index, and the labelled chunk appended to the output (``data.las.las_writer``), so the
+   output keeps every input point in input order, every field, header, VLRs and CRS.
+
+Peak memory: one window with its halo (``size + 2 halo`` metres square) plus one chunk, whatever
+the tile's size. :func:`window_size` picks ``size`` from a memory budget (``--max-memory``).
+Temporary files live in ``OUT/.lidarseg-windows-<stem>/`` (removed at the end, and at the
+start of the next run if a killed one left them).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.classmap import ClassMap
+from data.errors import DataError, UserError
+from data.las import las_writer
+from data.las_stream import LasChunks
+from data.pointcloud import PointCloud
+
+from .progress import log, progress
+
+#: records per streaming chunk (passes 1 and 3) and per result file
+CHUNK = 1 << 20
+#: bytes of process memory besides the window (interpreter, torch, the model)
+BASE_MEMORY = 700e6
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Square windows of ``size`` m from ``(x0, y0)``, ``nx`` x ``ny`` of them; each read with
+    ``halo`` m around it. Window ``w = i * ny + j`` covers ``[x0 + i size, x0 + (i+1) size)`` x
+    ``[y0 + j size, ..)``; the last row and column also take the points on the far edge."""
+
+    x0: float
+    y0: float
+    size: float
+    halo: float
+    nx: int
+    ny: int
+
+    @classmethod
+    def over(cls, mins: np.ndarray, maxs: np.ndarray, size: float, halo: float) -> "WindowGrid":
+        nx = max(1, math.ceil((maxs[0] - mins[0]) / size))
+        ny = max(1, math.ceil((maxs[1] - mins[1]) / size))
+        return cls(float(mins[0]), float(mins[1]), float(size), float(halo), nx, ny)
+
+    def _cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.floor((xy[:, 0] - self.x0) / self.size).astype(np.int64),
+                np.floor((xy[:, 1] - self.y0) / self.size).astype(np.int64))
+
+    def core(self, xy: np.ndarray) -> np.ndarray:
+        """``[n]`` the window whose core holds each point (points outside the box: the nearest)."""
+        i, j = self._cells(xy)
+        return np.clip(i, 0, self.nx - 1) * self.ny + np.clip(j, 0, self.ny - 1)
+
+    def members(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, windows)``: every (point, window) pair whose core plus halo holds the point
+        (always its own core window, even for a point outside the header's box)."""
+        i, j = self._cells(xy)
+        reach = max(1, math.ceil(self.halo / self.size))
+        rows, wins = [np.arange(len(xy))], [self.core(xy)]
+        for di in range(-reach, reach + 1):
+            wi = i + di
+            lo_x = self.x0 + wi * self.size - self.halo
+            ok_x = (wi >= 0) & (wi < self.nx) & (xy[:, 0] >= lo_x) & (xy[:, 0] < lo_x + self.size + 2 * self.halo)
+            for dj in range(-reach, reach + 1):
+                wj = j + dj
+                lo_y = self.y0 + wj * self.size - self.halo
+                r = np.flatnonzero(ok_x & (wj >= 0) & (wj < self.ny) & (xy[:, 1] >= lo_y)
+                                   & (xy[:, 1] < lo_y + self.size + 2 * self.halo))
+                rows.append(r)
+                wins.append(wi[r] * self.ny + wj[r])
+        count = self.nx * self.ny
+        pair = np.unique(np.concatenate(rows) * count + np.concatenate(wins))      # each pair once
+        return pair // count, pair % count
+
+
+def window_size(points: int, area: float, halo: float, bytes_per_point: float, budget: float) -> float | None:
+    """The window side (m) whose points with their halo fit ``budget`` bytes at the file's mean
+    density, or None when the whole file fits (``points * bytes_per_point + BASE_MEMORY``)."""
+    if points * bytes_per_point + BASE_MEMORY <= budget:
+        return None
+    density = points / max(area, 1.0)
+    fits = max(budget - BASE_MEMORY, 0.0) / (bytes_per_point * density)     # m^2 of window + halo
+    return max(math.sqrt(fits) - 2 * halo, halo, 10.0)
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path) -> tuple[np.dtype, list[int]]:
+    """Pass 1: each record into the file of every window holding it (``w<id>.rec`` + ``.idx``)."""
+    dtype, seen = None, set()
+    for start, arr in progress(chunks.records(CHUNK), "windows: spill", total=-(-chunks.point_count // CHUNK),
+                               unit="chunk"):
+        dtype = arr.dtype
+        rows, wins = grid.members(chunks.xyz(arr)[:, :2])
+        order = np.argsort(wins, kind="stable")
+        rows, wins = rows[order], wins[order]
+        cuts = np.flatnonzero(np.diff(wins)) + 1
+        for part_rows, w in zip(np.split(rows, cuts), wins[np.r_[0, cuts]] if len(wins) else []):
+            _append(tmp / f"w{w}.rec", arr[part_rows].tobytes())
+            _append(tmp / f"w{w}.idx", (part_rows + start).astype(np.int64).tobytes())
+            seen.add(int(w))
+    return dtype, sorted(seen)
+
+
+def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The fields ``labelled_cloud`` set or replaced, and its extras."""
+    out = {k: v for k, v in labelled.fields.items() if v is not cloud.fields.get(k)}
+    out.update(extras)
+    return out
+
+
+def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, *, device: str,
+                     grid_size: float, halo: float, anchor: np.ndarray, label: Any) -> int:
+    """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba)``
+    -> ``(labelled cloud, extras)`` (``pipeline.labelling.labelled_cloud`` with the options);
+    ``anchor``: the tile's minimum, where every window's model grids start. Returns the number
+    of windows."""
+    chunks = LasChunks(path)
+    if chunks.problems:
+        raise DataError(path, f"corrupt LAZ ({'; '.join(chunks.problems)}); windowed prediction reads files "
+                              "chunk by chunk and refuses it")
+    if chunks.meta.write_problem:
+        raise DataError(path, f"cannot write a copy of it: it {chunks.meta.write_problem}")
+    h = chunks.header
+    grid = WindowGrid.over(h.mins, h.maxs, grid_size, halo)
+    tmp = target.parent / f".lidarseg-windows-{path.stem}"
+    shutil.rmtree(tmp, ignore_errors=True)             # a killed run's
+    tmp.mkdir(parents=True)
+    try:
+        dtype, windows = _spill(chunks, grid, tmp)
+        log(f"{path.name}: {chunks.point_count:,} points in {len(windows)} windows of {grid.size:.0f} m "
+            f"(+{grid.halo:.0f} m halo)")
+        out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor)
+        _write_merged(chunks, target, tmp, out_dtype, class_map)
+    except OSError as exc:
+        from data.atomic import disk_error
+
+        raise (disk_error(exc, tmp) or exc) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(windows)
+
+
+def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: WindowGrid, tmp: Path,
+                     dtype: np.dtype, windows: list[int], device: str, label: Any, anchor: np.ndarray) -> np.dtype:
+    """Pass 2: each window predicted, its core points' new fields appended to ``r<chunk>.res``."""
+    out_dtype = None
+    top = max(max(class_map.output_codes), 5)          # codes a layout may write (5: vegetation split)
+    for w in progress(windows, "windows: predict", unit="window"):
+        records = np.fromfile(tmp / f"w{w}.rec", dtype=dtype)
+        index = np.fromfile(tmp / f"w{w}.idx", dtype=np.int64)
+        (tmp / f"w{w}.rec").unlink()
+        (tmp / f"w{w}.idx").unlink()
+        cloud = chunks.cloud(records)
+        core = grid.core(cloud.xyz[:, :2]) == w
+        if not core.any():
+            continue
+        result = model.predict(cloud, device, anchor=anchor)
+        if result.grid is not None:
+            raise UserError(f"{chunks.path}: windowed prediction writes labelled points only; this model also "
+                            "writes a map (set geotiff: false, or give more --max-memory)")
+        labelled, extras = label(cloud, result.proba)
+        fields = _new_fields(cloud, labelled, extras)
+        if out_dtype is None:
+            out_dtype = np.dtype([("index", "<i8")] + [
+                (k, np.promote_types(v.dtype, np.min_scalar_type(top)) if v.dtype.kind in "iu" else v.dtype,
+                 v.shape[1:]) for k, v in fields.items()])
+        rows = np.flatnonzero(core)
+        res = np.empty(len(rows), out_dtype)
+        res["index"] = index[rows]
+        for k in out_dtype.names[1:]:
+            res[k] = fields[k][rows]
+        res = res[np.argsort(res["index"], kind="stable")]
+        part = res["index"] // CHUNK
+        cuts = np.flatnonzero(np.diff(part)) + 1
+        for piece in np.split(res, cuts):
+            _append(tmp / f"r{int(piece['index'][0]) // CHUNK}.res", piece.tobytes())
+    if out_dtype is None:
+        raise DataError(chunks.path, "no window holds a point")
+    return out_dtype
+
+
+def _write_merged(chunks: LasChunks, target: Path, tmp: Path, out_dtype: np.dtype, class_map: ClassMap) -> None:
+    """Pass 3: the file again, chunk by chunk, with the predicted fields scattered back by index."""
+    names = out_dtype.names[1:]
+
+    def merged(start: int, arr: np.ndarray) -> tuple[PointCloud, dict[str, np.ndarray]]:
+        cloud = chunks.cloud(arr)
+        n = len(arr)
+        parts = [np.fromfile(tmp / f"r{k}.res", dtype=out_dtype)
+                 for k in range(start // CHUNK, (start + n - 1) // CHUNK + 1) if (tmp / f"r{k}.res").is_file()]
+        res = np.concatenate(parts) if parts else np.empty(0, out_dtype)
+        res = res[(res["index"] >= start) & (res["index"] < start + n)]
+        pos = res["index"] - start
+        if len(res) != n or np.bincount(pos, minlength=n).max(initial=1) != 1:
+            raise DataError(chunks.path, f"windowed prediction: {n - len(np.unique(pos)):,} points of "
+                                         f"{start:,}..{start + n:,} got no label (a bug: please report it)")
+        fields = dict(cloud.fields)
+        for k in names:
+            col = np.empty((n,) + out_dtype[k].shape, out_dtype[k].base)
+            col[pos] = res[k]
+            fields[k] = col
+        return cloud, fields
+
+    need14 = "classification" in names and max(max(class_map.output_codes), 5) > 31
+    it = iter(progress(chunks.records(CHUNK), "windows: write", total=-(-chunks.point_count // CHUNK),
+                       unit="chunk"))
+    first = merged(*next(it))
+    with las_writer(target, chunks.meta, first[1], need14) as write:
+        write(*first)
+        for start, arr in it:
+            write(*merged(start, arr))
+
+
+def memory_budget(text: str | None) -> float:
+    """``--max-memory`` (``3G``, ``1500M``, ``2.5e9``) in bytes; None: half of this machine's memory."""
+    if text is None:
+        try:
+            return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 4e9
+    units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    s = str(text).strip().upper().removesuffix("B")
+    try:
+        value = float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s)
+    except ValueError:
+        raise UserError(f"--max-memory {text}: expected a size such as 3G, 1500M or 2.5e9 (bytes)") from None
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"--max-memory {text}: expected a positive size")
+    return value
+
+
+__all__ = ["WindowGrid", "window_size", "predict_windowed", "memory_budget", "CHUNK"]

@@ -1,0 +1,149 @@
+"""Whole tiles in windows (pipeline/windows.py): every point labelled once, every other field
+kept, labels equal to whole-tile prediction where a window's halo covers the model's context."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import laspy
+import numpy as np
+import pytest
+
+from conftest import REPO
+from data.errors import UserError
+
+TILE = "ign_lidarhd/test/test_data_77050_627755_LA93_IGN69.laz"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_window_members_match_their_definition():
+    from pipeline.windows import WindowGrid
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([0, 0], [95, 61], (4000, 2))
+    xy[:3] = [[95, 61], [0, 0], [95, 0]]                       # corners, the far edges included
+    grid = WindowGrid.over(np.array([0.0, 0.0]), np.array([95.0, 61.0]), 20.0, 7.5)
+    assert (grid.nx, grid.ny) == (5, 4)
+    rows, wins = grid.members(xy)
+    got = set(zip(rows.tolist(), wins.tolist()))
+    want = set()
+    for r, (x, y) in enumerate(xy):
+        for i in range(grid.nx):
+            for j in range(grid.ny):
+                lo_x, lo_y = i * 20.0 - 7.5, j * 20.0 - 7.5
+                if lo_x <= x < lo_x + 35.0 and lo_y <= y < lo_y + 35.0:
+                    want.add((r, i * grid.ny + j))
+    core = grid.core(xy)
+    want |= set(zip(range(len(xy)), core.tolist()))           # its own window, the far edge too
+    assert got == want
+    # the cores partition the points
+    i, j = np.minimum((xy // 20.0).astype(int), [4, 3]).T
+    np.testing.assert_array_equal(core, i * 4 + j)
+
+
+def test_memory_budget_sizes():
+    from pipeline.windows import BASE_MEMORY, memory_budget, window_size
+
+    assert memory_budget("3G") == 3e9 and memory_budget("1500M") == 1.5e9 and memory_budget("2.5e9") == 2.5e9
+    assert memory_budget(None) > 0
+    for bad in ("lots", "-1G", "0"):
+        with pytest.raises(UserError, match="--max-memory"):
+            memory_budget(bad)
+    assert window_size(1000, 1e4, 20.0, 200.0, 3e9) is None                   # fits whole
+    side = window_size(50_000_000, 4e6, 30.0, 200.0, 3e9)                      # 12.5 points/m^2
+    fits = (3e9 - BASE_MEMORY) / 200.0 / 12.5
+    assert side == pytest.approx(np.sqrt(fits) - 60.0)
+
+
+@pytest.fixture(scope="module")
+def rf(rf_tiny_bundle):
+    from pipeline.bundle import load_bundle
+
+    return load_bundle(rf_tiny_bundle)
+
+
+def _predict(bundle, src, out, window, halo=None):
+    from data.io import read_header_info
+    from pipeline.labelling import OutputOptions, labelled_cloud
+    from pipeline.windows import predict_windowed
+
+    target = out / src.name
+    out.mkdir(parents=True, exist_ok=True)
+    n = predict_windowed(bundle.model, bundle.class_map, src, target, device="cpu", grid_size=window,
+                         halo=bundle.model.context if halo is None else halo,
+                         anchor=np.asarray(read_header_info(src).mins, np.float64),
+                         label=lambda c, p: labelled_cloud(c, p, bundle.class_map, OutputOptions()))
+    return target, n
+
+
+def test_windows_with_the_whole_context_equal_whole_tile_prediction(rf, lidar_data, tmp_path):
+    """Windows of 12 m whose halo covers the forest's context: the labelled file equals the
+    whole-tile one in every dimension, header and VLRs."""
+    from pipeline.labelling import predict_files
+
+    src = lidar_data / TILE
+    whole = predict_files(rf.model, rf.class_map, [src], tmp_path / "whole")[0][1]
+    windowed, n = _predict(rf, src, tmp_path / "win", 12.0)
+    assert n >= 12
+    a, b = laspy.read(whole), laspy.read(windowed)
+    assert a.header.point_format.id == b.header.point_format.id and len(a.points) == len(b.points)
+    assert list(a.point_format.dimension_names) == list(b.point_format.dimension_names)
+    for name in a.point_format.dimension_names:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+    np.testing.assert_array_equal(a.header.scales, b.header.scales)
+    np.testing.assert_array_equal(a.header.offsets, b.header.offsets)
+    assert [(v.user_id, v.record_id) for v in a.header.vlrs] == [(v.user_id, v.record_id) for v in b.header.vlrs]
+    assert not list((tmp_path / "win").glob(".lidarseg-windows-*"))      # temporary files removed
+
+
+def test_small_halo_labels_every_point_once_and_keeps_the_rest(rf, lidar_data, tmp_path):
+    src = lidar_data / TILE
+    windowed, n = _predict(rf, src, tmp_path / "win", 10.0, halo=3.0)
+    inp, out = laspy.read(src), laspy.read(windowed)
+    assert len(out.points) == len(inp.points) and n >= 20
+    for name in inp.point_format.dimension_names:
+        if name != "classification":
+            np.testing.assert_array_equal(np.asarray(inp[name]), np.asarray(out[name]), err_msg=name)
+    np.testing.assert_array_equal(np.asarray(out["classification_ref"]), np.asarray(inp.classification))
+    assert np.isin(np.asarray(out.classification), rf.class_map.output_codes).all()
+    assert np.isfinite(np.asarray(out["confidence"])).all()
+
+
+def test_a_failing_window_leaves_nothing(rf, lidar_data, tmp_path, monkeypatch):
+    from data.errors import DataError
+
+    calls = {"n": 0}
+    real = rf.model.predict
+
+    def flaky(cloud, device="cpu", anchor=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise DataError(cloud.source, "simulated failure in the third window")
+        return real(cloud, device, anchor)
+
+    monkeypatch.setattr(rf.model, "predict", flaky)
+    with pytest.raises(DataError, match="third window"):
+        _predict(rf, lidar_data / TILE, tmp_path / "win", 10.0, halo=3.0)
+    assert list((tmp_path / "win").iterdir()) == []
+
+
+def test_cli_windows_and_budget(rf_tiny_bundle, lidar_data, tmp_path):
+    """``--window`` / ``--max-memory`` reach the windowed path; a bad size is named (exit 2)."""
+    res = cli("predict", "--model", rf_tiny_bundle, "--input", lidar_data / TILE, "--out", tmp_path / "a",
+              "--window", "20")
+    assert res.returncode == 0, res.stderr
+    assert "windows of 20 m" in res.stderr
+    res = cli("predict", "--model", rf_tiny_bundle, "--input", lidar_data / TILE, "--out", tmp_path / "b",
+              "--max-memory", "1K")                      # nothing fits: the smallest windows
+    assert res.returncode == 0 and "windows of" in res.stderr, res.stderr
+    a, b = laspy.read(tmp_path / "a" / "test_data_77050_627755_LA93_IGN69.laz"), \
+        laspy.read(tmp_path / "b" / "test_data_77050_627755_LA93_IGN69.laz")
+    assert len(a.points) == len(b.points) == laspy.read(lidar_data / TILE).header.point_count
+    res = cli("predict", "--model", rf_tiny_bundle, "--input", lidar_data / TILE, "--out", tmp_path / "c",
+              "--max-memory", "lots")
+    assert res.returncode == 2 and "--max-memory lots" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "c").exists()
