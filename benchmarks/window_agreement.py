@@ -28,7 +28,7 @@ from data.sample_data import SAMPLE_DATA as DATA  # noqa: E402
 def predict(bundle: str, tile: Path, out: Path, extra: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "run.py"), "predict", "--model", bundle, "--input", str(tile),
-                    "--out", str(out), "--quiet", *extra], cwd=REPO, check=True)
+                    "--out", str(out), "--quiet", *extra], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 

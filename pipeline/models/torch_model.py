@@ -1,4 +1,4 @@
-"""The training skeleton every torch model component shares (``kpconvx``, ``point_transformer``,
+"""The training skeleton every torch model component shares (``point``, whatever its network, and
 ``ckconv_grid``): a subclass supplies its data, its network and one optimisation step.
 
 :meth:`TorchModel.fit` does, in this order::
