@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -106,6 +107,7 @@ def main() -> None:
         wall, rss = run_child([sys.executable, "-c", f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
         rows.append((n, "baseline: read_cloud alone", wall, rss))
         for path, name, settings in bundles:
+            shutil.rmtree(work / "pred", ignore_errors=True)      # no output of an earlier run to skip
             wall, rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", path, "--input",
                                    str(tile), "--out", str(work / "pred"), "--device", args.device,
                                    "--max-memory", args.max_memory,
