@@ -74,7 +74,7 @@ class PointNetworkModel(TorchModel):
 
     #: peak process memory per point of a whole cloud predicted at once (pipeline.windows
     #: sizes windows with it; measured: benchmarks/README.md, "Whole tiles in bounded memory")
-    bytes_per_point = 420.0
+    bytes_per_point = 460.0
 
     @dataclass
     class Config:
