@@ -2,6 +2,7 @@
 hold in memory (``pipeline.windows``)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Iterator
@@ -60,5 +61,5 @@ class LasChunks:
 
     def cloud(self, records: np.ndarray) -> PointCloud:
         raw_xyz, xyz = _coordinates(records, self.header.scales, self.header.offsets)
-        meta = _meta_for(self.header, self.point_format, self.evlrs, raw_xyz)
+        meta = dataclasses.replace(self.meta, raw_xyz=raw_xyz)      # the file's, parsed once
         return PointCloud(xyz, _unpack_fields(records, self.point_format), meta, str(self.path))

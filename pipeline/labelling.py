@@ -31,7 +31,7 @@ from data.locks import LOCK_NAME, folder_lock
 from data.classmap import ClassMap
 from data.errors import DataError, EmptyWindowError, UserError
 from data.bounds import Bounds
-from data.io import cloud_format, read_cloud, read_header_info, write_cloud
+from data.io import HeaderInfo, cloud_format, read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 from data.render import render_classes
 from geometry.heights import height_above_ground
@@ -156,23 +156,24 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
 
 
 def _window(model: Model, path: Path, options: OutputOptions, buffered: bool, bounds: Bounds | None,
-            memory: Memory) -> float | None:
-    """The window side (m) to predict ``path`` with (``pipeline.windows``), or None: whole."""
+            memory: Memory) -> tuple[float | None, HeaderInfo | None]:
+    """``(window side in m, header)`` to predict ``path`` with (``pipeline.windows``), or
+    ``(None, ...)``: whole. The header is read once, only for LAS/LAZ with a model that has a context."""
     halo = getattr(model, "context", None)
     if halo is None or cloud_format(path) == ".ply":
-        return None
+        return None, None
+    info = read_header_info(path)
     if memory.window is not None:
         size = memory.window
     else:
-        info = read_header_info(path)
         extent = np.asarray(info.maxs[:2], float) - np.asarray(info.mins[:2], float)
         size = window_size(info.point_count, float(np.prod(np.maximum(extent, 1.0))), halo, model.bytes_per_point,
                            memory.budget)
     if size is not None and (buffered or bounds is not None or options.preview):
         log(f"{path.name}: predicted whole, not in windows of {size:.0f} m (windows do not combine with "
             "--buffer, --bounds or --preview yet): its memory is not bounded")
-        return None
-    return size
+        return None, info
+    return size, info
 
 
 def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, device: str,
@@ -181,9 +182,8 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
                  bounds: Bounds | None = None, memory: "Memory" = None) -> tuple[Path, Path]:
     if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
-    size = _window(model, path, options, context is not None, bounds, memory or Memory())
+    size, info = _window(model, path, options, context is not None, bounds, memory or Memory())
     if size is not None:
-        info = read_header_info(path)
         warning = density_warning(path.name, bbox_density(info), train_density)
         if warning:
             log(warning)
