@@ -7,13 +7,14 @@ least the asked number of points, written once as LAZ into ``--work`` (same scal
 Baseline, measured in the same run for every tile: a child process that only reads it
 (``data.io.read_cloud``), the memory any tool that holds the cloud pays. Ours: a child process
 running ``run.py predict --model BUNDLE --input TILE --out WORK/pred --max-memory SIZE`` per
-bundle (labelled LAZ written; ``--set KEY=VALUE`` options go to the bundles that have them).
+bundle (labelled LAZ written, or ``--format copc``; ``--set KEY=VALUE`` options go to the bundles
+that have them).
 Peak memory of each child is its peak resident set size (``ru_maxrss`` from ``os.wait4``);
 flat memory means the same peak at every tile size.
 
 Usage: python benchmarks/bench_predict_memory.py --bundle models/lidarhd-kpconvx --bundle runs/lidarhd_rf_s0/model.bundle
        [--points 10000000 50000000] [--max-memory 3G] [--set votes=1 --set sampling.test_spacing=1.4]
-       [--device cpu] [--work /tmp/lidarseg_bench_big]
+       [--device cpu] [--format copc] [--work /tmp/lidarseg_bench_big]
 """
 from __future__ import annotations
 
@@ -69,6 +70,25 @@ def run_child(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024 ** 2          # ru_maxrss is in KiB on Linux
 
 
+def tile_and_baseline(work: Path, target: int) -> tuple[Path, int, tuple]:
+    """The tile of at least ``target`` points in ``work`` (built if needed), its point count and
+    the baseline row ``(points, label, wall, peak RSS)``: a child that only reads it."""
+    tile = work / f"tile_{target}.laz"
+    t = time.perf_counter()
+    n = build_tile(tile, target)
+    print(f"tile: {tile} ({n:,} points, {tile.stat().st_size / 1e6:.0f} MB LAZ; ready in "
+          f"{time.perf_counter() - t:.1f} s)", flush=True)
+    wall, rss = run_child([sys.executable, "-c", f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
+    return tile, n, (n, "baseline: read_cloud alone", wall, rss)
+
+
+def print_table(rows: list[tuple]) -> None:
+    """``(points, label, wall, peak RSS)`` rows as a Markdown table."""
+    print("\n| points | | wall | points/s | peak RSS |\n|---|---|---|---|---|")
+    for n, label, wall, rss in rows:
+        print(f"| {n:,} | {label} | {wall:.1f} s | {n / wall:.3g} | {rss:.2f} GB |")
+
+
 def bundle_settings(bundle: str, settings: list[str]) -> tuple[str, list[str]]:
     """(the bundle's model type, the ``--set`` options it has among ``settings``)."""
     from pipeline.bundle import load_bundle
@@ -88,6 +108,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a prediction option, given to the bundles that have it (e.g. votes=1)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--format", default="same", help="the output format (predict --format; e.g. copc)")
     ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
     ap.add_argument("--quick", action="store_true", help="200,000 and 400,000-point tiles (CI)")
     args = ap.parse_args()
@@ -99,26 +120,20 @@ def main() -> None:
     bundles = [(str(resolve_model(b)[0]), *bundle_settings(str(resolve_model(b)[0]), args.set)) for b in args.bundle]
     rows, peaks = [], {}
     for target in args.points:
-        tile = work / f"tile_{target}.laz"
-        t = time.perf_counter()
-        n = build_tile(tile, target)
-        print(f"tile: {tile} ({n:,} points, {tile.stat().st_size / 1e6:.0f} MB LAZ; ready in "
-              f"{time.perf_counter() - t:.1f} s)", flush=True)
-        wall, rss = run_child([sys.executable, "-c", f"from data.io import read_cloud; read_cloud({str(tile)!r})"])
-        rows.append((n, "baseline: read_cloud alone", wall, rss))
+        tile, n, baseline = tile_and_baseline(work, target)
+        rows.append(baseline)
         for path, name, settings in bundles:
             shutil.rmtree(work / "pred", ignore_errors=True)      # no output of an earlier run to skip
             wall, rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", path, "--input",
                                    str(tile), "--out", str(work / "pred"), "--device", args.device,
-                                   "--max-memory", args.max_memory,
+                                   "--max-memory", args.max_memory, "--format", args.format,
                                    *[a for kv in settings for a in ("--set", kv)], "--quiet"])
-            label = f"run.py predict {name} --max-memory {args.max_memory}" + "".join(f" --set {kv}" for kv in settings)
+            label = (f"run.py predict {name} --max-memory {args.max_memory}" + "".join(f" --set {kv}" for kv in settings)
+                     + (f" --format {args.format}" if args.format != "same" else ""))
             rows.append((n, label, wall, rss))
             peaks.setdefault(label, []).append(rss)
             print(f"{n:,} points, {label}: {wall:.1f} s, peak {rss:.2f} GB", flush=True)
-    print("\n| points | | wall | points/s | peak RSS |\n|---|---|---|---|---|")
-    for n, label, wall, rss in rows:
-        print(f"| {n:,} | {label} | {wall:.1f} s | {n / wall:.3g} | {rss:.2f} GB |")
+    print_table(rows)
     print()
     for label, values in peaks.items():
         print(f"{label}: peak RSS {' -> '.join(f'{v:.2f}' for v in values)} GB over the tile sizes "

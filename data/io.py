@@ -115,18 +115,19 @@ def read_cloud(path: str | os.PathLike, bounds: Bounds | None = None) -> PointCl
 
 
 def write_cloud(cloud: PointCloud, path: str | os.PathLike,
-                extra: dict[str, np.ndarray] | None = None) -> None:
+                extra: dict[str, np.ndarray] | None = None, las14: bool = False) -> None:
     """Write ``cloud`` to ``path`` (.las/.laz/.ply by suffix), atomically.
 
     ``extra``: ``{name: [N] array}`` written as extra dimensions (LAS extra bytes / PLY
     properties) after the cloud's own fields; a name already in ``cloud.fields`` replaces
-    that field. ``cloud`` itself is not modified.
+    that field. ``cloud`` itself is not modified. ``las14``: LAS output in a LAS 1.4 point
+    format (6-10) even when the input's legacy one would hold it.
     """
     path = Path(path)
     if cloud_format(path) == ".ply":
         write_ply(cloud, path, extra)
     else:
-        write_las(cloud, path, extra)
+        write_las(cloud, path, extra, las14)
 
 
 def read_header_info(path: str | os.PathLike) -> HeaderInfo:

@@ -457,15 +457,16 @@ def las_writer(path: str | os.PathLike, meta: LasMeta, fields: dict[str, np.ndar
 
 
 def write_las(cloud: PointCloud, path: str | os.PathLike,
-              extra: dict[str, np.ndarray] | None = None) -> None:
+              extra: dict[str, np.ndarray] | None = None, las14: bool = False) -> None:
     """Write ``cloud`` (+ ``extra`` dims) as LAS, or LAZ when the suffix is ``.laz``. Atomic
-    (:func:`las_writer` with the whole cloud as one chunk)."""
+    (:func:`las_writer` with the whole cloud as one chunk). ``las14``: a legacy point format
+    becomes its LAS 1.4 one (6-10) whatever the codes (COPC needs it)."""
     path = Path(path)
     if isinstance(cloud.meta, LasMeta) and cloud.meta.write_problem:
         raise DataError(path, f"cannot write a copy of {cloud.source}: it {cloud.meta.write_problem}")
     fields = cloud.fields_with(extra, path)
     meta = cloud.meta if isinstance(cloud.meta, LasMeta) else _new_meta(cloud)
     cls = fields.get("classification")
-    need14 = cls is not None and cls.size > 0 and int(np.max(cls)) > 31
+    need14 = las14 or (cls is not None and cls.size > 0 and int(np.max(cls)) > 31)
     with las_writer(path, meta, fields, need14) as write:
         write(cloud, fields)

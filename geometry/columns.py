@@ -66,25 +66,28 @@ def cell_column_features(xyz: np.ndarray, hag: np.ndarray, cell: float,
 
 
 def plan_knn_features(xyz: np.ndarray, k: int, workers: int = -1,
-                      index: NeighborIndex | None = None) -> dict[str, np.ndarray]:
-    """Plan-view k-NN features (module docstring) of every point.
+                      index: NeighborIndex | None = None, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Plan-view k-NN features (module docstring) of every point, or of ``rows`` only (their
+    neighbours among all points).
 
     ``index``: a 2-D ``NeighborIndex`` over ``xyz[:, :2]`` (centred) if the caller has one.
     Processed in chunks of :data:`geometry.covariance.CHUNK` points (bounded memory).
 
-    Returns ``{key: [N] float32}`` with the keys of :data:`PLAN_FEATURES`.
+    Returns ``{key: [N or len(rows)] float32}`` with the keys of :data:`PLAN_FEATURES`.
     """
     xyz = np.asarray(xyz, np.float64)
     n = len(xyz)
-    if n == 0:
-        return {key: np.zeros(0, np.float32) for key in PLAN_FEATURES}
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    m = len(rows)
+    if n == 0 or m == 0:
+        return {key: np.zeros(m, np.float32) for key in PLAN_FEATURES}
     xy = xyz[:, :2] - xyz[:, :2].mean(0)
     index = index or NeighborIndex(xy, balanced=False)
     kk = min(int(k), n)
-    out = {key: np.empty(n, np.float32) for key in PLAN_FEATURES}
-    for s in range(0, n, CHUNK):
-        q = slice(s, min(n, s + CHUNK))
-        dist, idx = index.knn(xy[q], kk, workers=workers)
+    out = {key: np.empty(m, np.float32) for key in PLAN_FEATURES}
+    for s in range(0, m, CHUNK):
+        q = slice(s, min(m, s + CHUNK))
+        dist, idx = index.knn(xy[rows[q]], kk, workers=workers)
         out["radius"][q] = dist[:, -1]
         nb = xy[idx]                                          # [m, k, 2]
         c = nb - nb.mean(1, keepdims=True)
@@ -96,5 +99,5 @@ def plan_knn_features(xyz: np.ndarray, k: int, workers: int = -1,
         out["linearity"][q] = np.where(l1 > 0, (l1 - l2) / np.where(l1 > 0, l1, 1.0), 0.0)
         zn = xyz[idx, 2]
         out["zstd"][q] = zn.std(1)
-        out["zrel"][q] = xyz[q, 2] - zn.mean(1)
+        out["zrel"][q] = xyz[rows[q], 2] - zn.mean(1)
     return out

@@ -162,8 +162,9 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
                      min_neighbors: int = 3, ground_cell: float | None = None,
                      ground_window: float = 24.0, coarse_cells: Sequence[float] = (),
                      coarse_k: int = 16, column_cells: Sequence[float] = (),
-                     plan_k: Sequence[int] = ()) -> tuple[list[str], np.ndarray]:
-    """All features of a cloud as one ``[N, F]`` float32 matrix.
+                     plan_k: Sequence[int] = (), rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+    """All features of a cloud as one ``[N, F]`` float32 matrix (``rows``: of these points only,
+    ``[len(rows), F]``; every point is still a neighbour, in the grids and the ground model).
 
     ``workers`` is passed to the k-d tree queries. One ``NeighborIndex`` is built (on coordinates centred on their mean, for precision;
     ``balanced_tree=False``: sliding-midpoint build, ~1.5x faster) and reused:
@@ -187,17 +188,21 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     """
     xyz = np.asarray(cloud.xyz, dtype=np.float64)
     n = len(xyz)
+    subset = rows is not None
+    rows = np.asarray(rows, np.int64) if subset else np.arange(n)
+    m = len(rows)
     names = feature_names(k=k, radii=radii, height_cells=height_cells, intensity=intensity,
                           returns=returns, fields=cloud.fields.keys(), ground_cell=ground_cell,
                           coarse_cells=coarse_cells, coarse_k=coarse_k, column_cells=column_cells, plan_k=plan_k)
     # the result, column-major [N, F] (each feature contiguous: 5x faster to fill than C
     # order); the covariance features are written into their rows directly
-    xt = np.empty((len(names), n), np.float32)
+    xt = np.empty((len(names), m), np.float32)
     first: dict[str, int] = {}
     for j, nm in enumerate(names):
         first.setdefault(nm, j)                # a scale given twice (k: [16, 16]) repeats its columns
     row = {nm: xt[j] for nm, j in first.items()}
-    cols: dict[str, np.ndarray] = {}
+    cols: dict[str, np.ndarray] = {}      # [N] values of every point
+    of_rows: dict[str, np.ndarray] = {}   # [m] values of the rows
     local = xyz - (xyz.mean(0) if n else 0.0)
     # Height features need no neighbours: they run in a second thread (NumPy releases the GIL
     # in sorts and reductions), started at once so that they use the core the serial tree
@@ -216,33 +221,33 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
         return res
 
     heights = pool.submit(heights_work)
-    if (k or radii) and n:
+    if (k or radii) and m:
         index = NeighborIndex(local, balanced=False)  # faster build (sliding midpoint), same queries
         shapes = CovarianceFeatures(local)
         ks = sorted({int(v) for v in k})
         kmax = min(ks[-1], n) if ks else 0
-        m = min(int(radius_max_neighbors), n)
+        cap = min(int(radius_max_neighbors), n)
         # queries a block at a time: neighbour tables of QUERY_BLOCK rows (cache-sized, reused
         # memory) instead of [N, k] ones, each block's features written into the result's rows
-        for start in range(0, n, QUERY_BLOCK):
-            stop = min(n, start + QUERY_BLOCK)
-            q = local[start:stop]
+        for start in range(0, m, QUERY_BLOCK):
+            stop = min(m, start + QUERY_BLOCK)
+            q = local[rows[start:stop]]
             tables = []
             if ks:
                 _, idx = index.knn(q, kmax, workers=workers)
                 tables += [(f"k{kk}", idx[:, :kk]) for kk in ks]
             for r in radii:
-                tables.append((f"r{_fmt(r)}", index.knn(q, m, radius=r, workers=workers)[1]))
+                tables.append((f"r{_fmt(r)}", index.knn(q, cap, radius=r, workers=workers)[1]))
             for prefix, table in tables:
                 into = {f: row[f"{prefix}_{f}"][start:stop] for f in COVARIANCE_FEATURES}
                 shapes.compute(table, q, min_neighbors, workers=workers, out=into)
     for g in coarse_cells:
         cols.update(_coarse_features(local, g, coarse_k, min_neighbors, workers, n))
-    if plan_k and n:
+    if plan_k and m:
         plan_index = NeighborIndex(local[:, :2], balanced=False)
         for kk in plan_k:
-            cols.update({f"xy{int(kk)}_{f}": v for f, v in
-                         plan_knn_features(local, kk, workers, plan_index).items()})
+            of_rows.update({f"xy{int(kk)}_{f}": v for f, v in
+                            plan_knn_features(local, kk, workers, plan_index, rows).items()})
     try:
         height_results = heights.result()
     finally:
@@ -256,8 +261,10 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     for j, nm in enumerate(names):
         if first[nm] != j:            # a repeated name: the values of its first column
             xt[j] = xt[first[nm]]
-        elif nm in cols:              # (the covariance features are in their rows already)
-            xt[j] = cols.pop(nm)
+        elif nm in of_rows:           # (the covariance features are in their rows already)
+            xt[j] = of_rows.pop(nm)
+        elif nm in cols:
+            xt[j] = cols.pop(nm)[rows] if subset else cols.pop(nm)
     # NaN and inf propagate into a float64 row sum: one pass without a [F, N] mask; the full
     # check and repair run only when a sum is not finite (none is expected)
     if not np.isfinite(np.add.reduce(xt, axis=1, dtype=np.float64)).all():

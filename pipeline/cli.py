@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pipeline import distributed
-from pipeline.layouts import LAYOUTS
+from pipeline.layouts import LAYOUTS, OUTPUT_FORMATS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--probabilities", action="store_true", help="also write prob_<class> extra dimensions")
-    p.add_argument("--format", choices=["same", "las", "laz"], default="same", help="output format")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="same",
+                   help="output format: same as the input, las, laz, or copc (<stem>.copc.laz: a Cloud Optimized "
+                        "Point Cloud QGIS streams; points in octree order, not input order)")
     p.add_argument("--layout", choices=sorted(LAYOUTS), default="lidarseg",
                    help="lidarseg: predicted code in classification, the input's in classification_ref; "
                         "myria3d: new PredictedClassification + entropy + one dimension per class, "

@@ -10,7 +10,9 @@ extras in one of the layouts of ``pipeline.layouts`` (default ``lidarseg``:
 ``classification`` = predicted code (first code of the class), ``classification_ref`` = the
 input's, ``confidence``, ``entropy``, optionally ``prob_<class>``; ``myria3d``: a new
 ``PredictedClassification``, ``entropy`` and one dimension per class), optionally with
-vegetation written back as ASPRS 3/4/5 by height above the ground model.
+vegetation written back as ASPRS 3/4/5 by height above the ground model. Format ``copc``
+writes ``<stem>.copc.laz`` instead (``data.copc``): the same points, dimensions, VLRs and CRS
+in a LAS 1.4 point format, in octree order.
 
 A model's :class:`~pipeline.models.base.Prediction` may carry a 2-D
 :class:`~pipeline.models.base.GridProduct` (grid models, e.g. ``ckconv_grid``); it is written
@@ -20,6 +22,7 @@ probabilities are asked, ``<stem>_class.png`` (preview), in the cloud's CRS.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +34,7 @@ from data.locks import LOCK_NAME, folder_lock
 from data.classmap import ClassMap
 from data.errors import DataError, EmptyWindowError, UserError
 from data.bounds import Bounds
+from data.copc import COPC_POINT_FORMATS, copc_output
 from data.io import HeaderInfo, cloud_format, read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 from data.render import render_classes
@@ -126,6 +130,11 @@ def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: C
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
+    """Where ``path`` labelled goes: ``out_dir/<stem><suffix>``; the suffix is the input's for
+    ``same``, ``.copc.laz`` for ``copc`` (a ``.copc`` ending of the stem is not repeated)."""
+    if fmt == "copc":
+        stem = path.stem[:-5] if path.stem.lower().endswith(".copc") else path.stem
+        return out_dir / f"{stem}.copc.laz"
     suffix = cloud_format(path) if fmt == "same" else f".{fmt}"
     return out_dir / f"{path.stem}{suffix}"
 
@@ -180,17 +189,24 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
                  options: OutputOptions, fmt: str, train_density: dict[str, float] | None,
                  context: tuple[NeighbourContext, int] | None = None,
                  bounds: Bounds | None = None, memory: "Memory" = None) -> tuple[Path, Path]:
-    if fmt in ("las", "laz") and path.suffix.lower() == ".ply":
-        raise DataError(path, f"cannot write PLY input as .{fmt}; use format 'same'")
+    if fmt != "same" and path.suffix.lower() == ".ply":
+        raise DataError(path, f"cannot write PLY input as {fmt.upper()}; use format 'same'")
+    copc = fmt == "copc"
+    if copc:
+        pf = read_header_info(path).point_format
+        if pf not in range(4) and pf not in COPC_POINT_FORMATS:
+            raise DataError(path, f"point format {pf} (waveform) cannot be written as COPC, which holds "
+                                  "formats 6-8; use --format laz")
+    target = output_path(path, out_dir, fmt)
     size, info = _window(model, path, options, context is not None, bounds, memory or Memory())
     if size is not None:
         warning = density_warning(path.name, bbox_density(info), train_density)
         if warning:
             log(warning)
-        target = output_path(path, out_dir, fmt)
-        predict_windowed(model, class_map, path, target, device=device, grid_size=size, halo=model.context,
-                         anchor=np.asarray(info.mins, np.float64),
-                         label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
+        with copc_output(target) if copc else nullcontext(target) as dest:
+            predict_windowed(model, class_map, path, dest, device=device, grid_size=size, halo=model.context,
+                             anchor=np.asarray(info.mins, np.float64), las14=copc,
+                             label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
         log(f"{path.name}: {info.point_count:,} points -> {target}")
         return path, target
     cloud = read_cloud(path, bounds=bounds)
@@ -208,8 +224,8 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
             log(f"{path.name}: {len(buffered) - len(cloud):,} points of neighbouring files as context")
         result = own_part(model.predict(buffered, device), cloud)
     labelled, extras = labelled_cloud(cloud, result.proba, class_map, options)
-    target = output_path(path, out_dir, fmt)
-    write_cloud(labelled, target, extra=extras)
+    with copc_output(target) if copc else nullcontext(target) as dest:
+        write_cloud(labelled, dest, extra=extras, las14=copc)
     log(f"{path.name}: {len(cloud):,} points -> {target}")
     if options.preview:
         view = write_view(labelled, extras, class_map, out_dir / f"{path.stem}_view.png", path.stem)

@@ -28,6 +28,9 @@ from data.classmap import ClassMap
 from data.errors import UserError
 
 VEGETATION_CODES = (3, 4, 5)
+#: file formats of a labelled cloud (``predict --format``, the predict step's ``format``): the
+#: input's own, LAS, LAZ, or COPC (``<stem>.copc.laz``, ``data.copc``)
+OUTPUT_FORMATS = ("same", "las", "laz", "copc")
 
 
 @dataclass(frozen=True)

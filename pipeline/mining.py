@@ -52,7 +52,9 @@ class FeatureConfig:
                    + list(self.radii) + [2 * c for c in self.coarse_cells] + list(self.column_cells))
 
 
-def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
+def mine(cloud: PointCloud, cfg: FeatureConfig, rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+    """``(names, [N or len(rows), F] float32)``: the features of every point, or of ``rows``
+    only (the other points still neighbours)."""
     from geometry.features import compute_features
     from geometry.heights import GridSizeError
 
@@ -62,7 +64,7 @@ def mine(cloud: PointCloud, cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
                                          returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
                                          ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
                                          coarse_k=cfg.coarse_k, column_cells=tuple(cfg.column_cells),
-                                         plan_k=tuple(cfg.plan_k))
+                                         plan_k=tuple(cfg.plan_k), rows=rows)
     except GridSizeError as exc:
         raise UserError(f"{cloud.source or 'point cloud'}: features: {exc}") from None
     if cfg.normals:

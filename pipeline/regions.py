@@ -243,6 +243,16 @@ def coverage_centers(xyz: np.ndarray, cfg: SamplingConfig, offset: float = 0.0,
     return centers
 
 
+def reaching(centers: np.ndarray, points: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """``[m]`` bool: the centres whose region can hold a point of ``points`` (within the region
+    radius of their bounding box: in plan for cylinders, in 3-D for spheres)."""
+    dims = 3 if cfg.shape == "sphere" else 2
+    if len(points) == 0:
+        return np.zeros(len(centers), bool)
+    lo, hi = points[:, :dims].min(0) - cfg.radius, points[:, :dims].max(0) + cfg.radius
+    return np.all((centers[:, :dims] >= lo) & (centers[:, :dims] <= hi), axis=1)
+
+
 def iter_passes(regions: Iterable[Region], points_per_pass: int) -> Iterator[list[Region]]:
     """Consecutive groups of regions holding at most ``points_per_pass`` points (at least one)."""
     group: list[Region] = []
@@ -267,7 +277,8 @@ def vote_pose(vote: int, votes: int) -> tuple[float, float]:
 def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
                      run_pass: Callable[[list[Region], float], np.ndarray], *, votes: int = 1,
                      points_per_pass: int = 200_000, progress: Callable = lambda it, **kw: it,
-                     chunk: int = 64, workers: int = 1, anchor: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                     chunk: int = 64, workers: int = 1, anchor: np.ndarray | None = None,
+                     targets: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Average per-point probabilities over overlapping regions covering ``xyz``.
 
     ``run_pass(regions, angle) -> [sum of region sizes, num_classes]`` probabilities of the
@@ -278,7 +289,11 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     whatever ``N``. With ``workers > 1``, that many passes run at once in threads (``run_pass``
     must be thread-safe) while this thread builds the next regions and adds up the results,
     in pass order (the sums are the same as with one worker). ``anchor``: where the coverage
-    grid starts (:func:`coverage_centers`).
+    grid starts (:func:`coverage_centers`). ``targets`` ``[N]`` bool: only the regions that
+    can reach one of these points run (centres within the region radius of the targets' box:
+    every region holding a target is kept, so the targets' sums are unchanged); the other
+    points' rows are uniform where no kept region reached them, and only targets count as
+    unreached.
     """
     n = len(xyz)
     acc = np.zeros((n, num_classes), np.float32)
@@ -298,6 +313,8 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
         for vote in range(votes):
             offset, angle = vote_pose(vote, votes)
             centers = coverage_centers(xyz, cfg, offset=offset, anchor=anchor)
+            if targets is not None:
+                centers = centers[reaching(centers, xyz[targets], cfg)]
             starts = range(0, len(centers), chunk)
             chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
             regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))
@@ -323,6 +340,9 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
                 add(done, fut.result())
     reached = cnt > 0
     acc[reached] /= cnt[reached, None]
+    if targets is not None:
+        acc[~reached & ~targets] = 1.0 / num_classes
+        reached |= ~targets
     missing = int((~reached).sum())
     if missing:
         if not reached.any():

@@ -8,7 +8,9 @@ chunk or one window, never the tile:
 1. spill: the file is read :data:`CHUNK` records at a time; each record is appended (raw
    bytes, with its index in the file) to the temporary file of every window whose core plus
    halo holds it;
-2. predict: each window's records become a cloud, the model labels it
+2. predict: each window's records become a cloud, the model predicts its core points with the
+   halo as context only (``targets``: KPConvX runs the regions that reach the core, the forest
+   mines and classifies the core's points), the cloud is labelled
    (``pipeline.labelling.labelled_cloud``), and its core points' new fields go, with their
    indices, to per-chunk result files (chunk ``k`` holds the points ``k*CHUNK ..``);
 3. write: the file is read again chunk by chunk, each chunk's results scattered back by
@@ -135,11 +137,11 @@ def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.nd
 
 
 def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, *, device: str,
-                     grid_size: float, halo: float, anchor: np.ndarray, label: Any) -> int:
+                     grid_size: float, halo: float, anchor: np.ndarray, label: Any, las14: bool = False) -> int:
     """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba)``
     -> ``(labelled cloud, extras)`` (``pipeline.labelling.labelled_cloud`` with the options);
     ``anchor``: the tile's minimum, where every window's model grids start. Returns the number
-    of windows."""
+    of windows. ``las14``: a LAS 1.4 point format whatever the codes (``data.io.write_cloud``)."""
     chunks = LasChunks(path)
     if chunks.problems:
         raise DataError(path, f"corrupt LAZ ({'; '.join(chunks.problems)}); windowed prediction reads files "
@@ -156,7 +158,7 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
         log(f"{path.name}: {chunks.point_count:,} points in {len(windows)} windows of {grid.size:.0f} m "
             f"(+{grid.halo:.0f} m halo)")
         out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor)
-        _write_merged(chunks, target, tmp, out_dtype, class_map)
+        _write_merged(chunks, target, tmp, out_dtype, class_map, las14)
     except OSError as exc:
         from data.atomic import disk_error
 
@@ -180,7 +182,7 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
         core = grid.core(cloud.xyz[:, :2]) == w
         if not core.any():
             continue
-        result = model.predict(cloud, device, anchor=anchor)
+        result = model.predict(cloud, device, anchor=anchor, targets=core)   # the halo is context only
         if result.grid is not None:
             raise UserError(f"{chunks.path}: windowed prediction writes labelled points only; this model also "
                             "writes a map (set geotiff: false, or give more --max-memory)")
@@ -205,7 +207,8 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
     return out_dtype
 
 
-def _write_merged(chunks: LasChunks, target: Path, tmp: Path, out_dtype: np.dtype, class_map: ClassMap) -> None:
+def _write_merged(chunks: LasChunks, target: Path, tmp: Path, out_dtype: np.dtype, class_map: ClassMap,
+                  las14: bool) -> None:
     """Pass 3: the file again, chunk by chunk, with the predicted fields scattered back by index."""
     names = out_dtype.names[1:]
 
@@ -227,7 +230,7 @@ def _write_merged(chunks: LasChunks, target: Path, tmp: Path, out_dtype: np.dtyp
             fields[k] = col
         return cloud, fields
 
-    need14 = "classification" in names and max(max(class_map.output_codes), 5) > 31
+    need14 = las14 or ("classification" in names and max(max(class_map.output_codes), 5) > 31)
     it = iter(progress(chunks.records(CHUNK), "windows: write", total=-(-chunks.point_count // CHUNK),
                        unit="chunk"))
     first = merged(*next(it))

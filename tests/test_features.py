@@ -240,3 +240,21 @@ def test_a_scale_given_twice_repeats_its_columns():
     ref_names, ref = compute_features(cloud, k=(16,), height_cells=(2.0,))
     for j, name in enumerate(names):
         np.testing.assert_array_equal(x[:, j], ref[:, ref_names.index(name)], err_msg=name)
+
+
+def test_features_of_some_rows_are_those_rows_of_all():
+    """``rows``: the features of those points only (a window's core), every point still a
+    neighbour: equal to the full matrix's rows, every kind of feature included."""
+    import laspy
+    las = laspy.read(TEST_TILES[0])
+    fields = {name: np.asarray(las[name]) for name in ("intensity", "return_number", "number_of_returns")}
+    cloud = PointCloud(np.stack([las.x, las.y, las.z], 1), fields)
+    kw = dict(k=(8, 16), radii=(1.0,), height_cells=(2.0,), ground_cell=1.0, coarse_cells=(2.0,),
+              column_cells=(1.0,), plan_k=(12,))
+    names, x = compute_features(cloud, **kw)
+    xy = cloud.xyz[:, :2]
+    rows = np.flatnonzero((xy[:, 0] < np.median(xy[:, 0])) & (xy[:, 1] > np.percentile(xy[:, 1], 30)))
+    sub_names, sub = compute_features(cloud, rows=rows, **kw)
+    assert sub_names == names and sub.shape == (len(rows), len(names))
+    assert {"xy12_zrel", "r1.0_planarity", "col1.0_rank", "hag_ground", "intensity", "hag3_c2.0"} <= set(names)
+    np.testing.assert_array_equal(sub, x[rows])

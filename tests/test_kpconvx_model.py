@@ -464,3 +464,30 @@ def test_thinned_regions_keep_a_share_of_their_points():
     assert r.thinned(1.0, rng) is r
     with pytest.raises(Exception, match="thin must be"):
         AugmentConfig(thin=[0.0, 1.0])
+
+
+@pytest.mark.parametrize("shape", ["sphere", "cylinder"])
+def test_coverage_of_targets_runs_fewer_regions_and_keeps_their_sums(shape):
+    """``targets``: only regions that can reach a target run; the targets' probabilities are
+    the sums of the same regions as without ``targets``."""
+    from pipeline.regions import SamplingConfig, predict_coverage
+
+    rng = np.random.default_rng(4)
+    xyz = np.c_[rng.uniform(0, 80, (8000, 2)), rng.uniform(0, 20, 8000)]
+    cfg = SamplingConfig(shape=shape, radius=5.0, max_points=300, test_spacing=1.0)
+    targets = (xyz[:, 0] > 30) & (xyz[:, 0] < 50) & (xyz[:, 1] > 20) & (xyz[:, 1] < 45)
+    ran = []
+
+    def run_pass(regions, angle):
+        ran.append(sum(len(r.index) for r in regions))
+        idx = np.concatenate([r.index for r in regions])
+        xy = np.concatenate([r.xyz[:, :2] for r in regions])           # depends on the region too
+        p = np.stack([np.sin(idx * 0.37 + xy[:, 0]), np.cos(idx * 0.11 - xy[:, 1]), np.full(len(idx), 0.5)], 1)
+        return np.abs(p).astype(np.float32)
+
+    whole, _ = predict_coverage(xyz, 3, cfg, run_pass, votes=2, points_per_pass=2000)
+    work_whole, ran[:] = sum(ran), []
+    part, missing = predict_coverage(xyz, 3, cfg, run_pass, votes=2, points_per_pass=2000, targets=targets)
+    assert sum(ran) < 0.6 * work_whole
+    np.testing.assert_allclose(part[targets], whole[targets], rtol=1e-6)
+    assert missing == 0 and np.allclose(part[~targets].sum(1) > 0, True)

@@ -119,11 +119,11 @@ def test_a_failing_window_leaves_nothing(rf, lidar_data, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = rf.model.predict
 
-    def flaky(cloud, device="cpu", anchor=None):
+    def flaky(cloud, device="cpu", anchor=None, targets=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise DataError(cloud.source, "simulated failure in the third window")
-        return real(cloud, device, anchor)
+        return real(cloud, device, anchor, targets)
 
     monkeypatch.setattr(rf.model, "predict", flaky)
     with pytest.raises(DataError, match="third window"):

@@ -106,10 +106,14 @@ class Model(Protocol):
         """Metres around a point whose points its label depends on (a window's halo), or None
         when the model cannot predict a tile window by window."""
 
-    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
+                targets: np.ndarray | None = None) -> Prediction:
         """Probabilities ``[N, num_classes]`` float32 for every point of ``cloud`` (input order),
         and a grid model's 2-D products. ``anchor`` ``[3]``: where the model's placement grids
-        start (default: the cloud's minimum; a window of a tile passes the tile's)."""
+        start (default: the cloud's minimum; a window of a tile passes the tile's). ``targets``
+        ``[N]`` bool: the points whose probabilities are wanted (a window's core); the others
+        are context only, their rows any distribution, and a model may skip their work. The
+        targets' rows are the ones a call without ``targets`` gives."""
 
     def save(self, folder: Path) -> None:
         """Write weights into ``folder`` (relative file names only)."""

@@ -276,9 +276,11 @@ class CKConvGridModel(TorchModel):
             return None
         return self.config.crop * self.config.cell_size / 2 + self.config.ground_window
 
-    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
+                targets: np.ndarray | None = None) -> Prediction:
         """Per-point probabilities (each point takes its cell's / voxel's) and, with ``geotiff``,
-        the 2-D map (voxel mode: the top-most occupied voxel of each column)."""
+        the 2-D map (voxel mode: the top-most occupied voxel of each column). Every point is
+        predicted (``targets`` changes nothing: the grid is one pass)."""
         g = self._grid(cloud, None)
         if g.x.shape[-1] != self.in_dim:
             raise DataError(cloud.source, f"grid has {g.x.shape[-1]} input channels, the model {self.in_dim}")

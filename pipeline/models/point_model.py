@@ -234,7 +234,7 @@ class PointNetworkModel(TorchModel):
 
     # -- inference ----------------------------------------------------------------------
     def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int,
-               anchor: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+               anchor: np.ndarray | None = None, targets: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         import torch
 
         cfg = self.config
@@ -249,6 +249,7 @@ class PointNetworkModel(TorchModel):
         with pass_workers(device) as workers:
             return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_pass, votes=votes,
                                     points_per_pass=cfg.points_per_pass, workers=workers, anchor=anchor,
+                                    targets=targets,
                                     progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
 
     @property
@@ -257,17 +258,20 @@ class PointNetworkModel(TorchModel):
         (2 radii) and the ground model and height blocks of its channels."""
         return 2 * self.config.sampling.radius + max(GROUND_WINDOW, 1.5 * self.config.height_cell)
 
-    def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> np.ndarray:
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
+                      targets: np.ndarray | None = None) -> np.ndarray:
         self.to_device(device)
         feats = point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell)
-        proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes, anchor)
+        proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes, anchor,
+                                     targets)
         if missing:
             log(f"{cloud.source}: {missing:,} of {len(cloud):,} points reached by no region "
                 f"(max_points cap); they take the prediction of the nearest reached point")
         return proba.astype(np.float32)
 
-    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
-        return Prediction(self.predict_proba(cloud, device, anchor))
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
+                targets: np.ndarray | None = None) -> Prediction:
+        return Prediction(self.predict_proba(cloud, device, anchor, targets))
 
     # -- bundle -------------------------------------------------------------------------
     def save(self, folder: Path) -> None:

@@ -146,21 +146,30 @@ class RandomForestModel:
         """Metres around a point whose points its features read (``FeatureConfig.context``)."""
         return self.config.features.context
 
-    def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> np.ndarray:
-        names, feats = mine(cloud, self.config.features)
+    def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
+                      targets: np.ndarray | None = None) -> np.ndarray:
+        """``[N, C]``; with ``targets`` only their features are mined and classified (the
+        others are neighbours only; their rows are uniform)."""
+        rows = None if targets is None else np.flatnonzero(targets)
+        names, feats = mine(cloud, self.config.features, rows)
         self._check_names(names, cloud.source)
-        proba = np.zeros((len(cloud), self.class_map.num_classes), dtype=np.float32)
+        proba = np.zeros((len(feats), self.class_map.num_classes), dtype=np.float32)
         chunk = 200_000
-        for start in range(0, len(cloud), chunk):
+        for start in range(0, len(feats), chunk):
             part = self.estimator.predict_proba(feats[start:start + chunk])
             proba[start:start + chunk][:, self.estimator.classes_] = part
         if self.prior_ratio is not None:
             proba *= self.prior_ratio
             proba /= np.maximum(proba.sum(1, keepdims=True), 1e-12)
-        return proba
+        if rows is None:
+            return proba
+        full = np.full((len(cloud), self.class_map.num_classes), 1 / self.class_map.num_classes, np.float32)
+        full[rows] = proba
+        return full
 
-    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None) -> Prediction:
-        return Prediction(self.predict_proba(cloud, device))
+    def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
+                targets: np.ndarray | None = None) -> Prediction:
+        return Prediction(self.predict_proba(cloud, device, targets=targets))
 
     # -- bundle -------------------------------------------------------------------------
     #: the only types a bundle's ``random_forest.skops`` may hold beyond skops' own trusted

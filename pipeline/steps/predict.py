@@ -8,7 +8,7 @@ from data.bounds import Bounds, bounds_problem
 from data.errors import UserError
 from pipeline.bundle import load_bundle
 from pipeline.labelling import Memory, OutputOptions, predict_with_bundle
-from pipeline.layouts import check_vegetation_heights, vegetation_heights_problem
+from pipeline.layouts import OUTPUT_FORMATS, check_vegetation_heights, vegetation_heights_problem
 from pipeline.registry import STEPS
 from pipeline.schema import SpecError, option
 from pipeline.shipped import resolve_model, shipped_models
@@ -25,7 +25,7 @@ class PredictStep:
         name: str = "predict"
         output: str = "predictions"     # folder inside the run's output folder
         probabilities: bool = False     # also write prob_<class> extra dimensions
-        format: Literal["same", "las", "laz"] = "same"
+        format: Literal[OUTPUT_FORMATS] = "same"   # "copc": <stem>.copc.laz (data/copc.py)
         layout: Literal["lidarseg", "myria3d"] = "lidarseg"   # where predictions go (pipeline/layouts.py)
         vegetation_heights: list[float] | None = None   # [low, high] m: vegetation written as ASPRS 3/4/5
         preview: bool = False           # <stem>_view.png: top and oblique views (data/render.py)
