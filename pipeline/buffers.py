@@ -84,33 +84,46 @@ class NeighbourContext:
         near = [j for j in range(len(self.inputs)) if box.meets(self.lo[j], self.hi[j])]
         return [j for j in near if j != i or self.bounds is not None]
 
+    def same_crs(self, i: int, j: int) -> bool:
+        """Whether neighbour ``j`` may be context for input ``i`` (a line says why not)."""
+        if self.crs[j] != self.crs[i]:
+            log(f"warning: {self.inputs[i].name}: neighbour {self.inputs[j].name} has another CRS; "
+                "not used as context")
+            return False
+        return True
+
     def with_context(self, i: int, cloud: PointCloud) -> PointCloud:
         """``cloud`` (input ``i``, inside the window if any) followed by the context points."""
         box = self.context_box(i)
-        xyz, fields = [cloud.xyz], {k: [v] for k, v in cloud.fields.items()}
+        others = []
         for j in self.neighbours(i):
-            if self.crs[j] != self.crs[i]:
-                log(f"warning: {self.inputs[i].name}: neighbour {self.inputs[j].name} has another CRS; "
-                    "not used as context")
+            if not self.same_crs(i, j):
                 continue
             other = self._points_in(j, box)
             if other is not None and j == i:      # the file's own points outside the window
                 outside = ~self.bounds.contains(other.xyz)
                 other = other.subset(outside) if outside.any() else None
-            if other is None:
-                continue
-            missing = [k for k in cloud.fields if k not in other.fields]
-            if missing:
-                log(f"warning: {self.inputs[i].name}: neighbour {self.inputs[j].name} lacks "
-                    f"{', '.join(missing)}; not used as context")
-                continue
-            xyz.append(other.xyz)
-            for k in fields:
-                fields[k].append(other.fields[k].astype(cloud.fields[k].dtype, copy=False))
-        if len(xyz) == 1:
-            return cloud
-        return PointCloud(np.concatenate(xyz), {k: np.concatenate(v) for k, v in fields.items()},
-                          cloud.meta, cloud.source)
+            if other is not None:
+                others.append((self.inputs[j].name, other))
+        return appended(cloud, others, self.inputs[i].name)
+
+
+def appended(cloud: PointCloud, others: list[tuple[str, PointCloud]], name: str) -> PointCloud:
+    """``cloud`` followed by the points of each ``(neighbour name, points)`` that has every field
+    of ``cloud`` (cast to its dtypes; a neighbour lacking one is left out, with a warning)."""
+    xyz, fields = [cloud.xyz], {k: [v] for k, v in cloud.fields.items()}
+    for other_name, other in others:
+        missing = [k for k in cloud.fields if k not in other.fields]
+        if missing:
+            log(f"warning: {name}: neighbour {other_name} lacks {', '.join(missing)}; not used as context")
+            continue
+        xyz.append(other.xyz)
+        for k in fields:
+            fields[k].append(other.fields[k].astype(cloud.fields[k].dtype, copy=False))
+    if len(xyz) == 1:
+        return cloud
+    return PointCloud(np.concatenate(xyz), {k: np.concatenate(v) for k, v in fields.items()},
+                      cloud.meta, cloud.source)
 
 
 def own_part(result: Prediction, cloud: PointCloud) -> Prediction:

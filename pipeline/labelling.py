@@ -164,7 +164,7 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
     return written
 
 
-def _window(model: Model, path: Path, options: OutputOptions, buffered: bool, bounds: Bounds | None,
+def _window(model: Model, path: Path, options: OutputOptions, bounds: Bounds | None,
             memory: Memory) -> tuple[float | None, HeaderInfo | None]:
     """``(window side in m, header)`` to predict ``path`` with (``pipeline.windows``), or
     ``(None, ...)``: whole. The header is read once, only for LAS/LAZ with a model that has a context."""
@@ -178,9 +178,9 @@ def _window(model: Model, path: Path, options: OutputOptions, buffered: bool, bo
         extent = np.asarray(info.maxs[:2], float) - np.asarray(info.mins[:2], float)
         size = window_size(info.point_count, float(np.prod(np.maximum(extent, 1.0))), halo, model.bytes_per_point,
                            memory.budget)
-    if size is not None and (buffered or bounds is not None or options.preview):
+    if size is not None and (bounds is not None or options.preview):
         log(f"{path.name}: predicted whole, not in windows of {size:.0f} m (windows do not combine with "
-            "--buffer, --bounds or --preview yet): its memory is not bounded")
+            "--bounds or --preview yet): its memory is not bounded")
         return None, info
     return size, info
 
@@ -198,14 +198,14 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
             raise DataError(path, f"point format {pf} (waveform) cannot be written as COPC, which holds "
                                   "formats 6-8; use --format laz")
     target = output_path(path, out_dir, fmt)
-    size, info = _window(model, path, options, context is not None, bounds, memory or Memory())
+    size, info = _window(model, path, options, bounds, memory or Memory())
     if size is not None:
         warning = density_warning(path.name, bbox_density(info), train_density)
         if warning:
             log(warning)
         with copc_output(target) if copc else nullcontext(target) as dest:
             predict_windowed(model, class_map, path, dest, device=device, grid_size=size, halo=model.context,
-                             anchor=np.asarray(info.mins, np.float64), las14=copc,
+                             anchor=np.asarray(info.mins, np.float64), las14=copc, context=context,
                              label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
         log(f"{path.name}: {info.point_count:,} points -> {target}")
         return path, target

@@ -7,7 +7,8 @@ chunk or one window, never the tile:
 
 1. spill: the file is read :data:`CHUNK` records at a time; each record is appended (raw
    bytes, with its index in the file) to the temporary file of every window whose core plus
-   halo holds it;
+   halo holds it; with ``--buffer``, the neighbouring inputs' points within the buffer go to
+   the windows whose halo holds them too (``w<id>.c<j>``, each neighbour's own records);
 2. predict: each window's records become a cloud, the model predicts its core points with the
    halo as context only (``targets``: KPConvX runs the regions that reach the core, the forest
    mines and classifies the core's points), the cloud is labelled
@@ -29,16 +30,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from data.classmap import ClassMap
 from data.errors import DataError, UserError
+from data.io import cloud_format
 from data.las import las_writer
 from data.las_stream import LasChunks
 from data.pointcloud import PointCloud
 
+from .buffers import NeighbourContext, appended, own_part
 from .progress import log, progress
 
 #: records per streaming chunk (passes 1 and 3) and per result file
@@ -75,12 +78,13 @@ class WindowGrid:
         i, j = self._cells(xy)
         return np.clip(i, 0, self.nx - 1) * self.ny + np.clip(j, 0, self.ny - 1)
 
-    def members(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def members(self, xy: np.ndarray, own: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, windows)``: every (point, window) pair whose core plus halo holds the point
-        (always its own core window, even for a point outside the header's box)."""
+        (with ``own``, always its own core window, even for a point outside the header's box;
+        without, only halos: a neighbouring file's points)."""
         i, j = self._cells(xy)
         reach = max(1, math.ceil(self.halo / self.size))
-        rows, wins = [np.arange(len(xy))], [self.core(xy)]
+        rows, wins = ([np.arange(len(xy))], [self.core(xy)]) if own else ([], [])
         for di in range(-reach, reach + 1):
             wi = i + di
             lo_x = self.x0 + wi * self.size - self.halo
@@ -93,7 +97,7 @@ class WindowGrid:
                 rows.append(r)
                 wins.append(wi[r] * self.ny + wj[r])
         count = self.nx * self.ny
-        pair = np.unique(np.concatenate(rows) * count + np.concatenate(wins))      # each pair once
+        pair = np.unique(np.concatenate(rows).astype(np.int64) * count + np.concatenate(wins))   # each pair once
         return pair // count, pair % count
 
 
@@ -112,21 +116,70 @@ def _append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path) -> tuple[np.dtype, list[int]]:
-    """Pass 1: each record into the file of every window holding it (``w<id>.rec`` + ``.idx``)."""
-    dtype, seen = None, set()
+def _by_window(rows: np.ndarray, wins: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(window, its rows)`` of ``(rows, windows)`` pairs."""
+    order = np.argsort(wins, kind="stable")
+    rows, wins = rows[order], wins[order]
+    cuts = np.flatnonzero(np.diff(wins)) + 1
+    for part_rows, w in zip(np.split(rows, cuts), wins[np.r_[0, cuts]] if len(wins) else []):
+        yield int(w), part_rows
+
+
+def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path) -> tuple[np.dtype, list[int], set[str]]:
+    """Pass 1: each record into the file of every window holding it (``w<id>.rec`` + ``.idx``).
+    Returns the records' dtype, the windows that hold points and the cloud's field names."""
+    dtype, seen, names = None, set(), set()
     for start, arr in progress(chunks.records(CHUNK), "windows: spill", total=-(-chunks.point_count // CHUNK),
                                unit="chunk"):
-        dtype = arr.dtype
-        rows, wins = grid.members(chunks.xyz(arr)[:, :2])
-        order = np.argsort(wins, kind="stable")
-        rows, wins = rows[order], wins[order]
-        cuts = np.flatnonzero(np.diff(wins)) + 1
-        for part_rows, w in zip(np.split(rows, cuts), wins[np.r_[0, cuts]] if len(wins) else []):
+        if dtype is None:
+            dtype, names = arr.dtype, set(chunks.cloud(arr[:1]).fields)
+        for w, part_rows in _by_window(*grid.members(chunks.xyz(arr)[:, :2])):
             _append(tmp / f"w{w}.rec", arr[part_rows].tobytes())
             _append(tmp / f"w{w}.idx", (part_rows + start).astype(np.int64).tobytes())
-            seen.add(int(w))
-    return dtype, sorted(seen)
+            seen.add(w)
+    return dtype, sorted(seen), names
+
+
+def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tmp: Path,
+                   names: set[str]) -> list[tuple[int, LasChunks, np.dtype]]:
+    """Pass 1 for ``--buffer``: the neighbouring inputs' points within the buffer of the file
+    (``NeighbourContext.context_box``), streamed a chunk at a time, into the window files
+    whose halo holds them (``w<id>.c<j>``, neighbour ``j``'s own records). Returns the
+    neighbours used, with their record dtypes; one lacking a field of ``names`` (the file's) is
+    not used (a line says so), as in a whole-file prediction."""
+    ctx, i = context
+    band = ctx.context_box(i)
+    used, count = [], 0
+    for j in ctx.neighbours(i):
+        if not ctx.same_crs(i, j):
+            continue
+        if cloud_format(ctx.inputs[j]) == ".ply":
+            log(f"warning: {ctx.inputs[i].name}: neighbour {ctx.inputs[j].name} is PLY; a file predicted in "
+                "windows takes LAS/LAZ neighbours only as context")
+            continue
+        other = LasChunks(ctx.inputs[j])
+        if other.problems:
+            log(f"warning: {ctx.inputs[i].name}: neighbour {ctx.inputs[j].name} is a corrupt LAZ "
+                f"({'; '.join(other.problems)}); not used as context")
+            continue
+        dtype = None
+        for _, arr in other.records(CHUNK):
+            if dtype is None:
+                dtype, missing = arr.dtype, sorted(names - set(other.cloud(arr[:1]).fields))
+                if missing:
+                    log(f"warning: {ctx.inputs[i].name}: neighbour {ctx.inputs[j].name} lacks "
+                        f"{', '.join(missing)}; not used as context")
+                    break
+            inside = np.flatnonzero(band.contains(other.xyz(arr)))
+            count += len(inside)
+            rows, wins = grid.members(other.xyz(arr[inside])[:, :2], own=False)
+            for w, part_rows in _by_window(inside[rows], wins):
+                _append(tmp / f"w{w}.c{j}", arr[part_rows].tobytes())
+        else:
+            used.append((j, other, dtype))
+    if count:
+        log(f"{ctx.inputs[i].name}: {count:,} points of neighbouring files as context")
+    return used
 
 
 def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -137,11 +190,14 @@ def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.nd
 
 
 def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, *, device: str,
-                     grid_size: float, halo: float, anchor: np.ndarray, label: Any, las14: bool = False) -> int:
+                     grid_size: float, halo: float, anchor: np.ndarray, label: Any, las14: bool = False,
+                     context: "tuple[NeighbourContext, int] | None" = None) -> int:
     """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba)``
     -> ``(labelled cloud, extras)`` (``pipeline.labelling.labelled_cloud`` with the options);
     ``anchor``: the tile's minimum, where every window's model grids start. Returns the number
-    of windows. ``las14``: a LAS 1.4 point format whatever the codes (``data.io.write_cloud``)."""
+    of windows. ``las14``: a LAS 1.4 point format whatever the codes (``data.io.write_cloud``).
+    ``context`` ``(NeighbourContext, index of path)``: ``--buffer``, the neighbouring inputs'
+    points within the buffer are context for the windows whose halo holds them."""
     chunks = LasChunks(path)
     if chunks.problems:
         raise DataError(path, f"corrupt LAZ ({'; '.join(chunks.problems)}); windowed prediction reads files "
@@ -154,10 +210,12 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
     shutil.rmtree(tmp, ignore_errors=True)             # a killed run's
     tmp.mkdir(parents=True)
     try:
-        dtype, windows = _spill(chunks, grid, tmp)
+        dtype, windows, names = _spill(chunks, grid, tmp)
+        neighbours = _spill_context(context, grid, tmp, names) if context is not None else []
         log(f"{path.name}: {chunks.point_count:,} points in {len(windows)} windows of {grid.size:.0f} m "
             f"(+{grid.halo:.0f} m halo)")
-        out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor)
+        out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor,
+                                     neighbours)
         _write_merged(chunks, target, tmp, out_dtype, class_map, las14)
     except OSError as exc:
         from data.atomic import disk_error
@@ -169,8 +227,10 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
 
 
 def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: WindowGrid, tmp: Path,
-                     dtype: np.dtype, windows: list[int], device: str, label: Any, anchor: np.ndarray) -> np.dtype:
-    """Pass 2: each window predicted, its core points' new fields appended to ``r<chunk>.res``."""
+                     dtype: np.dtype, windows: list[int], device: str, label: Any, anchor: np.ndarray,
+                     neighbours: list[tuple[int, LasChunks, np.dtype]]) -> np.dtype:
+    """Pass 2: each window predicted (with its neighbours' context points, if any), its core
+    points' new fields appended to ``r<chunk>.res``."""
     out_dtype = None
     top = max(max(class_map.output_codes), 5)          # codes a layout may write (5: vegetation split)
     for w in progress(windows, "windows: predict", unit="window"):
@@ -182,7 +242,17 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
         core = grid.core(cloud.xyz[:, :2]) == w
         if not core.any():
             continue
-        result = model.predict(cloud, device, anchor=anchor, targets=core)   # the halo is context only
+        others = []
+        for j, other, other_dtype in neighbours:
+            part = tmp / f"w{w}.c{j}"
+            if part.is_file():
+                others.append((other.path.name, other.cloud(np.fromfile(part, dtype=other_dtype))))
+                part.unlink()
+        buffered = appended(cloud, others, chunks.path.name)
+        targets = np.zeros(len(buffered), bool)
+        targets[:len(cloud)] = core
+        result = model.predict(buffered, device, anchor=anchor, targets=targets)   # the halo is context only
+        result = own_part(result, cloud)
         if result.grid is not None:
             raise UserError(f"{chunks.path}: windowed prediction writes labelled points only; this model also "
                             "writes a map (set geotiff: false, or give more --max-memory)")

@@ -100,6 +100,29 @@ def test_windows_with_the_whole_context_equal_whole_tile_prediction(rf, lidar_da
     assert not list((tmp_path / "win").glob(".lidarseg-windows-*"))      # temporary files removed
 
 
+def test_windows_with_a_buffer_equal_whole_buffered_prediction(rf, lidar_data, tmp_path):
+    """``--buffer`` in windows: the neighbouring crops' points within the buffer are context of
+    the windows whose halo holds them (streamed, not read whole). Each crop labelled in 12 m
+    windows matches its whole buffered prediction: the first's labels everywhere, the others'
+    but at a handful of points (k-NN ties and grid origins of a window's cloud); without the context the
+    first crop differs at ~40 points, so a lost neighbour would show."""
+    from pipeline.labelling import Memory, predict_files
+
+    crops = sorted((lidar_data / "ign_lidarhd" / "test").glob("*.laz"))
+    whole = dict(predict_files(rf.model, rf.class_map, crops, tmp_path / "whole", buffer=8.0))
+    windowed = dict(predict_files(rf.model, rf.class_map, crops, tmp_path / "win", buffer=8.0,
+                                  memory=Memory(window=12.0)))
+    alone = dict(predict_files(rf.model, rf.class_map, crops[:1], tmp_path / "alone"))
+    codes = {name: {src: np.asarray(laspy.read(out[src]).classification) for src in out}
+             for name, out in (("whole", whole), ("windowed", windowed), ("alone", alone))}
+    first = crops[0]
+    np.testing.assert_array_equal(codes["whole"][first], codes["windowed"][first])
+    for src in crops:
+        assert len(codes["windowed"][src]) == laspy.read(src).header.point_count
+        assert (codes["whole"][src] != codes["windowed"][src]).sum() <= 8, src.name
+    assert (codes["whole"][first] != codes["alone"][first]).sum() > 20
+
+
 def test_small_halo_labels_every_point_once_and_keeps_the_rest(rf, lidar_data, tmp_path):
     src = lidar_data / TILE
     windowed, n = _predict(rf, src, tmp_path / "win", 10.0, halo=3.0)
