@@ -47,7 +47,7 @@ from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, Model
 from .progress import log, progress
-from .windows import memory_budget, predict_windowed, window_size
+from .windows import VIEW_POINTS, memory_budget, predict_windowed, window_size
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -173,16 +173,16 @@ def _window(model: Model, path: Path, options: OutputOptions, bounds: Bounds | N
         return None, None
     info = read_header_info(path)
     if memory.window is not None:
-        size = memory.window
-    else:
-        extent = np.asarray(info.maxs[:2], float) - np.asarray(info.mins[:2], float)
-        size = window_size(info.point_count, float(np.prod(np.maximum(extent, 1.0))), halo, model.bytes_per_point,
-                           memory.budget)
-    if size is not None and (bounds is not None or options.preview):
-        log(f"{path.name}: predicted whole, not in windows of {size:.0f} m (windows do not combine with "
-            "--bounds or --preview yet): its memory is not bounded")
-        return None, info
-    return size, info
+        return memory.window, info
+    lo, hi = np.asarray(info.mins[:2], float), np.asarray(info.maxs[:2], float)
+    area = float(np.prod(np.maximum(hi - lo, 1.0)))
+    points = info.point_count
+    if bounds is not None:              # the part inside the window, at the file's mean density
+        part = bounds.clipped(lo, hi)
+        if part is not None:
+            points = int(points * min(1.0, (part.xmax - part.xmin) * (part.ymax - part.ymin) / area))
+            area = max((part.xmax - part.xmin) * (part.ymax - part.ymin), 1.0)
+    return window_size(points, area, halo, model.bytes_per_point, memory.budget), info
 
 
 def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, device: str,
@@ -203,11 +203,17 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
         warning = density_warning(path.name, bbox_density(info), train_density)
         if warning:
             log(warning)
+        view_path = out_dir / f"{path.stem}_view.png"
+        view = (lambda sample: write_view(sample, {}, class_map, view_path, path.stem)) if options.preview else None
         with copc_output(target) if copc else nullcontext(target) as dest:
             predict_windowed(model, class_map, path, dest, device=device, grid_size=size, halo=model.context,
-                             anchor=np.asarray(info.mins, np.float64), las14=copc, context=context,
+                             anchor=np.asarray(info.mins, np.float64), las14=copc, context=context, view=view,
+                             bounds=bounds,
                              label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
         log(f"{path.name}: {info.point_count:,} points -> {target}")
+        if options.preview:
+            step = max(1, -(-info.point_count // VIEW_POINTS))
+            log(f"{path.name}: -> {view_path}" + (f" (every {step}th point)" if step > 1 else ""))
         return path, target
     cloud = read_cloud(path, bounds=bounds)
     problem = getattr(cloud.meta, "write_problem", None)

@@ -30,12 +30,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from data.classmap import ClassMap
-from data.errors import DataError, UserError
+from data.bounds import Bounds
+from data.errors import DataError, EmptyWindowError, UserError
 from data.io import cloud_format
 from data.las import las_writer
 from data.las_stream import LasChunks
@@ -48,6 +49,8 @@ from .progress import log, progress
 CHUNK = 1 << 20
 #: bytes of process memory besides the window (interpreter, torch, the model)
 BASE_MEMORY = 700e6
+#: points of a windowed file kept for its rendered view (every k-th point of the file)
+VIEW_POINTS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -125,15 +128,20 @@ def _by_window(rows: np.ndarray, wins: np.ndarray) -> Iterator[tuple[int, np.nda
         yield int(w), part_rows
 
 
-def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path) -> tuple[np.dtype, list[int], set[str]]:
-    """Pass 1: each record into the file of every window holding it (``w<id>.rec`` + ``.idx``).
-    Returns the records' dtype, the windows that hold points and the cloud's field names."""
+def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path,
+           bounds: Bounds | None = None) -> tuple[np.dtype, list[int], set[str]]:
+    """Pass 1: each record (inside ``bounds``, if given) into the file of every window holding
+    it (``w<id>.rec`` + ``.idx``). Returns the records' dtype, the windows that hold points and
+    the cloud's field names."""
     dtype, seen, names = None, set(), set()
     for start, arr in progress(chunks.records(CHUNK), "windows: spill", total=-(-chunks.point_count // CHUNK),
                                unit="chunk"):
         if dtype is None:
             dtype, names = arr.dtype, set(chunks.cloud(arr[:1]).fields)
-        for w, part_rows in _by_window(*grid.members(chunks.xyz(arr)[:, :2])):
+        xy = chunks.xyz(arr)[:, :2]
+        inside = np.arange(len(arr)) if bounds is None else np.flatnonzero(bounds.contains(xy))
+        rows, wins = grid.members(xy[inside])
+        for w, part_rows in _by_window(inside[rows], wins):
             _append(tmp / f"w{w}.rec", arr[part_rows].tobytes())
             _append(tmp / f"w{w}.idx", (part_rows + start).astype(np.int64).tobytes())
             seen.add(w)
@@ -164,6 +172,8 @@ def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tm
             continue
         dtype = None
         for _, arr in other.records(CHUNK):
+            if j == i:                          # under --bounds: its own points around the window
+                arr = arr[~ctx.bounds.contains(other.xyz(arr))]
             if dtype is None:
                 dtype, missing = arr.dtype, sorted(names - set(other.cloud(arr[:1]).fields))
                 if missing:
@@ -191,13 +201,18 @@ def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.nd
 
 def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, *, device: str,
                      grid_size: float, halo: float, anchor: np.ndarray, label: Any, las14: bool = False,
-                     context: "tuple[NeighbourContext, int] | None" = None) -> int:
+                     context: "tuple[NeighbourContext, int] | None" = None,
+                     view: Callable[[PointCloud], Any] | None = None, bounds: Bounds | None = None) -> int:
     """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba)``
     -> ``(labelled cloud, extras)`` (``pipeline.labelling.labelled_cloud`` with the options);
     ``anchor``: the tile's minimum, where every window's model grids start. Returns the number
     of windows. ``las14``: a LAS 1.4 point format whatever the codes (``data.io.write_cloud``).
     ``context`` ``(NeighbourContext, index of path)``: ``--buffer``, the neighbouring inputs'
-    points within the buffer are context for the windows whose halo holds them."""
+    points within the buffer are context for the windows whose halo holds them. ``view``:
+    called after writing with every k-th labelled point (at most :data:`VIEW_POINTS`, all
+    fields), for a rendered view of the file in bounded memory. ``bounds`` (``--bounds``): only
+    the points inside are predicted and written (the file is streamed; with ``context``, its
+    own points around the window are context, as in a whole-file prediction)."""
     chunks = LasChunks(path)
     if chunks.problems:
         raise DataError(path, f"corrupt LAZ ({'; '.join(chunks.problems)}); windowed prediction reads files "
@@ -205,18 +220,26 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
     if chunks.meta.write_problem:
         raise DataError(path, f"cannot write a copy of it: it {chunks.meta.write_problem}")
     h = chunks.header
-    grid = WindowGrid.over(h.mins, h.maxs, grid_size, halo)
+    lo, hi = np.asarray(h.mins[:2], np.float64), np.asarray(h.maxs[:2], np.float64)
+    if bounds is not None:
+        part = bounds.clipped(lo, hi)
+        if part is None:
+            raise EmptyWindowError(path, f"no point inside the bounds {bounds}")
+        lo, hi = np.array([part.xmin, part.ymin]), np.array([part.xmax, part.ymax])
+    grid = WindowGrid.over(lo, hi, grid_size, halo)
     tmp = target.parent / f".lidarseg-windows-{path.stem}"
     shutil.rmtree(tmp, ignore_errors=True)             # a killed run's
     tmp.mkdir(parents=True)
     try:
-        dtype, windows, names = _spill(chunks, grid, tmp)
+        dtype, windows, names = _spill(chunks, grid, tmp, bounds)
         neighbours = _spill_context(context, grid, tmp, names) if context is not None else []
         log(f"{path.name}: {chunks.point_count:,} points in {len(windows)} windows of {grid.size:.0f} m "
             f"(+{grid.halo:.0f} m halo)")
         out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor,
                                      neighbours)
-        _write_merged(chunks, target, tmp, out_dtype, class_map, las14)
+        sample = _write_merged(chunks, target, tmp, out_dtype, class_map, las14, view is not None, bounds)
+        if view is not None:
+            view(sample)
     except OSError as exc:
         from data.atomic import disk_error
 
@@ -273,41 +296,60 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
         for piece in np.split(res, cuts):
             _append(tmp / f"r{int(piece['index'][0]) // CHUNK}.res", piece.tobytes())
     if out_dtype is None:
-        raise DataError(chunks.path, "no window holds a point")
+        raise EmptyWindowError(chunks.path, "no window holds a point")
     return out_dtype
 
 
 def _write_merged(chunks: LasChunks, target: Path, tmp: Path, out_dtype: np.dtype, class_map: ClassMap,
-                  las14: bool) -> None:
-    """Pass 3: the file again, chunk by chunk, with the predicted fields scattered back by index."""
+                  las14: bool, sample: bool = False, bounds: Bounds | None = None) -> PointCloud | None:
+    """Pass 3: the file again, chunk by chunk (its points inside ``bounds``, if given), with the
+    predicted fields scattered back by index. With ``sample``, returns every k-th labelled
+    point (at most :data:`VIEW_POINTS`)."""
     names = out_dtype.names[1:]
+    step = max(1, math.ceil(chunks.point_count / VIEW_POINTS))
+    kept: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
 
     def merged(start: int, arr: np.ndarray) -> tuple[PointCloud, dict[str, np.ndarray]]:
+        stop = start + len(arr)
+        parts = [np.fromfile(tmp / f"r{k}.res", dtype=out_dtype)
+                 for k in range(start // CHUNK, (stop - 1) // CHUNK + 1) if (tmp / f"r{k}.res").is_file()]
+        res = np.concatenate(parts) if parts else np.empty(0, out_dtype)
+        res = res[(res["index"] >= start) & (res["index"] < stop)]
+        keep = np.arange(len(arr)) if bounds is None else np.flatnonzero(bounds.contains(chunks.xyz(arr)))
+        arr = arr[keep]
         cloud = chunks.cloud(arr)
         n = len(arr)
-        parts = [np.fromfile(tmp / f"r{k}.res", dtype=out_dtype)
-                 for k in range(start // CHUNK, (start + n - 1) // CHUNK + 1) if (tmp / f"r{k}.res").is_file()]
-        res = np.concatenate(parts) if parts else np.empty(0, out_dtype)
-        res = res[(res["index"] >= start) & (res["index"] < start + n)]
-        pos = res["index"] - start
-        if len(res) != n or np.bincount(pos, minlength=n).max(initial=1) != 1:
+        pos = np.searchsorted(keep, res["index"] - start)      # row of each result among the kept
+        if len(res) != n or (n and np.any(keep[np.minimum(pos, n - 1)] != res["index"] - start)) \
+                or np.bincount(pos, minlength=n).max(initial=1) != 1:
             raise DataError(chunks.path, f"windowed prediction: {n - len(np.unique(pos)):,} points of "
-                                         f"{start:,}..{start + n:,} got no label (a bug: please report it)")
+                                         f"{start:,}..{stop:,} got no label (a bug: please report it)")
         fields = dict(cloud.fields)
         for k in names:
             col = np.empty((n,) + out_dtype[k].shape, out_dtype[k].base)
             col[pos] = res[k]
             fields[k] = col
+        if sample:
+            rows = np.arange((-start) % step, n, step)
+            kept.append((cloud.xyz[rows], {k: v[rows] for k, v in fields.items()}))
         return cloud, fields
 
     need14 = las14 or ("classification" in names and max(max(class_map.output_codes), 5) > 31)
     it = iter(progress(chunks.records(CHUNK), "windows: write", total=-(-chunks.point_count // CHUNK),
                        unit="chunk"))
     first = merged(*next(it))
+    while not len(first[0]):                       # under --bounds: the first chunk with a point inside
+        first = merged(*next(it))
     with las_writer(target, chunks.meta, first[1], need14) as write:
         write(*first)
         for start, arr in it:
-            write(*merged(start, arr))
+            cloud, fields = merged(start, arr)
+            if len(cloud):
+                write(cloud, fields)
+    if not sample:
+        return None
+    return PointCloud(np.concatenate([x for x, _ in kept]),
+                      {k: np.concatenate([f[k] for _, f in kept]) for k in kept[0][1]}, source=str(chunks.path))
 
 
 def memory_budget(text: str | None) -> float:

@@ -123,6 +123,49 @@ def test_windows_with_a_buffer_equal_whole_buffered_prediction(rf, lidar_data, t
     assert (codes["whole"][first] != codes["alone"][first]).sum() > 20
 
 
+def test_windows_under_bounds_equal_whole_bounded_prediction(rf, lidar_data, tmp_path):
+    """``--bounds`` in windows: only the points inside are predicted and written, in input
+    order, as by a whole bounded prediction (without a buffer: no context outside; with one:
+    the file's own points around the window too)."""
+    from data.bounds import Bounds
+    from pipeline.labelling import Memory, predict_files
+
+    src = lidar_data / TILE
+    box = Bounds(770505.0, 6277505.0, 770535.0, 6277540.0)
+    for buffer in (0.0, 6.0):
+        kw = dict(bounds=box, buffer=buffer)
+        whole = predict_files(rf.model, rf.class_map, [src], tmp_path / f"whole{buffer}", **kw)[0][1]
+        win = predict_files(rf.model, rf.class_map, [src], tmp_path / f"win{buffer}", memory=Memory(window=12.0),
+                            **kw)[0][1]
+        a, b = laspy.read(whole), laspy.read(win)
+        inside = box.contains(np.stack([laspy.read(src).x, laspy.read(src).y], 1)).sum()
+        assert len(a.points) == len(b.points) == inside < laspy.read(src).header.point_count
+        for name in ("X", "Y", "gps_time", "classification", "classification_ref"):
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=f"{buffer} {name}")
+
+
+def test_preview_of_a_windowed_file(rf, lidar_data, tmp_path, monkeypatch):
+    """``--preview`` with windows: the view drawn from the labelled points gathered while the
+    output is written; all of a small file's points: the whole path's picture, to the byte. A
+    large file's view is drawn from every k-th point."""
+    import pipeline.windows as windows
+    from pipeline.labelling import Memory, OutputOptions, predict_files
+
+    src, opts, view = lidar_data / TILE, OutputOptions(preview=True), f"{TILE.split('/')[-1][:-4]}_view.png"
+    predict_files(rf.model, rf.class_map, [src], tmp_path / "whole", options=opts)
+    predict_files(rf.model, rf.class_map, [src], tmp_path / "win", options=opts, memory=Memory(window=20.0))
+    assert (tmp_path / "win" / view).read_bytes() == (tmp_path / "whole" / view).read_bytes()
+    monkeypatch.setattr(windows, "VIEW_POINTS", 1000)
+    seen = []
+    real = windows._write_merged
+    monkeypatch.setattr(windows, "_write_merged", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    predict_files(rf.model, rf.class_map, [src], tmp_path / "few", options=opts, memory=Memory(window=20.0))
+    out = laspy.read(tmp_path / "few" / src.name)
+    step = -(-len(out.points) // 1000)
+    assert len(seen[-1]) <= 1000 and (tmp_path / "few" / view).is_file()
+    np.testing.assert_array_equal(seen[-1].fields["classification"], np.asarray(out.classification)[::step])
+
+
 def test_small_halo_labels_every_point_once_and_keeps_the_rest(rf, lidar_data, tmp_path):
     src = lidar_data / TILE
     windowed, n = _predict(rf, src, tmp_path / "win", 10.0, halo=3.0)

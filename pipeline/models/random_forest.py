@@ -139,7 +139,7 @@ class RandomForestModel:
 
     # -- inference ----------------------------------------------------------------------
     #: peak process memory per point of a whole cloud predicted at once (pipeline.windows)
-    bytes_per_point = 800.0
+    bytes_per_point = 1000.0
 
     @property
     def context(self) -> float:
