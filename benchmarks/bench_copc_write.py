@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_predict_memory import print_table, run_child, tile_and_baseline  # noqa: E402
+from bench_predict_memory import print_table, run_child, tile_and_baseline, tile_arguments, tiles_of  # noqa: E402
 
 CHECK = """
 import sys, time, laspy, numpy as np
@@ -47,15 +47,10 @@ print(f"  check: {chunks.point_count:,} points in the header; a 100 m window que
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, nargs="+", default=[10_000_000, 50_000_000])
-    ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
-    ap.add_argument("--quick", action="store_true", help="200,000 and 400,000-point tiles (CI)")
-    args = ap.parse_args()
-    if args.quick:
-        args.points, args.work = [200_000, 400_000], args.work + "_quick"
-    work = Path(args.work)
+    tile_arguments(ap)
+    points, work = tiles_of(ap.parse_args())
     rows = []
-    for target in args.points:
+    for target in points:
         tile, n, baseline = tile_and_baseline(work, target)
         rows.append(baseline)
         out = work / "copc" / f"{tile.stem}.copc.laz"

@@ -70,6 +70,20 @@ def run_child(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024 ** 2          # ru_maxrss is in KiB on Linux
 
 
+def tile_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that choose the tiles: ``--points``, ``--work``, ``--quick``."""
+    ap.add_argument("--points", type=int, nargs="+", default=[10_000_000, 50_000_000])
+    ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
+    ap.add_argument("--quick", action="store_true", help="200,000 and 400,000-point tiles (CI)")
+
+
+def tiles_of(args: argparse.Namespace) -> tuple[list[int], Path]:
+    """``(point counts, work folder)`` of :func:`tile_arguments`' options (``--quick``: CI sizes)."""
+    if args.quick:
+        return [200_000, 400_000], Path(args.work + "_quick")
+    return args.points, Path(args.work)
+
+
 def tile_and_baseline(work: Path, target: int) -> tuple[Path, int, tuple]:
     """The tile of at least ``target`` points in ``work`` (built if needed), its point count and
     the baseline row ``(points, label, wall, peak RSS)``: a child that only reads it."""
@@ -103,23 +117,19 @@ def bundle_settings(bundle: str, settings: list[str]) -> tuple[str, list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", action="append", required=True, help="a bundle or shipped model (repeatable)")
-    ap.add_argument("--points", type=int, nargs="+", default=[10_000_000, 50_000_000])
+    tile_arguments(ap)
     ap.add_argument("--max-memory", default="3G")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a prediction option, given to the bundles that have it (e.g. votes=1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--format", default="same", help="the output format (predict --format; e.g. copc)")
-    ap.add_argument("--work", default="/tmp/lidarseg_bench_big")
-    ap.add_argument("--quick", action="store_true", help="200,000 and 400,000-point tiles (CI)")
     args = ap.parse_args()
-    if args.quick:
-        args.points, args.work = [200_000, 400_000], args.work + "_quick"
-    work = Path(args.work)
+    points, work = tiles_of(args)
     from pipeline.shipped import resolve_model
 
     bundles = [(str(resolve_model(b)[0]), *bundle_settings(str(resolve_model(b)[0]), args.set)) for b in args.bundle]
     rows, peaks = [], {}
-    for target in args.points:
+    for target in points:
         tile, n, baseline = tile_and_baseline(work, target)
         rows.append(baseline)
         for path, name, settings in bundles:

@@ -42,6 +42,7 @@ import numpy as np
 from .atomic import atomic_path, disk_error
 from .errors import DataError
 from .las import COPC_INFO_ID, _header_for, _still_valid
+from .las_header import _LEGACY_TO_14
 from .las_stream import LasChunks
 
 #: cells per node side: a node keeps at most one point per cell of this grid
@@ -58,6 +59,14 @@ COPC_POINT_FORMATS = (6, 7, 8)
 HIERARCHY_ID = ("copc", 1000)
 _ENTRY = struct.Struct("<iiiiQii")          # VoxelKey d, x, y, z; offset; byte size; point count
 _INFO_SIZE = 160
+
+
+def copc_format_problem(point_format: int) -> str | None:
+    """Why a labelled copy of a file of ``point_format`` cannot be COPC (its LAS 1.4 format,
+    a legacy one upgraded as ``data.las`` writes it, is not 6-8: waveform), or None."""
+    if _LEGACY_TO_14.get(point_format, point_format) in COPC_POINT_FORMATS:
+        return None
+    return f"point format {point_format} (waveform) cannot be written as COPC, which holds formats 6-8"
 
 
 def is_copc_name(path: str | os.PathLike) -> bool:
@@ -117,12 +126,13 @@ def _nodes(xyz: np.ndarray, level: np.ndarray, cube: _Cube) -> Iterator[tuple[tu
     """``((d, x, y, z), rows)`` of every non-empty node, rows in their input order."""
     for d in np.unique(level).tolist():
         rows = np.flatnonzero(level == d)
-        keys = _combined(cube.cells(xyz[rows], 1 << d), max(d, 1))
+        cells = cube.cells(xyz[rows], 1 << d)
+        keys = _combined(cells, max(d, 1))
         order = np.argsort(keys, kind="stable")
-        rows, keys = rows[order], keys[order]
+        rows, keys, cells = rows[order], keys[order], cells[order]
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         for s, e in zip(starts, np.r_[starts[1:], len(rows)]):
-            ijk = cube.cells(xyz[rows[s:s + 1]], 1 << d)[0]
+            ijk = cells[s]
             yield (int(d), int(ijk[0]), int(ijk[1]), int(ijk[2])), rows[s:e]
 
 
@@ -268,4 +278,4 @@ def copc_output(target: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["las_to_copc", "copc_output", "is_copc_name", "GRID", "LEAF_POINTS"]
+__all__ = ["las_to_copc", "copc_output", "copc_format_problem", "is_copc_name", "GRID", "LEAF_POINTS"]

@@ -34,7 +34,7 @@ from data.locks import LOCK_NAME, folder_lock
 from data.classmap import ClassMap
 from data.errors import DataError, EmptyWindowError, UserError
 from data.bounds import Bounds
-from data.copc import COPC_POINT_FORMATS, copc_output
+from data.copc import copc_format_problem, copc_output
 from data.io import HeaderInfo, cloud_format, read_cloud, read_header_info, write_cloud
 from data.pointcloud import PointCloud
 from data.render import render_classes
@@ -47,7 +47,7 @@ from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, Model
 from .progress import log, progress
-from .windows import VIEW_POINTS, memory_budget, predict_windowed, window_size
+from .windows import memory_budget, predict_windowed, window_size
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -164,16 +164,14 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
     return written
 
 
-def _window(model: Model, path: Path, options: OutputOptions, bounds: Bounds | None,
-            memory: Memory) -> tuple[float | None, HeaderInfo | None]:
-    """``(window side in m, header)`` to predict ``path`` with (``pipeline.windows``), or
-    ``(None, ...)``: whole. The header is read once, only for LAS/LAZ with a model that has a context."""
+def _window(model: Model, info: HeaderInfo | None, bounds: Bounds | None, memory: Memory) -> float | None:
+    """The window side in m to predict a LAS/LAZ file of header ``info`` with
+    (``pipeline.windows``), or None: whole (a PLY file, ``info`` None, or a model without a context)."""
     halo = getattr(model, "context", None)
-    if halo is None or cloud_format(path) == ".ply":
-        return None, None
-    info = read_header_info(path)
+    if halo is None or info is None:
+        return None
     if memory.window is not None:
-        return memory.window, info
+        return memory.window
     lo, hi = np.asarray(info.mins[:2], float), np.asarray(info.maxs[:2], float)
     area = float(np.prod(np.maximum(hi - lo, 1.0)))
     points = info.point_count
@@ -182,7 +180,7 @@ def _window(model: Model, path: Path, options: OutputOptions, bounds: Bounds | N
         if part is not None:
             points = int(points * min(1.0, (part.xmax - part.xmin) * (part.ymax - part.ymin) / area))
             area = max((part.xmax - part.xmin) * (part.ymax - part.ymin), 1.0)
-    return window_size(points, area, halo, model.bytes_per_point, memory.budget), info
+    return window_size(points, area, halo, model.bytes_per_point, memory.budget)
 
 
 def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, device: str,
@@ -192,28 +190,28 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
     if fmt != "same" and path.suffix.lower() == ".ply":
         raise DataError(path, f"cannot write PLY input as {fmt.upper()}; use format 'same'")
     copc = fmt == "copc"
-    if copc:
-        pf = read_header_info(path).point_format
-        if pf not in range(4) and pf not in COPC_POINT_FORMATS:
-            raise DataError(path, f"point format {pf} (waveform) cannot be written as COPC, which holds "
-                                  "formats 6-8; use --format laz")
+    info = None if cloud_format(path) == ".ply" else read_header_info(path)
+    problem = copc_format_problem(info.point_format) if copc else None
+    if problem:
+        raise DataError(path, f"{problem}; use --format laz")
     target = output_path(path, out_dir, fmt)
-    size, info = _window(model, path, options, bounds, memory or Memory())
+    size = _window(model, info, bounds, memory or Memory())
     if size is not None:
         warning = density_warning(path.name, bbox_density(info), train_density)
         if warning:
             log(warning)
-        view_path = out_dir / f"{path.stem}_view.png"
-        view = (lambda sample: write_view(sample, {}, class_map, view_path, path.stem)) if options.preview else None
+
+        def view(sample: PointCloud) -> None:
+            written = write_view(sample, {}, class_map, out_dir / f"{path.stem}_view.png", path.stem)
+            log(f"{path.name}: -> {written} ({len(sample):,} of its {info.point_count:,} points)")
+
         with copc_output(target) if copc else nullcontext(target) as dest:
             predict_windowed(model, class_map, path, dest, device=device, grid_size=size, halo=model.context,
-                             anchor=np.asarray(info.mins, np.float64), las14=copc, context=context, view=view,
+                             anchor=np.asarray(info.mins, np.float64), las14=copc, context=context,
+                             view=view if options.preview else None,
                              bounds=bounds,
                              label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
         log(f"{path.name}: {info.point_count:,} points -> {target}")
-        if options.preview:
-            step = max(1, -(-info.point_count // VIEW_POINTS))
-            log(f"{path.name}: -> {view_path}" + (f" (every {step}th point)" if step > 1 else ""))
         return path, target
     cloud = read_cloud(path, bounds=bounds)
     problem = getattr(cloud.meta, "write_problem", None)

@@ -299,6 +299,7 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     acc = np.zeros((n, num_classes), np.float32)
     cnt = np.zeros(n, np.int32)
     sampler = RegionSampler([xyz], cfg)
+    aimed = None if targets is None else xyz[targets]
 
     def add(group: list[Region], proba: np.ndarray) -> None:
         idx = np.concatenate([r.index for r in group])
@@ -313,8 +314,8 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
         for vote in range(votes):
             offset, angle = vote_pose(vote, votes)
             centers = coverage_centers(xyz, cfg, offset=offset, anchor=anchor)
-            if targets is not None:
-                centers = centers[reaching(centers, xyz[targets], cfg)]
+            if aimed is not None:
+                centers = centers[reaching(centers, aimed, cfg)]
             starts = range(0, len(centers), chunk)
             chunks = progress(starts, desc=f"regions (vote {vote + 1}/{votes})", total=len(starts))
             regions = (r for s in chunks for r in sampler.regions(0, centers[s:s + chunk]) if len(r.index))

@@ -172,17 +172,19 @@ def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tm
             continue
         dtype = None
         for _, arr in other.records(CHUNK):
+            xy = other.xyz(arr)[:, :2]
             if j == i:                          # under --bounds: its own points around the window
-                arr = arr[~ctx.bounds.contains(other.xyz(arr))]
+                outside = ~ctx.bounds.contains(xy)
+                arr, xy = arr[outside], xy[outside]
             if dtype is None:
                 dtype, missing = arr.dtype, sorted(names - set(other.cloud(arr[:1]).fields))
                 if missing:
                     log(f"warning: {ctx.inputs[i].name}: neighbour {ctx.inputs[j].name} lacks "
                         f"{', '.join(missing)}; not used as context")
                     break
-            inside = np.flatnonzero(band.contains(other.xyz(arr)))
+            inside = np.flatnonzero(band.contains(xy))
             count += len(inside)
-            rows, wins = grid.members(other.xyz(arr[inside])[:, :2], own=False)
+            rows, wins = grid.members(xy[inside], own=False)
             for w, part_rows in _by_window(inside[rows], wins):
                 _append(tmp / f"w{w}.c{j}", arr[part_rows].tobytes())
         else:
