@@ -14,7 +14,7 @@ Top-level keys (``Spec``)::
     steps: [{type: train, ...}, {type: predict, ...}, {type: evaluate, ...}]
 
 ``base: other.yaml`` (relative to the spec's folder; a base may have a base of its own) starts
-from that file: the spec's keys are merged over it (mappings key by key; ``steps`` step by
+from that file (``base: [a.yaml, b.yaml]``: from ``a`` with ``b`` merged over it): the spec's keys are merged over it (mappings key by key; ``steps`` step by
 step, a step matching the base's step of the same ``name``, or of the same ``type`` when it
 gives no name, and new steps appended; other lists and values replaced), then the result is
 validated; ``resolved_spec.yaml`` records the merged spec. Paths stay relative to the spec
@@ -219,28 +219,48 @@ def deep_merge(base: Any, over: Any) -> Any:
 
 def compose_spec_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The spec file's data with its ``base:`` chain merged under it (see the module doc).
+    ``base`` names one file or a list of them, merged in order (each later one over the
+    earlier), then the spec over them all.
     Paths in the result stay relative to the top spec's folder, so a base used from another
     folder should hold only paths that mean the same from there (keep bases beside their specs)."""
     path = Path(path).resolve()
     data = read_spec_file(path)
-    base = data.pop("base", None)
-    if base is None:
+    bases = data.pop("base", None)
+    if bases is None:
         return data
-    if not isinstance(base, str) or not base:
-        raise SpecError(str(path), "base", "expected the path of another spec file (relative to this one)")
+    if isinstance(bases, str):
+        bases = [bases]
+    if not (isinstance(bases, list) and bases and all(isinstance(b, str) and b for b in bases)):
+        raise SpecError(str(path), "base", "expected the path of another spec file (relative to this one), "
+                                           "or a list of them")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = _merge_spec(merged, compose_spec_file(_base_path(path, base, _chain), _chain + (path,)),
+                             str(path))
+    return _merge_spec(merged, data, str(path))
+
+
+def _base_path(path: Path, base: str, chain: tuple[Path, ...]) -> Path:
+    """The base file ``base`` named in the spec at ``path``, checked: no cycle, no chain
+    longer than ``MAX_BASES``, the file exists."""
     base_path = (path.parent / base).resolve()
-    if base_path in _chain + (path,):
+    if base_path in chain + (path,):
         raise SpecError(str(path), "base", f"{base} is already in the chain of bases: "
-                                           f"{' -> '.join(p.name for p in _chain + (path, base_path))}")
-    if len(_chain) >= MAX_BASES:
+                                           f"{' -> '.join(p.name for p in chain + (path, base_path))}")
+    if len(chain) >= MAX_BASES:
         raise SpecError(str(path), "base", f"more than {MAX_BASES} bases in a chain")
     if not base_path.is_file():
         raise SpecError(str(path), "base", f"{base} not found (looked for {base_path})")
-    merged = compose_spec_file(base_path, _chain + (path,))
-    steps = data.pop("steps", None)
-    merged = deep_merge(merged, data)
+    return base_path
+
+
+def _merge_spec(base: dict[str, Any], over: dict[str, Any], source: str) -> dict[str, Any]:
+    """``over`` merged onto ``base``: keys by :func:`deep_merge`, ``steps`` by :func:`_merge_steps`."""
+    over = dict(over)
+    steps = over.pop("steps", None)
+    merged = deep_merge(base, over)
     if steps is not None:
-        merged["steps"] = _merge_steps(merged.get("steps"), steps, str(path))
+        merged["steps"] = _merge_steps(merged.get("steps"), steps, source)
     return merged
 
 

@@ -155,6 +155,33 @@ def test_base_specs_merge_under_the_spec(tmp_path, lidar_data):
     (tmp_path / "d.yaml").write_text(yaml.safe_dump({"base": "nope.yaml"}))
     with pytest.raises(SpecError, match=r"d.yaml: base: nope.yaml not found"):
         load_spec(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({"base": 3}))
+    with pytest.raises(SpecError, match=r"e.yaml: base: expected the path of another spec file"):
+        load_spec(tmp_path / "e.yaml")
+
+
+def test_a_list_of_bases_merges_in_order(tmp_path, lidar_data):
+    """``base: [a, b]``: ``b`` merged over ``a`` (its steps into a's by type), the spec over both."""
+    from pipeline.spec import compose_spec_file
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({
+        "name": "a", "seed": 1, "data_root": str(lidar_data), "classes": {"ground": [2], "other": [1, 3, 4, 5, 6]},
+        "inputs": {"train": ["ign_lidarhd/train/mnx_bat.laz"], "test": ["ign_lidarhd/test/*.laz"]},
+        "steps": [{"type": "train", "name": "model", "inputs": "train",
+                   "model": {"type": "random_forest", "n_estimators": 5}}]}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({
+        "seed": 2, "inputs": {"train": ["ign_lidarhd/train/mnx_pont.laz"], "held": ["ign_lidarhd/train/mnx_bat.laz"]},
+        "steps": [{"type": "train", "val_inputs": "held"}]}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"base": ["a.yaml", "b.yaml"], "name": "c"}))
+    data = compose_spec_file(tmp_path / "c.yaml")
+    assert (data["name"], data["seed"]) == ("c", 2)
+    assert data["inputs"] == {"train": ["ign_lidarhd/train/mnx_pont.laz"], "test": ["ign_lidarhd/test/*.laz"],
+                              "held": ["ign_lidarhd/train/mnx_bat.laz"]}
+    assert data["steps"] == [{"type": "train", "name": "model", "inputs": "train", "val_inputs": "held",
+                              "model": {"type": "random_forest", "n_estimators": 5}}]
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"base": ["a.yaml", "d.yaml"]}))
+    with pytest.raises(SpecError, match=r"d.yaml: base: d.yaml is already in the chain of bases"):
+        load_spec(tmp_path / "d.yaml")
 
 
 def test_specs_built_on_a_base_resolve_to_their_whole_values():
