@@ -1,20 +1,27 @@
-"""Prediction coverage settings of a point model, chosen on its validation blocks.
+"""Prediction settings of a trained model (speed against accuracy), chosen on its validation sets.
 
 A point model (KPConvX, Point Transformer) predicts a cloud by overlapping regions whose
 centres lie on a grid of ``test_spacing x radius`` (``pipeline.regions``), ``votes`` times
-(rotated about z), averaging the softmax. Fewer, sparser regions are faster and may cost
-accuracy; this script measures both on the **validation blocks of the spec's train step**
-(``val_split``: never the test tiles), for each setting:
+(rotated about z), averaging the softmax; the forest can classify one point per
+``predict_cell`` grid cell and give its probabilities to the cell. Sparser settings are faster
+and may cost accuracy; this script measures both on the **validation sets of the spec's train
+step** (its ``val_split`` blocks and its ``val_inputs`` held-out files: never the test tiles),
+for each setting:
 
-- validation mIoU and per-class IoU (same confusion and metrics as ``run.py evaluate``);
+- validation mIoU (pooled, and per set when there are two) and per-class IoU of the pooled
+  sets (same confusion and metrics as ``run.py evaluate``);
 - prediction throughput, points per second of ``model.predict_proba`` (features, regions,
-  network, votes), summed over the validation files.
+  network, votes), summed over the validation files (the whole files are predicted).
 
 Baseline: the bundle's own setting, measured in the same run (ratios are against it).
 
 Usage:
   python benchmarks/coverage_settings.py specs/ign_kpconvx_cpu.yaml runs/ign_kpconvx_cpu/model.bundle
       [--spacings 0.75,1.0,1.25,1.4] [--votes 1,3] [--step model] [--quick]
+  python benchmarks/coverage_settings.py specs/lidarhd_rf.yaml runs/lidarhd_rf_s0/model.bundle
+      --try predict_cell=0.5 --try predict_cell=1.0
+  (``--try``: one setting as comma-separated ``key=value`` overrides, repeatable; replaces the
+  spacing x votes grid)
 """
 from __future__ import annotations
 
@@ -36,19 +43,22 @@ from pipeline.spec import load_spec  # noqa: E402
 
 
 def validation_data(spec: Path, step_name: str) -> list[tuple[object, np.ndarray, str]]:
-    """``[(cloud, labels, name)]`` of the validation blocks of train step ``step_name``; the
-    points outside the blocks are ignored (label ``IGNORE``) as in training's validation."""
+    """``[(cloud, labels, set)]`` of the validation sets of train step ``step_name``: its
+    ``val_split`` blocks (the points outside the blocks ignored, label ``IGNORE``, as in
+    training's validation) and its ``val_inputs`` files; ``set`` is ``blocks`` or ``held_out``."""
     loaded = load_spec(spec)
     steps = [s for s in loaded.spec.steps_of("train") if s.name == step_name]
-    if not steps or steps[0].val_split is None:
-        raise SystemExit(f"{spec}: no train step named {step_name!r} with a val_split")
+    if not steps or (steps[0].val_split is None and not steps[0].val_inputs):
+        raise SystemExit(f"{spec}: no train step named {step_name!r} with a val_split or val_inputs")
+    step = steps[0]
     ctx = RunContext(loaded, loaded.output_dir())
-    train = ctx.resolve_labelled(steps[0].inputs, "inputs")
-    _, val = split_files(train, steps[0].val_split)
+    val = split_files(ctx.resolve_labelled(step.inputs, "inputs"), step.val_split)[1] if step.val_split else []
+    if step.val_inputs:
+        val += ctx.resolve_labelled(step.val_inputs, "val_inputs")
     out = []
     for item in val:
         cloud, labels = item.read()
-        out.append((cloud, labels, item.path.name))
+        out.append((cloud, labels, item.val_group))
     return out
 
 
@@ -56,56 +66,60 @@ def measure(bundle: Path, overrides: list[str], data, device: str) -> dict:
     loaded_bundle = load_bundle(bundle, overrides)
     model, class_map = loaded_bundle.model, loaded_bundle.class_map
     C = class_map.num_classes
-    cm = np.zeros((C, C), np.int64)
+    cms = {group: np.zeros((C, C), np.int64) for _, _, group in data}
     seconds, points = 0.0, 0
-    for cloud, labels, _ in data:
+    for cloud, labels, group in data:
         t = time.perf_counter()
         proba = model.predict_proba(cloud, device)
         seconds += time.perf_counter() - t
         points += len(cloud)
-        cm += confusion_matrix(labels, proba.argmax(1), C)
-    m = metrics_from_confusion(cm, list(class_map.names))
-    return {"miou": float(m["miou"]), "iou": m["per_class"], "seconds": seconds, "points": points,
-            "names": list(class_map.names), "setting": (model.config.sampling.test_spacing, model.config.votes)}
+        cms[group] += confusion_matrix(labels, proba.argmax(1), C)
+    names = list(class_map.names)
+    m = metrics_from_confusion(sum(cms.values()), names)
+    sets = {g: float(metrics_from_confusion(cm, names)["miou"]) for g, cm in cms.items()} if len(cms) > 1 else {}
+    return {"miou": float(m["miou"]), "sets": sets, "iou": m["per_class"], "seconds": seconds, "points": points,
+            "names": names}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", type=Path)
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("--step", default="model", help="name of the train step whose val_split to use")
+    ap.add_argument("--step", default="model", help="name of the train step whose validation sets to use")
     ap.add_argument("--spacings", default="0.75,1.0,1.25,1.4")
     ap.add_argument("--votes", default="1,3")
+    ap.add_argument("--try", dest="tries", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="one setting to measure (repeatable; replaces the spacing x votes grid)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="first validation file, one setting besides the baseline")
     args = ap.parse_args()
     data = validation_data(args.spec, args.step)
     if args.quick:
         data = data[:1]
-    spacings = [float(v) for v in args.spacings.split(",")]
-    votes = [int(v) for v in args.votes.split(",")]
-    settings = [(s, v) for v in votes for s in spacings]
+    if args.tries:
+        settings = [t.split(",") for t in args.tries]
+    else:
+        settings = [[f"sampling.test_spacing={s:g}", f"votes={v}"] for v in args.votes.split(",")
+                    for s in map(float, args.spacings.split(","))]
     if args.quick:
         settings = settings[-1:]
-    print(f"{args.bundle}: validation blocks of {args.spec} step {args.step!r}: "
-          f"{sum(len(c) for c, _, _ in data):,} points in {len(data)} files, "
-          f"{sum(int((y >= 0).sum()) for _, y, _ in data):,} of them in the blocks (scored)")
-    base = measure(args.bundle, [], data, args.device)
-    rows = [("bundle's own", base)]
-    for s, v in settings:
-        if (s, v) == base["setting"]:
-            continue
-        rows.append((f"--set sampling.test_spacing={s:g} --set votes={v}",
-                     measure(args.bundle, [f"sampling.test_spacing={s}", f"votes={v}"], data, args.device)))
-    names = base["names"]
-    print(f"\n| setting | test_spacing | votes | val mIoU | " + " | ".join(f"IoU {n}" for n in names)
-          + " | points/s | speed vs bundle's |")
-    print("|---" * (6 + len(names)) + "|")
+    print(f"{args.bundle}: validation sets of {args.spec} step {args.step!r}: "
+          f"{sum(len(c) for c, _, _ in data):,} points in {len(data)} files "
+          f"({', '.join(sorted({g for _, _, g in data}))}), "
+          f"{sum(int((y >= 0).sum()) for _, y, _ in data):,} of them scored")
+    rows = [("bundle's own", measure(args.bundle, [], data, args.device))]
+    rows += [(" ".join(f"--set {o}" for o in overrides), measure(args.bundle, overrides, data, args.device))
+             for overrides in settings]
+    base = rows[0][1]
+    names, groups = base["names"], list(base["sets"])
+    print("\n| setting | val mIoU | " + "".join(f"val {g} | " for g in groups)
+          + " | ".join(f"IoU {n}" for n in names) + " | points/s | speed vs bundle's |")
+    print("|---" * (4 + len(groups) + len(names)) + "|")
     for label, r in rows:
         pps = r["points"] / r["seconds"]
         ious = " | ".join("-" if not r["iou"][n]["support"] else f"{r['iou'][n]['iou']:.3f}" for n in names)
-        print(f"| {label} | {r['setting'][0]:g} | {r['setting'][1]} | {r['miou']:.4f} | {ious} | "
-              f"{pps:,.0f} | {base['seconds'] / r['seconds']:.2f}x |")
+        sets = "".join(f"{r['sets'][g]:.4f} | " for g in groups)
+        print(f"| {label} | {r['miou']:.4f} | {sets}{ious} | {pps:,.0f} | {base['seconds'] / r['seconds']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -162,9 +162,14 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
                      min_neighbors: int = 3, ground_cell: float | None = None,
                      ground_window: float = 24.0, coarse_cells: Sequence[float] = (),
                      coarse_k: int = 16, column_cells: Sequence[float] = (),
-                     plan_k: Sequence[int] = (), rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+                     plan_k: Sequence[int] = (), rows: np.ndarray | None = None,
+                     share: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[str], np.ndarray]:
     """All features of a cloud as one ``[N, F]`` float32 matrix (``rows``: of these points only,
     ``[len(rows), F]``; every point is still a neighbour, in the grids and the ground model).
+    ``share = (reps, inverse)``: the neighbourhood features (k-NN and radius covariance,
+    plan-view k-NN) are computed at the points ``reps`` only and output row ``i`` takes those of
+    ``reps[inverse[i]]`` (e.g. one point per small cell, ``geometry.sampling.grid_representatives``);
+    the others (heights, columns, ground, coarse scales, LAS attributes) stay per point.
 
     ``workers`` is passed to the k-d tree queries. One ``NeighborIndex`` is built (on coordinates centred on their mean, for precision;
     ``balanced_tree=False``: sliding-midpoint build, ~1.5x faster) and reused:
@@ -190,6 +195,11 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     n = len(xyz)
     subset = rows is not None
     rows = np.asarray(rows, np.int64) if subset else np.arange(n)
+    out_rows = rows
+    if share is not None:               # the neighbourhood features at the representatives
+        rows, inverse = np.asarray(share[0], np.int64), np.asarray(share[1], np.int64)
+        if len(inverse) != len(out_rows):
+            raise ValueError(f"share: {len(inverse)} inverse entries for {len(out_rows)} rows")
     m = len(rows)
     names = feature_names(k=k, radii=radii, height_cells=height_cells, intensity=intensity,
                           returns=returns, fields=cloud.fields.keys(), ground_cell=ground_cell,
@@ -258,6 +268,10 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
         cols.update(res)
     wanted = [nm for nm in names if nm in POINT_FEATURES]
     cols.update(point_features(cloud.fields, wanted))
+    if share is not None:               # every output row takes its representative's values
+        xt = xt[:, inverse]
+        of_rows = {nm: v[inverse] for nm, v in of_rows.items()}
+        rows, subset = out_rows, True
     for j, nm in enumerate(names):
         if first[nm] != j:            # a repeated name: the values of its first column
             xt[j] = xt[first[nm]]

@@ -14,7 +14,7 @@ try:
 except ImportError:  # pragma: no cover
     torch = None  # type: ignore[assignment]
 
-__all__ = ["grid_subsample", "farthest_point_sample"]
+__all__ = ["grid_subsample", "grid_representatives", "farthest_point_sample"]
 
 
 def _is_torch(x: Any) -> bool:
@@ -106,6 +106,29 @@ def _grid_numpy(points: np.ndarray, cell_size: float, features: Any, labels: Any
             out["label_counts"] = np.bincount(inv[ok] * num_classes + lab[ok],
                                               minlength=m * num_classes).reshape(m, num_classes)
     return out
+
+
+def grid_representatives(points: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """One input point per occupied grid cell (cells as :func:`grid_subsample`'s, aligned to
+    multiples of ``cell_size``): the point nearest its cell's barycentre, ties to the lowest index.
+
+    Args:
+        points: ``[N, 3]`` NumPy array.
+        cell_size: cell edge length (> 0).
+
+    Returns:
+        ``(rows [M] int64, inverse [N] int64)``: ``points[rows[j]]`` represents cell ``j``
+        (cells in :func:`grid_subsample`'s order) and ``rows[inverse[i]]`` is point ``i``'s
+        representative, so ``values[inverse]`` gives every point its cell's value.
+    """
+    points = np.asarray(points)
+    grid = grid_subsample(points, cell_size)
+    inverse = grid["inverse"]
+    d2 = ((points - grid["points"][inverse]) ** 2).sum(1)
+    order = np.lexsort((np.arange(len(points)), d2, inverse))   # by cell, nearest first
+    first = np.ones(len(order), bool)
+    first[1:] = inverse[order][1:] != inverse[order][:-1]
+    return order[first].astype(np.int64), inverse
 
 
 def _majority_numpy(inv: np.ndarray, lab: np.ndarray, m: int) -> np.ndarray:

@@ -164,9 +164,12 @@ def write_grid_product(product: GridProduct, cloud: PointCloud, class_map: Class
     return written
 
 
-def _window(model: Model, info: HeaderInfo | None, bounds: Bounds | None, memory: Memory) -> float | None:
+def _window(model: Model, info: HeaderInfo | None, bounds: Bounds | None, memory: Memory,
+            clipped: bool = True) -> float | None:
     """The window side in m to predict a LAS/LAZ file of header ``info`` with
-    (``pipeline.windows``), or None: whole (a PLY file, ``info`` None, or a model without a context)."""
+    (``pipeline.windows``), or None: whole (a PLY file, ``info`` None, or a model without a context).
+    ``clipped``: the windows' halos end at the file's box (no neighbouring files as context), so
+    edge windows may be larger (``window_size(extent=...)``)."""
     halo = getattr(model, "context", None)
     if halo is None or info is None:
         return None
@@ -180,7 +183,9 @@ def _window(model: Model, info: HeaderInfo | None, bounds: Bounds | None, memory
         if part is not None:
             points = int(points * min(1.0, (part.xmax - part.xmin) * (part.ymax - part.ymin) / area))
             area = max((part.xmax - part.xmin) * (part.ymax - part.ymin), 1.0)
-    return window_size(points, area, halo, model.bytes_per_point, memory.budget)
+            lo, hi = np.array([part.xmin, part.ymin]), np.array([part.xmax, part.ymax])
+    extent = (float(hi[0] - lo[0]), float(hi[1] - lo[1])) if clipped else None
+    return window_size(points, area, halo, model.bytes_per_point, memory.budget, extent)
 
 
 def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, device: str,
@@ -195,7 +200,7 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
     if problem:
         raise DataError(path, f"{problem}; use --format laz")
     target = output_path(path, out_dir, fmt)
-    size = _window(model, info, bounds, memory or Memory())
+    size = _window(model, info, bounds, memory or Memory(), clipped=context is None)
     if size is not None:
         warning = density_warning(path.name, bbox_density(info), train_density)
         if warning:
@@ -205,11 +210,15 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
             written = write_view(sample, {}, class_map, out_dir / f"{path.stem}_view.png", path.stem)
             log(f"{path.name}: -> {written} ({len(sample):,} of its {info.point_count:,} points)")
 
+        def maps(product: GridProduct, meta: PointCloud) -> None:
+            for written in write_grid_product(product, meta, class_map, out_dir, path.stem, options.probabilities):
+                log(f"{path.name}: -> {written}")
+
         with copc_output(target) if copc else nullcontext(target) as dest:
             predict_windowed(model, class_map, path, dest, device=device, grid_size=size, halo=model.context,
                              anchor=np.asarray(info.mins, np.float64), las14=copc, context=context,
                              view=view if options.preview else None,
-                             bounds=bounds,
+                             bounds=bounds, maps=maps,
                              label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
         log(f"{path.name}: {info.point_count:,} points -> {target}")
         return path, target

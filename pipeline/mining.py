@@ -52,9 +52,11 @@ class FeatureConfig:
                    + list(self.radii) + [2 * c for c in self.coarse_cells] + list(self.column_cells))
 
 
-def mine(cloud: PointCloud, cfg: FeatureConfig, rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+def mine(cloud: PointCloud, cfg: FeatureConfig, rows: np.ndarray | None = None,
+         share: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[str], np.ndarray]:
     """``(names, [N or len(rows), F] float32)``: the features of every point, or of ``rows``
-    only (the other points still neighbours)."""
+    only (the other points still neighbours); ``share``: neighbourhood features computed at
+    representatives only (``geometry.features.compute_features``)."""
     from geometry.features import compute_features
     from geometry.heights import GridSizeError
 
@@ -64,7 +66,7 @@ def mine(cloud: PointCloud, cfg: FeatureConfig, rows: np.ndarray | None = None) 
                                          returns=cfg.returns, ground_cell=cfg.ground_cell if cfg.ground else None,
                                          ground_window=cfg.ground_window, coarse_cells=tuple(cfg.coarse_cells),
                                          coarse_k=cfg.coarse_k, column_cells=tuple(cfg.column_cells),
-                                         plan_k=tuple(cfg.plan_k), rows=rows)
+                                         plan_k=tuple(cfg.plan_k), rows=rows, share=share)
     except GridSizeError as exc:
         raise UserError(f"{cloud.source or 'point cloud'}: features: {exc}") from None
     if cfg.normals:

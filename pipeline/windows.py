@@ -43,6 +43,7 @@ from data.las_stream import LasChunks
 from data.pointcloud import PointCloud
 
 from .buffers import NeighbourContext, appended, own_part
+from .models.base import GridProduct
 from .progress import log, progress
 
 #: records per streaming chunk (passes 1 and 3) and per result file
@@ -104,14 +105,37 @@ class WindowGrid:
         return pair // count, pair % count
 
 
-def window_size(points: int, area: float, halo: float, bytes_per_point: float, budget: float) -> float | None:
+def window_size(points: int, area: float, halo: float, bytes_per_point: float, budget: float,
+                extent: tuple[float, float] | None = None) -> float | None:
     """The window side (m) whose points with their halo fit ``budget`` bytes at the file's mean
-    density, or None when the whole file fits (``points * bytes_per_point + BASE_MEMORY``)."""
+    density, or None when the whole file fits (``points * bytes_per_point + BASE_MEMORY``).
+
+    A window holds ``(side + 2 halo)^2`` m^2 inside a file; with ``extent`` (the file's
+    ``(width, height)`` in m) its halo is cut by the file's edges, so the side is the largest
+    whose largest window, clipped to the file (:func:`_largest_window`), fits: a small file
+    several windows wide takes windows as large as the budget allows, not interior-sized ones
+    (peak memory set by the budget, whatever the file's size)."""
     if points * bytes_per_point + BASE_MEMORY <= budget:
         return None
     density = points / max(area, 1.0)
     fits = max(budget - BASE_MEMORY, 0.0) / (bytes_per_point * density)     # m^2 of window + halo
-    return max(math.sqrt(fits) - 2 * halo, halo, 10.0)
+    side = max(math.sqrt(fits) - 2 * halo, halo, 10.0)
+    if extent is None:
+        return side
+    width, height = (max(float(v), 1.0) for v in extent)
+    for bigger in np.arange(math.floor(max(width, height)), side, -1.0):   # 1 m steps, largest first
+        x, y = _largest_window(width, bigger, halo), _largest_window(height, bigger, halo)
+        if x * y <= fits:
+            return max(float(bigger), side)
+    return side
+
+
+def _largest_window(length: float, side: float, halo: float) -> float:
+    """The longest extent (m) along an axis of ``length`` m that a window of ``side`` m with its
+    ``halo`` covers inside it: the whole axis for one window, ``side + halo`` for two (each
+    touches an edge), ``side + 2 halo`` with an interior window; never more than ``length``."""
+    n = max(1, math.ceil(length / side))
+    return min(length, side + (0 if n == 1 else halo if n == 2 else 2 * halo))
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -204,7 +228,8 @@ def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.nd
 def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, *, device: str,
                      grid_size: float, halo: float, anchor: np.ndarray, label: Any, las14: bool = False,
                      context: "tuple[NeighbourContext, int] | None" = None,
-                     view: Callable[[PointCloud], Any] | None = None, bounds: Bounds | None = None) -> int:
+                     view: Callable[[PointCloud], Any] | None = None, bounds: Bounds | None = None,
+                     maps: Callable[[GridProduct, PointCloud], Any] | None = None) -> int:
     """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba)``
     -> ``(labelled cloud, extras)`` (``pipeline.labelling.labelled_cloud`` with the options);
     ``anchor``: the tile's minimum, where every window's model grids start. Returns the number
@@ -214,7 +239,10 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
     called after writing with every k-th labelled point (at most :data:`VIEW_POINTS`, all
     fields), for a rendered view of the file in bounded memory. ``bounds`` (``--bounds``): only
     the points inside are predicted and written (the file is streamed; with ``context``, its
-    own points around the window are context, as in a whole-file prediction)."""
+    own points around the window are context, as in a whole-file prediction). ``maps``: for a
+    model that also predicts a map (a grid model's ``GridProduct``), called after writing with
+    the file's map joined from the windows' (:class:`MapPieces`) and an empty cloud carrying
+    the file's CRS; without it such a model is refused."""
     chunks = LasChunks(path)
     if chunks.problems:
         raise DataError(path, f"corrupt LAZ ({'; '.join(chunks.problems)}); windowed prediction reads files "
@@ -237,11 +265,14 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
         neighbours = _spill_context(context, grid, tmp, names) if context is not None else []
         log(f"{path.name}: {chunks.point_count:,} points in {len(windows)} windows of {grid.size:.0f} m "
             f"(+{grid.halo:.0f} m halo)")
+        pieces = MapPieces() if maps is not None else None
         out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor,
-                                     neighbours)
+                                     neighbours, pieces)
         sample = _write_merged(chunks, target, tmp, out_dtype, class_map, las14, view is not None, bounds)
         if view is not None:
             view(sample)
+        if pieces is not None and pieces.first is not None:
+            maps(pieces.joined(), chunks.cloud(np.empty(0, dtype)))
     except OSError as exc:
         from data.atomic import disk_error
 
@@ -253,9 +284,10 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
 
 def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: WindowGrid, tmp: Path,
                      dtype: np.dtype, windows: list[int], device: str, label: Any, anchor: np.ndarray,
-                     neighbours: list[tuple[int, LasChunks, np.dtype]]) -> np.dtype:
+                     neighbours: list[tuple[int, LasChunks, np.dtype]], pieces: "MapPieces | None") -> np.dtype:
     """Pass 2: each window predicted (with its neighbours' context points, if any), its core
-    points' new fields appended to ``r<chunk>.res``."""
+    points' new fields appended to ``r<chunk>.res``; a map's cells that hold core points kept
+    in ``pieces``."""
     out_dtype = None
     top = max(max(class_map.output_codes), 5)          # codes a layout may write (5: vegetation split)
     for w in progress(windows, "windows: predict", unit="window"):
@@ -279,8 +311,10 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
         result = model.predict(buffered, device, anchor=anchor, targets=targets)   # the halo is context only
         result = own_part(result, cloud)
         if result.grid is not None:
-            raise UserError(f"{chunks.path}: windowed prediction writes labelled points only; this model also "
-                            "writes a map (set geotiff: false, or give more --max-memory)")
+            if pieces is None:
+                raise UserError(f"{chunks.path}: this model also writes a map, which this windowed prediction "
+                                "cannot take (set geotiff: false, or give more --max-memory)")
+            pieces.add(result.grid, cloud.xyz[core])
         labelled, extras = label(cloud, result.proba)
         fields = _new_fields(cloud, labelled, extras)
         if out_dtype is None:
@@ -300,6 +334,46 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
     if out_dtype is None:
         raise EmptyWindowError(chunks.path, "no window holds a point")
     return out_dtype
+
+
+class MapPieces:
+    """A file's map (a grid model's ``GridProduct``) joined from its windows' maps: each window
+    gives the cells that hold its core points (their class, probabilities), so every occupied
+    cell comes from a window whose halo holds the cell's points and its context. Cells are
+    aligned to multiples of the cell size (``geometry.grids.Grid2D``), so they join exactly;
+    the joined grid is the one around all the points, as a whole-file map's. Memory: a few
+    tens of bytes per occupied cell, not per point."""
+
+    def __init__(self) -> None:
+        self.first: GridProduct | None = None
+        self._cells: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []   # ix, iy, class, proba
+
+    def add(self, product: GridProduct, core_xy: np.ndarray) -> None:
+        """Keep the cells of ``product`` that hold one of the points ``core_xy`` ``[n, 2+]``."""
+        if self.first is None:
+            self.first = product
+        g = product.grid
+        r, c = g.cell_of(core_xy)
+        flat = np.unique(r.astype(np.int64) * g.cols + c)
+        r, c = flat // g.cols, flat % g.cols
+        self._cells.append(((g.col0 + c).astype(np.int64), (g.row_top - r).astype(np.int64),
+                            product.class_index[r, c], product.proba[r, c]))
+
+    def joined(self) -> GridProduct:
+        """The file's map: every kept cell at its place, the others outside the mask."""
+        from geometry.grids import Grid2D
+
+        first = self.first
+        ix, iy, cls, proba = (np.concatenate(v) for v in zip(*self._cells))
+        self._cells = []
+        grid = Grid2D(first.grid.cell_size, int(ix.min()), int(iy.max()), int(iy.max() - iy.min() + 1),
+                      int(ix.max() - ix.min() + 1))
+        r, c = grid.row_top - iy, ix - grid.col0
+        class_index = np.full(grid.shape, -1, first.class_index.dtype)
+        full = np.zeros(grid.shape + first.proba.shape[2:], first.proba.dtype)
+        mask = np.zeros(grid.shape, bool)
+        class_index[r, c], full[r, c], mask[r, c] = cls, proba, True
+        return GridProduct(grid, class_index, full, mask, first.title, first.preview)
 
 
 def _write_merged(chunks: LasChunks, target: Path, tmp: Path, out_dtype: np.dtype, class_map: ClassMap,

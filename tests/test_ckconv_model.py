@@ -112,6 +112,30 @@ def test_raster_spec_writes_laz_geotiff_and_report(raster_run, lidar_data, tmp_p
     assert rep["num_points"] > 10_000 and 0 <= rep["overall_accuracy"] <= 1
 
 
+def test_raster_windows_join_the_map_of_the_whole_tile(raster_run, lidar_data, tmp_path):
+    """A grid model predicted in windows (``--window``) writes the labelled points and one
+    GeoTIFF map per file (and its probabilities), joined from the windows' core cells: the same
+    grid as the whole-tile map, and its cells equal wherever the windows' halo covers the
+    model's context (here the whole 50 m crop), as the points' labels are."""
+    tile = lidar_data / TEST_TILES[0]
+    outs = {}
+    for name, extra in (("whole", []), ("win", ["--window", "20"])):
+        res = cli("predict", "--model", raster_run / "model.bundle", "--input", tile, "--out", tmp_path / name,
+                  "--probabilities", *extra)
+        assert res.returncode == 0, res.stderr
+        outs[name] = tmp_path / name
+    assert "windows of 20 m" in res.stderr
+    stem = tile.stem
+    a, b = laspy.read(outs["whole"] / tile.name), laspy.read(outs["win"] / tile.name)
+    np.testing.assert_array_equal(a.classification, b.classification)
+    for suffix in ("_class.tif", "_proba.tif"):
+        with rasterio.open(outs["whole"] / f"{stem}{suffix}") as ta, rasterio.open(outs["win"] / f"{stem}{suffix}") as tb:
+            assert (ta.transform, ta.shape, ta.count, ta.dtypes, ta.crs) == (tb.transform, tb.shape, tb.count,
+                                                                              tb.dtypes, tb.crs)
+            np.testing.assert_allclose(ta.read(), tb.read(), atol=1e-5)
+    assert (outs["win"] / f"{stem}_class.png").is_file()
+
+
 def test_voxel_spec_runs_tiny(tmp_path, lidar_data):
     spec = _spec(tmp_path, lidar_data, "voxel", cell_size=2.0, voxel_height=2.0, levels=6)
     res = cli("run", spec, "--limit-steps", "2", "--quiet")
@@ -167,29 +191,64 @@ def test_network_shapes_and_gradients(data_dim, kernel, film):
         assert net.pool.queries.grad.abs().sum() > 0      # then the register pooling learns too
 
 
-def test_tiled_prediction_blends_to_probabilities():
+def test_tiled_prediction_blends_lattice_tiles():
+    """predict_cells: the tent-weighted mean of the softmax of every tile on the lattice of
+    absolute cells (stride crop * (1 - overlap), from the anchor's cell) that meets the grid,
+    padded past the edges (a loop over the tiles as the reference); a window of the grid (same
+    cells, same anchor) gives the same cells wherever every tile over them lies inside it."""
+    from types import SimpleNamespace
+
     from data.classmap import ClassMap
+    from geometry.grids import Grid2D
     from pipeline.models.ckconv_model import CKConvGridModel
     from pipeline.models.grid_inputs import EncodedGrid as _Grid
+    from pipeline.models.tiling import tent_weight
 
     cmap = ClassMap.from_config({"a": [1], "b": [2], "c": [3]})
-    model = CKConvGridModel(CKConvGridModel.Config(crop=8, hidden=8, blocks=1, overlap=0.5, batch_size=3), cmap)
+    c, stride = 8, 4
+    model = CKConvGridModel(CKConvGridModel.Config(crop=c, hidden=8, blocks=1, overlap=0.5, batch_size=3), cmap)
     model._build_net(4)
     rng = np.random.default_rng(0)
-    mask = rng.random((21, 13)) > 0.3
-    g = _Grid(rng.normal(size=(21, 13, 4)).astype(np.float32), mask, None, np.zeros(0, np.int64), None)
-    p = model.predict_cells(g)
-    assert p.shape == (21, 13, 3) and np.isfinite(p).all()
+    rows, cols = 21, 13
+    mask = rng.random((rows, cols)) > 0.3
+    x = rng.normal(size=(rows, cols, 4)).astype(np.float32)
+    grid = Grid2D(2.0, 100, 70, rows, cols)                     # cells x 100..112, y 50..70 (north row 70)
+
+    def encoded(r0, r1, q0, q1):
+        sub = Grid2D(2.0, grid.col0 + q0, grid.row_top - r0, r1 - r0, q1 - q0)
+        return _Grid(x[r0:r1, q0:q1], mask[r0:r1, q0:q1], None, np.zeros(0, np.int64), SimpleNamespace(grid=sub))
+
+    anchor = np.array([2.0 * 97 + 0.3, 2.0 * 48 + 1.9])         # cell (97, 48): the lattice's origin
+    p = model.predict_cells(encoded(0, rows, 0, cols), anchor=anchor)
+    # reference: every lattice tile by hand
+    acc, wsum = np.zeros((rows, cols, 3)), np.zeros((rows, cols, 1))
+    tent = tent_weight(c)[..., None]
+    bottom = grid.row_top - rows + 1
+    for t in range(48 - 10 * stride, 48 + 10 * stride, stride):           # absolute rows [t, t + c)
+        for u in range(97 - 10 * stride, 97 + 10 * stride, stride):       # absolute columns [u, u + c)
+            if not (t < grid.row_top + 1 and t + c > bottom and u < grid.col0 + cols and u + c > grid.col0):
+                continue
+            xb, mb = np.zeros((1, c, c, 4), np.float32), np.zeros((1, c, c), bool)
+            for i in range(c):
+                for j in range(c):
+                    r, q = grid.row_top - (t + c - 1 - i), u + j - grid.col0
+                    if 0 <= r < rows and 0 <= q < cols:
+                        xb[0, i, j], mb[0, i, j] = x[r, q], mask[r, q]
+            with torch.no_grad():
+                sm = model.net(torch.from_numpy(xb), torch.from_numpy(mb)).softmax(-1).numpy()[0]
+            for i in range(c):
+                for j in range(c):
+                    r, q = grid.row_top - (t + c - 1 - i), u + j - grid.col0
+                    if 0 <= r < rows and 0 <= q < cols:
+                        acc[r, q] += sm[i, j] * tent[i, j]
+                        wsum[r, q] += tent[i, j]
+    np.testing.assert_allclose(p, acc / wsum, atol=1e-5)
     np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
-    # a grid no larger than a tile is one padded tile: same as running the net on the padded tile
-    small = _Grid(g.x[:8, :6], mask[:8, :6], None, np.zeros(0, np.int64), None)
-    xb = np.zeros((1, 8, 8, 4), np.float32)
-    xb[0, :, :6] = small.x
-    mb = np.zeros((1, 8, 8), bool)
-    mb[0, :, :6] = small.mask
-    with torch.no_grad():
-        ref = model.net(torch.from_numpy(xb), torch.from_numpy(mb)).softmax(-1).numpy()[0, :, :6]
-    np.testing.assert_allclose(model.predict_cells(small), ref, atol=1e-5)
+    # a window (rows 3..19, columns 2..13): equal where every tile over a cell lies inside it
+    w = model.predict_cells(encoded(3, 19, 2, 13), anchor=anchor)
+    inner = (slice(3 + c - 1, 19 - c + 1), slice(2 + c - 1, cols))      # columns: the grid's own east edge
+    np.testing.assert_allclose(w[inner[0].start - 3:inner[0].stop - 3, inner[1].start - 2:],
+                               p[inner], atol=1e-5)
 
 
 # -- training on the shared loop (pipeline.training.Trainer) ----------------------------------

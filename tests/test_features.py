@@ -258,3 +258,14 @@ def test_features_of_some_rows_are_those_rows_of_all():
     assert sub_names == names and sub.shape == (len(rows), len(names))
     assert {"xy12_zrel", "r1.0_planarity", "col1.0_rank", "hag_ground", "intensity", "hag3_c2.0"} <= set(names)
     np.testing.assert_array_equal(sub, x[rows])
+    # share: the neighbourhood features (k, radius, plan-view k-NN) of each row's representative,
+    # the others (heights, columns, ground, coarse scales, attributes) the row's own
+    reps = rows[::3]
+    inverse = np.arange(len(rows)) // 3
+    shared_names, shared = compute_features(cloud, rows=rows, share=(reps, inverse), **kw)
+    assert shared_names == names
+    neighbourhood = [j for j, nm in enumerate(names) if nm.startswith(("k8_", "k16_", "r1.0_", "xy12_"))]
+    own = [j for j in range(len(names)) if j not in neighbourhood]
+    assert len(neighbourhood) > 10 and len(own) > 5
+    np.testing.assert_array_equal(shared[:, neighbourhood], x[reps[inverse]][:, neighbourhood])
+    np.testing.assert_array_equal(shared[:, own], x[rows][:, own])

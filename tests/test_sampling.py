@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from geometry.sampling import farthest_point_sample, grid_subsample
+from geometry.sampling import farthest_point_sample, grid_representatives, grid_subsample
 
 
 def grid_reference(points, cell, features, labels, batch):
@@ -97,6 +97,24 @@ def fps_reference(p, n, start):
             mind[j] = min(mind[j], float(((p[j] - p[idx[-1]]) ** 2).sum()))
         idx.append(int(np.argmax(mind)))
     return np.array(idx)
+
+
+def test_grid_representatives_match_loop(data):
+    """Each cell's representative is its point nearest the cell's barycentre (lowest index on a
+    tie), cells in grid_subsample's order; inverse maps every point to its cell."""
+    pts = data[0]
+    pts[1] = pts[0]                              # an exact duplicate: the tie goes to index 0
+    ref = grid_reference(pts, 0.5, data[1], data[2], np.zeros(len(pts), np.int64))
+    rows, inverse = grid_representatives(pts, 0.5)
+    np.testing.assert_array_equal(inverse, ref["inverse"])
+    want = []
+    for cell in range(len(ref["points"])):
+        members = np.flatnonzero(ref["inverse"] == cell)
+        d2 = ((pts[members] - ref["points"][cell]) ** 2).sum(1)
+        want.append(members[np.flatnonzero(d2 == d2.min())[0]])
+    np.testing.assert_array_equal(rows, want)
+    assert 1 not in set(rows.tolist()) or 0 not in set(rows.tolist())
+    np.testing.assert_array_equal(inverse[rows], np.arange(len(rows)))   # each represents its own cell
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])

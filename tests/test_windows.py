@@ -57,6 +57,13 @@ def test_memory_budget_sizes():
     side = window_size(50_000_000, 4e6, 30.0, 200.0, 3e9)                      # 12.5 points/m^2
     fits = (3e9 - BASE_MEMORY) / 200.0 / 12.5
     assert side == pytest.approx(np.sqrt(fits) - 60.0)
+    # halos cut by the file's edges: a file two windows wide takes the largest side whose edge
+    # windows (side + halo, clipped to the file) fit; a file with interior windows keeps the side
+    w, h = np.sqrt(fits) * 1.5, np.sqrt(fits) * 1.4
+    edge = window_size(int(12.5 * w * h), w * h, 30.0, 200.0, 3e9, (w, h))
+    assert edge > side and np.ceil(w / edge) == np.ceil(h / edge) == 2
+    assert min(edge + 30, w) * min(edge + 30, h) <= fits < min(edge + 31, w) * min(edge + 31, h)
+    assert window_size(50_000_000, 4e6, 30.0, 200.0, 3e9, (2000.0, 2000.0)) == pytest.approx(side)
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +220,37 @@ def test_cli_windows_and_budget(rf_tiny_bundle, lidar_data, tmp_path):
               "--max-memory", "lots")
     assert res.returncode == 2 and "--max-memory lots" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_forest_predict_cell_gives_each_cell_its_representatives_probabilities(rf, lidar_data):
+    """``predict_cell``: every point takes the probabilities that the full prediction gives its
+    cell's representative (features of a row equal that row's among all); with ``targets`` the
+    representatives are drawn from the targets and the other rows stay uniform."""
+    from data.io import read_cloud
+    from geometry.sampling import grid_representatives
+
+    cloud = read_cloud(lidar_data / TILE)
+    model = rf.model
+    full = model.predict_proba(cloud)
+    model.config.predict_cell = 1.0
+    try:
+        cell = model.predict_proba(cloud)
+        rows, inverse = grid_representatives(cloud.xyz, 1.0)
+        assert len(rows) < len(cloud) / 2
+        np.testing.assert_allclose(cell, full[rows][inverse], rtol=1e-5, atol=1e-6)
+        targets = cloud.xyz[:, 0] < np.median(cloud.xyz[:, 0])
+        part = model.predict_proba(cloud, targets=targets)
+        t = np.flatnonzero(targets)
+        rows_t, inverse_t = grid_representatives(cloud.xyz[t], 1.0)
+        np.testing.assert_allclose(part[t], full[t[rows_t]][inverse_t], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(part[~targets], 1 / rf.class_map.num_classes)
+        # predict_share: features: each point classified on its cell's neighbourhood features and
+        # its own per-point ones; cells of 0.1 mm (one point each, or exact duplicates, whose
+        # neighbourhoods are the same) give the full prediction back
+        model.config.predict_share = "features"
+        shared = model.predict_proba(cloud)
+        assert 0.5 < np.mean(shared.argmax(1) == full.argmax(1)) < 1
+        model.config.predict_cell = 1e-4
+        np.testing.assert_allclose(model.predict_proba(cloud), full, rtol=1e-5, atol=1e-6)
+    finally:
+        model.config.predict_cell, model.config.predict_share = 0.0, "labels"

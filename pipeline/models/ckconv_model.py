@@ -68,7 +68,7 @@ from pipeline.training import OptimConfig, amp_autocast
 
 from .base import GridProduct, Prediction, TrainContext, load_torch_file, load_weights
 from .grid_inputs import EncodedGrid, encode_grid
-from .tiling import tent_weight, tile_starts, window
+from .tiling import lattice_starts, tent_weight, window
 from .torch_model import TorchModel, TrainingData
 
 @dataclass
@@ -238,18 +238,27 @@ class CKConvGridModel(TorchModel):
         return ref, self.predict_cells(g, device).reshape(-1, self.class_map.num_classes).argmax(-1)[g.point_index]
 
     # -- inference ----------------------------------------------------------------------
-    def predict_cells(self, g: EncodedGrid, device: str = "cpu") -> np.ndarray:
+    def predict_cells(self, g: EncodedGrid, device: str = "cpu", anchor: np.ndarray | None = None) -> np.ndarray:
         """Blended softmax ``[*S, K * C]`` (``K`` height bands, softmax per band) over overlapping
-        ``crop`` tiles (padded at the edges); ``optim.amp`` autocast on CUDA, as in training."""
+        ``crop`` tiles on the lattice of absolute cells that starts at ``anchor``'s cell (x, y in
+        metres; default: the grid's south-west cell), padded at the edges
+        (``pipeline.models.tiling``); ``optim.amp`` autocast on CUDA, as in training."""
         import torch
 
         cfg, c = self.config, self.config.crop
+        grid = g.raw.grid
         rows, cols = g.mask.shape[:2]
+        bottom = grid.row_top - rows + 1                          # floor(y / s) of the southern row
+        ax, ay = ((grid.col0, bottom) if anchor is None
+                  else (int(np.floor(anchor[0] / grid.cell_size)), int(np.floor(anchor[1] / grid.cell_size))))
         tent = tent_weight(c, g.mask.ndim - 2)
         C, K = self.class_map.num_classes, self.bands
         acc = np.zeros(g.mask.shape + (K * C,), np.float32)
         wsum = np.zeros(g.mask.shape + (1,), np.float32)
-        tiles = [(r, q) for r in tile_starts(rows, c, cfg.overlap) for q in tile_starts(cols, c, cfg.overlap)]
+        # a tile over absolute rows [t, t + c) (northwards) starts at array row row_top - t - c + 1
+        tiles = [(grid.row_top - t - c + 1, u - grid.col0)
+                 for t in lattice_starts(bottom, rows, c, cfg.overlap, ay)
+                 for u in lattice_starts(grid.col0, cols, c, cfg.overlap, ax)]
         net = self.net.to(device).eval()
         with torch.no_grad(), amp_autocast(cfg.optim, device):
             for i in range(0, len(tiles), cfg.batch_size):
@@ -260,21 +269,22 @@ class CKConvGridModel(TorchModel):
                 logits = logits.unflatten(-1, (K, C))
                 p = adjust_logits(logits, self.logit_bias).softmax(-1).flatten(-2).cpu().numpy()
                 for j, (r, q) in enumerate(part):
-                    h, w = min(c, rows - r), min(c, cols - q)
-                    acc[r:r + h, q:q + w] += p[j, :h, :w] * tent[:h, :w, ..., None]
-                    wsum[r:r + h, q:q + w] += tent[:h, :w, ..., None]
+                    r0, q0 = max(r, 0), max(q, 0)                  # the tile's part inside the grid
+                    r1, q1 = min(r + c, rows), min(q + c, cols)
+                    t = tent[r0 - r:r1 - r, q0 - q:q1 - q, ..., None]
+                    acc[r0:r1, q0:q1] += p[j, r0 - r:r1 - r, q0 - q:q1 - q] * t
+                    wsum[r0:r1, q0:q1] += t
         return acc / wsum
 
     #: peak process memory per point of a whole cloud predicted at once (pipeline.windows)
     bytes_per_point = 300.0
 
     @property
-    def context(self) -> float | None:
-        """Metres around a point its label depends on (the tiles' reach), or None when the model
-        writes a map (windows would cut it)."""
-        if self.config.geotiff:
-            return None
-        return self.config.crop * self.config.cell_size / 2 + self.config.ground_window
+    def context(self) -> float:
+        """Metres around a point its label (and its map cell) depends on: a whole tile's width
+        (a cell near a tile's edge sees the far edge) plus the ground model's window
+        (``pipeline.windows`` joins the windows' maps)."""
+        return self.config.crop * self.config.cell_size + self.config.ground_window
 
     def predict(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
                 targets: np.ndarray | None = None) -> Prediction:
@@ -284,7 +294,7 @@ class CKConvGridModel(TorchModel):
         g = self._grid(cloud, None)
         if g.x.shape[-1] != self.in_dim:
             raise DataError(cloud.source, f"grid has {g.x.shape[-1]} input channels, the model {self.in_dim}")
-        cells = self.predict_cells(g, device)
+        cells = self.predict_cells(g, device, anchor)
         proba = cells.reshape(-1, self.class_map.num_classes)[g.point_index].astype(np.float32)
         if not self.config.geotiff:
             return Prediction(proba)

@@ -48,6 +48,12 @@ class RandomForestModel:
         balanced: bool = False         # class_weight='balanced_subsample' on the sampled points
         prior_correction: bool = True  # undo the sample's (and class weights') priors at prediction
         n_jobs: int = option(predict=True, default=-1)   # worker processes (-1: all cores)
+        # metres; > 0: prediction mines one point per cell of this 3-D grid (the one nearest the
+        # cell's barycentre; neighbours are still all points) and every point of the cell takes
+        # its probabilities (predict_share: labels) or its neighbourhood features (features:
+        # the per-point ones stay its own, every point classified); 0: every point mined
+        predict_cell: float = option(min=0, predict=True, default=0.0)
+        predict_share: Literal["labels", "features"] = option(predict=True, default="labels")
 
         def __post_init__(self) -> None:
             if self.n_jobs == 0 or self.n_jobs < -1:
@@ -149,9 +155,26 @@ class RandomForestModel:
     def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
                       targets: np.ndarray | None = None) -> np.ndarray:
         """``[N, C]``; with ``targets`` only their features are mined and classified (the
-        others are neighbours only; their rows are uniform)."""
-        rows = None if targets is None else np.flatnonzero(targets)
-        names, feats = mine(cloud, self.config.features, rows)
+        others are neighbours only; their rows are uniform). With ``predict_cell`` > 0, one
+        point per occupied cell of the rows asked for is mined
+        (``geometry.sampling.grid_representatives``) and gives every point of its cell its
+        probabilities (``predict_share: labels``) or its neighbourhood features (``features``,
+        ``geometry.features.compute_features(share=...)``)."""
+        cfg = self.config
+        rows = np.arange(len(cloud)) if targets is None else np.flatnonzero(targets)
+        inverse = None
+        if cfg.predict_cell > 0 and len(rows):
+            from geometry.sampling import grid_representatives
+
+            pick, inverse = grid_representatives(cloud.xyz[rows], cfg.predict_cell)
+        subset = None if targets is None else rows
+        if inverse is None:
+            names, feats = mine(cloud, cfg.features, subset)
+        elif cfg.predict_share == "features":
+            names, feats = mine(cloud, cfg.features, subset, share=(rows[pick], inverse))
+            inverse = None                  # every row classified
+        else:
+            names, feats = mine(cloud, cfg.features, rows[pick])
         self._check_names(names, cloud.source)
         proba = np.zeros((len(feats), self.class_map.num_classes), dtype=np.float32)
         chunk = 200_000
@@ -161,7 +184,9 @@ class RandomForestModel:
         if self.prior_ratio is not None:
             proba *= self.prior_ratio
             proba /= np.maximum(proba.sum(1, keepdims=True), 1e-12)
-        if rows is None:
+        if inverse is not None:
+            proba = proba[inverse]
+        if targets is None:
             return proba
         full = np.full((len(cloud), self.class_map.num_classes), 1 / self.class_map.num_classes, np.float32)
         full[rows] = proba
