@@ -3,7 +3,8 @@
 Each tile of ``shared/data/lidar/ign_lidarhd_1km/`` is labelled twice by the same bundle, in
 child processes: whole (the baseline) and in ``--window`` m windows (each read with the model's
 context around it, ``pipeline.windows``). Printed per tile and over all: the share of points
-with the same predicted code, and both wall times.
+with the same predicted code, and both wall times; for a grid model that writes GeoTIFF maps,
+also the share of the whole map's occupied cells with the same class in the windows' map.
 
 Usage: python benchmarks/window_agreement.py --bundle models/lidarhd-kpconvx [--window 250]
        [--set votes=1 ...] [--work /tmp/lidarseg_window_agreement] [--quick]
@@ -45,8 +46,9 @@ def main() -> None:
         tiles, args.window = sorted((DATA / "ign_lidarhd" / "test").glob("*.laz"))[:1], 20.0
     sets = [a for kv in args.set for a in ("--set", kv)]
     work = Path(args.work)
-    same = total = 0
-    print(f"| tile | points | agreement | whole | windows of {args.window:g} m |\n|---|---|---|---|---|")
+    same = total = cells_same = cells = 0
+    print(f"| tile | points | agreement | whole | windows of {args.window:g} m | map cells agreement |\n"
+          "|---|---|---|---|---|---|")
     for tile in tiles:
         t_whole = predict(args.bundle, tile, work / "whole", sets)
         t_win = predict(args.bundle, tile, work / "windows", sets + ["--window", str(args.window)])
@@ -54,8 +56,29 @@ def main() -> None:
         b = read_cloud(work / "windows" / tile.name).fields["classification"]
         same += int((a == b).sum())
         total += len(a)
-        print(f"| {tile.stem} | {len(a):,} | {np.mean(a == b):.4%} | {t_whole:.1f} s | {t_win:.1f} s |", flush=True)
+        maps = map_agreement(work / "whole" / f"{tile.stem}_class.tif", work / "windows" / f"{tile.stem}_class.tif")
+        if maps is not None:
+            cells_same, cells = cells_same + maps[0], cells + maps[1]
+        print(f"| {tile.stem} | {len(a):,} | {np.mean(a == b):.4%} | {t_whole:.1f} s | {t_win:.1f} s | "
+              f"{'-' if maps is None else f'{maps[0] / max(maps[1], 1):.4%} of {maps[1]:,}'} |", flush=True)
     print(f"\nall tiles: {same / total:.4%} of {total:,} points labelled the same (target >= 99.5%)")
+    if cells:
+        print(f"maps: {cells_same / cells:.4%} of {cells:,} occupied cells of the whole tiles' maps the same")
+
+
+def map_agreement(whole: Path, windows: Path) -> tuple[int, int] | None:
+    """``(cells with the same class, occupied cells of the whole map)``, or None without maps;
+    the two maps must lie on the same grid."""
+    if not whole.is_file():
+        return None
+    import rasterio
+
+    with rasterio.open(whole) as a, rasterio.open(windows) as b:
+        if (a.transform, a.shape) != (b.transform, b.shape):
+            raise SystemExit(f"{windows}: another grid than {whole}")
+        x, y, nodata = a.read(1), b.read(1), a.nodata
+    occupied = x != nodata
+    return int((x[occupied] == y[occupied]).sum()), int(occupied.sum())
 
 
 if __name__ == "__main__":
