@@ -24,7 +24,7 @@ from .covariance import CHUNK
 from .grids import Groups
 from .neighbors import NeighborIndex
 
-__all__ = ["CELL_COLUMN_FEATURES", "PLAN_FEATURES", "cell_column_features", "plan_knn_features"]
+__all__ = ["CELL_COLUMN_FEATURES", "PLAN_FEATURES", "cell_column_features", "plan_knn_features", "plan_knn_scales"]
 
 #: Keys of :func:`cell_column_features` (named ``col{cell}_{key}``, e.g. ``'col2.0_rank'``).
 CELL_COLUMN_FEATURES: tuple[str, ...] = ("ground_gap", "rank", "multi_return")
@@ -68,36 +68,53 @@ def cell_column_features(xyz: np.ndarray, hag: np.ndarray, cell: float,
 def plan_knn_features(xyz: np.ndarray, k: int, workers: int = -1,
                       index: NeighborIndex | None = None, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Plan-view k-NN features (module docstring) of every point, or of ``rows`` only (their
-    neighbours among all points).
+    neighbours among all points): :func:`plan_knn_scales` at one ``k``.
+
+    Returns ``{key: [N or len(rows)] float32}`` with the keys of :data:`PLAN_FEATURES`.
+    """
+    return plan_knn_scales(xyz, (k,), workers, index, rows)[int(k)]
+
+
+def plan_knn_scales(xyz: np.ndarray, ks: "tuple[int, ...] | list[int]", workers: int = -1,
+                    index: NeighborIndex | None = None,
+                    rows: np.ndarray | None = None) -> dict[int, dict[str, np.ndarray]]:
+    """Plan-view k-NN features at several ``k`` from one query of the largest (the ``k``
+    nearest are the first ``k`` columns of the sorted ``max(ks)`` table).
 
     ``index``: a 2-D ``NeighborIndex`` over ``xyz[:, :2]`` (centred) if the caller has one.
     Processed in chunks of :data:`geometry.covariance.CHUNK` points (bounded memory).
 
-    Returns ``{key: [N or len(rows)] float32}`` with the keys of :data:`PLAN_FEATURES`.
+    Returns ``{k: {key: [N or len(rows)] float32}}`` with the keys of :data:`PLAN_FEATURES`.
     """
     xyz = np.asarray(xyz, np.float64)
     n = len(xyz)
     rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
     m = len(rows)
+    ks = sorted({int(k) for k in ks})
     if n == 0 or m == 0:
-        return {key: np.zeros(m, np.float32) for key in PLAN_FEATURES}
+        return {k: {key: np.zeros(m, np.float32) for key in PLAN_FEATURES} for k in ks}
     xy = xyz[:, :2] - xyz[:, :2].mean(0)
     index = index or NeighborIndex(xy, balanced=False)
-    kk = min(int(k), n)
-    out = {key: np.empty(m, np.float32) for key in PLAN_FEATURES}
+    out = {k: {key: np.empty(m, np.float32) for key in PLAN_FEATURES} for k in ks}
+    kmax = min(ks[-1], n)
     for s in range(0, m, CHUNK):
         q = slice(s, min(m, s + CHUNK))
-        dist, idx = index.knn(xy[rows[q]], kk, workers=workers)
-        out["radius"][q] = dist[:, -1]
-        nb = xy[idx]                                          # [m, k, 2]
-        c = nb - nb.mean(1, keepdims=True)
-        sxx, syy = (c[..., 0] ** 2).mean(1), (c[..., 1] ** 2).mean(1)
-        sxy = (c[..., 0] * c[..., 1]).mean(1)
-        half = (sxx + syy) / 2
-        disc = np.sqrt(np.maximum(half ** 2 - (sxx * syy - sxy ** 2), 0.0))
-        l1, l2 = half + disc, np.maximum(half - disc, 0.0)
-        out["linearity"][q] = np.where(l1 > 0, (l1 - l2) / np.where(l1 > 0, l1, 1.0), 0.0)
-        zn = xyz[idx, 2]
-        out["zstd"][q] = zn.std(1)
-        out["zrel"][q] = xyz[rows[q], 2] - zn.mean(1)
+        dist, table = index.knn(xy[rows[q]], kmax, workers=workers)
+        dist, table = dist.reshape(len(dist), -1), table.reshape(len(table), -1)
+        for k in ks:
+            kk = min(k, n)
+            idx = table[:, :kk]
+            res = out[k]
+            res["radius"][q] = dist[:, kk - 1]
+            nb = xy[idx]                                          # [m, k, 2]
+            c = nb - nb.mean(1, keepdims=True)
+            sxx, syy = (c[..., 0] ** 2).mean(1), (c[..., 1] ** 2).mean(1)
+            sxy = (c[..., 0] * c[..., 1]).mean(1)
+            half = (sxx + syy) / 2
+            disc = np.sqrt(np.maximum(half ** 2 - (sxx * syy - sxy ** 2), 0.0))
+            l1, l2 = half + disc, np.maximum(half - disc, 0.0)
+            res["linearity"][q] = np.where(l1 > 0, (l1 - l2) / np.where(l1 > 0, l1, 1.0), 0.0)
+            zn = xyz[idx, 2]
+            res["zstd"][q] = zn.std(1)
+            res["zrel"][q] = xyz[rows[q], 2] - zn.mean(1)
     return out

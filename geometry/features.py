@@ -24,7 +24,7 @@ import numpy as np
 
 from data.pointcloud import PointCloud
 
-from .columns import CELL_COLUMN_FEATURES, PLAN_FEATURES, cell_column_features, plan_knn_features
+from .columns import CELL_COLUMN_FEATURES, PLAN_FEATURES, cell_column_features, plan_knn_scales
 from .covariance import CHUNK, COVARIANCE_FEATURES, CovarianceFeatures, covariance_features, symmetric_eigen3
 from .heights import GROUND_FEATURE, HEIGHT_FEATURES, ground_surface, height_above_ground, height_features
 from .neighbors import NeighborIndex
@@ -184,7 +184,7 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
     over several metres (a roof's plane, a crown) at the cost of one small k-NN query. Each
     ``column_cells`` size adds ``geometry.columns.cell_column_features`` (on the same DTM,
     ``ground_cell`` or 1 m cells) and each ``plan_k`` the plan-view k-NN features
-    (``geometry.columns.plan_knn_features``). Any non-finite value is replaced by 0 (none is
+    (``geometry.columns.plan_knn_scales``: one query of the largest k). Any non-finite value is replaced by 0 (none is
     expected).
 
     Returns:
@@ -255,9 +255,8 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
         cols.update(_coarse_features(local, g, coarse_k, min_neighbors, workers, n))
     if plan_k and m:
         plan_index = NeighborIndex(local[:, :2], balanced=False)
-        for kk in plan_k:
-            of_rows.update({f"xy{int(kk)}_{f}": v for f, v in
-                            plan_knn_features(local, kk, workers, plan_index, rows).items()})
+        for kk, res in plan_knn_scales(local, tuple(plan_k), workers, plan_index, rows).items():
+            of_rows.update({f"xy{kk}_{f}": v for f, v in res.items()})
     try:
         height_results = heights.result()
     finally:
