@@ -13,13 +13,16 @@ chunk or one window, never the tile:
    halo as context only (``targets``: KPConvX runs the regions that reach the core, the forest
    mines and classifies the core's points), the cloud is labelled
    (``pipeline.labelling.labelled_cloud``), and its core points' new fields go, with their
-   indices, to per-chunk result files (chunk ``k`` holds the points ``k*CHUNK ..``);
+   indices, to per-chunk result files (chunk ``k`` holds the points ``k*CHUNK ..``); a grid
+   model's map keeps the cells holding core points (:class:`MapPieces`, joined and written
+   once at the end);
 3. write: the file is read again chunk by chunk, each chunk's results scattered back by
    index, and the labelled chunk appended to the output (``data.las.las_writer``), so the
    output keeps every input point in input order, every field, header, VLRs and CRS.
 
-Peak memory: one window with its halo (``size + 2 halo`` metres square) plus one chunk, whatever
-the tile's size. :func:`window_size` picks ``size`` from a memory budget (``--max-memory``).
+Peak memory: one window with its halo (``size + 2 halo`` metres square, less where the file's
+edge cuts it) plus one chunk, whatever the tile's size (a grid model's map adds a few tens of
+bytes per occupied cell). :func:`window_size` picks ``size`` from a memory budget (``--max-memory``).
 Temporary files live in ``OUT/.lidarseg-windows-<stem>/`` (removed at the end, and at the
 start of the next run if a killed one left them).
 """
