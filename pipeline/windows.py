@@ -28,6 +28,8 @@ start of the next run if a killed one left them).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 import shutil
@@ -139,6 +141,25 @@ def _largest_window(length: float, side: float, halo: float) -> float:
     touches an edge), ``side + 2 halo`` with an interior window; never more than ``length``."""
     n = max(1, math.ceil(length / side))
     return min(length, side + (0 if n == 1 else halo if n == 2 else 2 * halo))
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_memory() -> None:
+    """Give the heap pages freed by the last window back to the system (``malloc_trim(0)``):
+    glibc keeps freed blocks below its dynamic mmap threshold (up to 32 MB) in its arenas, so
+    without it the resident set between windows grows with the windows run, and each window's
+    peak stands on it (benchmarks/README.md, "Whole tiles in bounded memory")."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -334,6 +355,8 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
         cuts = np.flatnonzero(np.diff(part)) + 1
         for piece in np.split(res, cuts):
             _append(tmp / f"r{int(piece['index'][0]) // CHUNK}.res", piece.tobytes())
+        del records, index, cloud, buffered, result, labelled, extras, fields, res
+        return_freed_memory()
     if out_dtype is None:
         raise EmptyWindowError(chunks.path, "no window holds a point")
     return out_dtype

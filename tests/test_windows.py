@@ -2,6 +2,8 @@
 kept, labels equal to whole-tile prediction where a window's halo covers the model's context."""
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -254,3 +256,22 @@ def test_forest_predict_cell_gives_each_cell_its_representatives_probabilities(r
         np.testing.assert_allclose(model.predict_proba(cloud), full, rtol=1e-5, atol=1e-6)
     finally:
         model.config.predict_cell, model.config.predict_share = 0.0, "labels"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc's")
+def test_windows_return_freed_heap_pages_to_the_system():
+    """After a window, the heap pages it freed go back (glibc keeps them otherwise)."""
+    from pipeline.windows import return_freed_memory
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    blocks = [bytearray(b"\x01") * (64 * 1024) for _ in range(4000)]   # 256 MB of heap blocks (below mmap's threshold)
+    keep = blocks[-1]
+    del blocks                                                # freed, the top one still held
+    before = rss()
+    return_freed_memory()
+    assert before - rss() > 100e6
+    assert len(keep) == 64 * 1024
