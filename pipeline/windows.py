@@ -23,6 +23,8 @@ chunk or one window, never the tile:
 Peak memory: one window with its halo (``size + 2 halo`` metres square, less where the file's
 edge cuts it) plus one chunk, whatever the tile's size (a grid model's map adds a few tens of
 bytes per occupied cell). :func:`window_size` picks ``size`` from a memory budget (``--max-memory``).
+Each window's arrays are released, and the heap pages they held returned to the system
+(:func:`return_freed_memory`), before the next window is read, so windows do not stack.
 Temporary files live in ``OUT/.lidarseg-windows-<stem>/`` (removed at the end, and at the
 start of the next run if a killed one left them).
 """
