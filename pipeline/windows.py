@@ -92,10 +92,15 @@ class WindowGrid:
     def members(self, xy: np.ndarray, own: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, windows)``: every (point, window) pair whose core plus halo holds the point
         (with ``own``, always its own core window, even for a point outside the header's box;
-        without, only halos: a neighbouring file's points)."""
+        without, only halos: a neighbouring file's points), each pair once, ordered by window,
+        then row. The windows a point's halo reaches are its cell's ``(i + di, j + dj)``, distinct
+        for distinct offsets, so only its own core window can repeat; it is skipped in the
+        offsets, and one sort of ``window * n + row`` orders the pairs (no hash of them)."""
+        n = len(xy)
         i, j = self._cells(xy)
         reach = max(1, math.ceil(self.halo / self.size))
-        rows, wins = ([np.arange(len(xy))], [self.core(xy)]) if own else ([], [])
+        core = self.core(xy)
+        keys = [core * n + np.arange(n)] if own else []
         for di in range(-reach, reach + 1):
             wi = i + di
             lo_x = self.x0 + wi * self.size - self.halo
@@ -103,13 +108,14 @@ class WindowGrid:
             for dj in range(-reach, reach + 1):
                 wj = j + dj
                 lo_y = self.y0 + wj * self.size - self.halo
-                r = np.flatnonzero(ok_x & (wj >= 0) & (wj < self.ny) & (xy[:, 1] >= lo_y)
-                                   & (xy[:, 1] < lo_y + self.size + 2 * self.halo))
-                rows.append(r)
-                wins.append(wi[r] * self.ny + wj[r])
-        count = self.nx * self.ny
-        pair = np.unique(np.concatenate(rows).astype(np.int64) * count + np.concatenate(wins))   # each pair once
-        return pair // count, pair % count
+                ok = ok_x & (wj >= 0) & (wj < self.ny) & (xy[:, 1] >= lo_y) & (xy[:, 1] < lo_y + self.size + 2 * self.halo)
+                win = wi * self.ny + wj
+                if own:
+                    ok &= win != core
+                r = np.flatnonzero(ok)
+                keys.append(win[r] * n + r)
+        key = np.sort(np.concatenate(keys).astype(np.int64)) if keys else np.zeros(0, np.int64)
+        return key % max(n, 1), key // max(n, 1)
 
 
 def window_size(points: int, area: float, halo: float, bytes_per_point: float, budget: float,

@@ -32,6 +32,8 @@ def test_window_members_match_their_definition():
     assert (grid.nx, grid.ny) == (5, 4)
     rows, wins = grid.members(xy)
     got = set(zip(rows.tolist(), wins.tolist()))
+    assert len(got) == len(rows)                                # each pair once
+    assert np.all(np.diff(wins * len(xy) + rows) > 0)           # by window, then row
     want = set()
     for r, (x, y) in enumerate(xy):
         for i in range(grid.nx):
@@ -39,6 +41,8 @@ def test_window_members_match_their_definition():
                 lo_x, lo_y = i * 20.0 - 7.5, j * 20.0 - 7.5
                 if lo_x <= x < lo_x + 35.0 and lo_y <= y < lo_y + 35.0:
                     want.add((r, i * grid.ny + j))
+    halo_rows, halo_wins = grid.members(xy, own=False)          # a neighbouring file's points: halos only
+    assert set(zip(halo_rows.tolist(), halo_wins.tolist())) == want and len(halo_rows) == len(want)
     core = grid.core(xy)
     want |= set(zip(range(len(xy)), core.tolist()))           # its own window, the far edge too
     assert got == want
