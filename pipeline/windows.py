@@ -114,7 +114,7 @@ class WindowGrid:
                     ok &= win != core
                 r = np.flatnonzero(ok)
                 keys.append(win[r] * n + r)
-        key = np.sort(np.concatenate(keys).astype(np.int64)) if keys else np.zeros(0, np.int64)
+        key = np.sort(np.concatenate(keys))
         return key % max(n, 1), key // max(n, 1)
 
 
@@ -176,9 +176,8 @@ def _append(path: Path, data: bytes) -> None:
 
 
 def _by_window(rows: np.ndarray, wins: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """``(window, its rows)`` of ``(rows, windows)`` pairs."""
-    order = np.argsort(wins, kind="stable")
-    rows, wins = rows[order], wins[order]
+    """``(window, its rows)`` of ``(rows, windows)`` pairs ordered by window
+    (:meth:`WindowGrid.members`)."""
     cuts = np.flatnonzero(np.diff(wins)) + 1
     for part_rows, w in zip(np.split(rows, cuts), wins[np.r_[0, cuts]] if len(wins) else []):
         yield int(w), part_rows
@@ -363,7 +362,7 @@ def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: W
         cuts = np.flatnonzero(np.diff(part)) + 1
         for piece in np.split(res, cuts):
             _append(tmp / f"r{int(piece['index'][0]) // CHUNK}.res", piece.tobytes())
-        del records, index, cloud, buffered, result, labelled, extras, fields, res
+        del records, index, cloud, others, buffered, targets, result, labelled, extras, fields, res
         return_freed_memory()
     if out_dtype is None:
         raise EmptyWindowError(chunks.path, "no window holds a point")
