@@ -23,8 +23,9 @@ chunk or one window, never the tile:
 Peak memory: one window with its halo (``size + 2 halo`` metres square, less where the file's
 edge cuts it) plus one chunk, whatever the tile's size (a grid model's map adds a few tens of
 bytes per occupied cell). :func:`window_size` picks ``size`` from a memory budget (``--max-memory``).
-Each window's arrays are released, and the heap pages they held returned to the system
-(:func:`return_freed_memory`), before the next window is read, so windows do not stack.
+Each window runs in a call of its own (its arrays are released when it returns) and the heap
+pages they held go back to the system (:func:`return_freed_memory`) before the next window is
+read, so windows do not stack.
 Temporary files live in ``OUT/.lidarseg-windows-<stem>/`` (removed at the end, and at the
 start of the next run if a killed one left them).
 """
@@ -316,56 +317,67 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
 def _predict_windows(model: Any, class_map: ClassMap, chunks: LasChunks, grid: WindowGrid, tmp: Path,
                      dtype: np.dtype, windows: list[int], device: str, label: Any, anchor: np.ndarray,
                      neighbours: list[tuple[int, LasChunks, np.dtype]], pieces: "MapPieces | None") -> np.dtype:
-    """Pass 2: each window predicted (with its neighbours' context points, if any), its core
-    points' new fields appended to ``r<chunk>.res``; a map's cells that hold core points kept
-    in ``pieces``."""
+    """Pass 2: each window predicted (:func:`_predict_window`), its core points' new fields
+    appended to ``r<chunk>.res``; a map's cells that hold core points kept in ``pieces``. A
+    window's arrays live in its call's frame: they are released when it returns, and the heap
+    pages they held returned (:func:`return_freed_memory`), before the next window is read."""
     out_dtype = None
-    top = max(max(class_map.output_codes), 5)          # codes a layout may write (5: vegetation split)
     for w in progress(windows, "windows: predict", unit="window"):
-        records = np.fromfile(tmp / f"w{w}.rec", dtype=dtype)
-        index = np.fromfile(tmp / f"w{w}.idx", dtype=np.int64)
-        (tmp / f"w{w}.rec").unlink()
-        (tmp / f"w{w}.idx").unlink()
-        cloud = chunks.cloud(records)
-        core = grid.core(cloud.xyz[:, :2]) == w
-        if not core.any():
-            continue
-        others = []
-        for j, other, other_dtype in neighbours:
-            part = tmp / f"w{w}.c{j}"
-            if part.is_file():
-                others.append((other.path.name, other.cloud(np.fromfile(part, dtype=other_dtype))))
-                part.unlink()
-        buffered = appended(cloud, others, chunks.path.name)
-        targets = np.zeros(len(buffered), bool)
-        targets[:len(cloud)] = core
-        result = model.predict(buffered, device, anchor=anchor, targets=targets)   # the halo is context only
-        result = own_part(result, cloud)
-        if result.grid is not None:
-            if pieces is None:
-                raise UserError(f"{chunks.path}: this model also writes a map, which this windowed prediction "
-                                "cannot take (set geotiff: false, or give more --max-memory)")
-            pieces.add(result.grid, cloud.xyz[core])
-        labelled, extras = label(cloud, result.proba)
-        fields = _new_fields(cloud, labelled, extras)
-        if out_dtype is None:
-            out_dtype = np.dtype([("index", "<i8")] + [
-                (k, np.promote_types(v.dtype, np.min_scalar_type(top)) if v.dtype.kind in "iu" else v.dtype,
-                 v.shape[1:]) for k, v in fields.items()])
-        rows = np.flatnonzero(core)
-        res = np.empty(len(rows), out_dtype)
-        res["index"] = index[rows]
-        for k in out_dtype.names[1:]:
-            res[k] = fields[k][rows]
-        res = res[np.argsort(res["index"], kind="stable")]
-        part = res["index"] // CHUNK
-        cuts = np.flatnonzero(np.diff(part)) + 1
-        for piece in np.split(res, cuts):
-            _append(tmp / f"r{int(piece['index'][0]) // CHUNK}.res", piece.tobytes())
-        del records, index, cloud, others, buffered, targets, result, labelled, extras, fields, res
+        out_dtype = _predict_window(model, class_map, chunks, grid, tmp, dtype, w, device, label, anchor,
+                                    neighbours, pieces, out_dtype)
         return_freed_memory()
     if out_dtype is None:
         raise EmptyWindowError(chunks.path, "no window holds a point")
+    return out_dtype
+
+
+def _predict_window(model: Any, class_map: ClassMap, chunks: LasChunks, grid: WindowGrid, tmp: Path,
+                    dtype: np.dtype, w: int, device: str, label: Any, anchor: np.ndarray,
+                    neighbours: list[tuple[int, LasChunks, np.dtype]], pieces: "MapPieces | None",
+                    out_dtype: np.dtype | None) -> np.dtype | None:
+    """Window ``w``: its records (and neighbours' context points) read and removed, its core
+    points predicted with the rest as context, their new fields appended by chunk to
+    ``r<chunk>.res`` (records ``out_dtype``: ``index`` then the fields; set by the first
+    window that has core points). Returns ``out_dtype``."""
+    records = np.fromfile(tmp / f"w{w}.rec", dtype=dtype)
+    index = np.fromfile(tmp / f"w{w}.idx", dtype=np.int64)
+    (tmp / f"w{w}.rec").unlink()
+    (tmp / f"w{w}.idx").unlink()
+    cloud = chunks.cloud(records)
+    core = grid.core(cloud.xyz[:, :2]) == w
+    if not core.any():
+        return out_dtype
+    others = []
+    for j, other, other_dtype in neighbours:
+        part = tmp / f"w{w}.c{j}"
+        if part.is_file():
+            others.append((other.path.name, other.cloud(np.fromfile(part, dtype=other_dtype))))
+            part.unlink()
+    buffered = appended(cloud, others, chunks.path.name)
+    targets = np.zeros(len(buffered), bool)
+    targets[:len(cloud)] = core
+    result = own_part(model.predict(buffered, device, anchor=anchor, targets=targets), cloud)  # halo: context
+    if result.grid is not None:
+        if pieces is None:
+            raise UserError(f"{chunks.path}: this model also writes a map, which this windowed prediction "
+                            "cannot take (set geotiff: false, or give more --max-memory)")
+        pieces.add(result.grid, cloud.xyz[core])
+    labelled, extras = label(cloud, result.proba)
+    fields = _new_fields(cloud, labelled, extras)
+    if out_dtype is None:
+        top = max(max(class_map.output_codes), 5)      # codes a layout may write (5: vegetation split)
+        out_dtype = np.dtype([("index", "<i8")] + [
+            (k, np.promote_types(v.dtype, np.min_scalar_type(top)) if v.dtype.kind in "iu" else v.dtype,
+             v.shape[1:]) for k, v in fields.items()])
+    rows = np.flatnonzero(core)
+    res = np.empty(len(rows), out_dtype)
+    res["index"] = index[rows]
+    for k in out_dtype.names[1:]:
+        res[k] = fields[k][rows]
+    res = res[np.argsort(res["index"], kind="stable")]
+    cuts = np.flatnonzero(np.diff(res["index"] // CHUNK)) + 1
+    for piece in np.split(res, cuts):
+        _append(tmp / f"r{int(piece['index'][0]) // CHUNK}.res", piece.tobytes())
     return out_dtype
 
 
