@@ -124,11 +124,14 @@ def grid_representatives(points: np.ndarray, cell_size: float) -> tuple[np.ndarr
     points = np.asarray(points)
     grid = grid_subsample(points, cell_size)
     inverse = grid["inverse"]
+    m = len(grid["points"])
     d2 = ((points - grid["points"][inverse]) ** 2).sum(1)
-    order = np.lexsort((np.arange(len(points)), d2, inverse))   # by cell, nearest first
-    first = np.ones(len(order), bool)
-    first[1:] = inverse[order][1:] != inverse[order][:-1]
-    return order[first].astype(np.int64), inverse
+    nearest = np.full(m, np.inf)                     # per cell: min d2, then the lowest row at it
+    np.minimum.at(nearest, inverse, d2)
+    tied = np.flatnonzero(d2 == nearest[inverse])
+    rows = np.full(m, len(points), np.int64)
+    np.minimum.at(rows, inverse[tied], tied)
+    return rows, inverse
 
 
 def _majority_numpy(inv: np.ndarray, lab: np.ndarray, m: int) -> np.ndarray:
