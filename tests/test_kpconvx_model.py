@@ -214,6 +214,30 @@ def test_coverage_reaches_every_point(shape):
     assert len(coverage_centers(xyz, cfg)) < len(xyz)
 
 
+@pytest.mark.parametrize("shape", ["sphere", "cylinder"])
+def test_coverage_centers_are_the_occupied_cells_in_row_order(shape):
+    """One centre per occupied cell of the inference grid, cells in lexicographic order, a
+    cylinder's z the mean z of its cell's points; points below the anchor (a neighbour's, with
+    --buffer) have cells of negative index."""
+    from pipeline.regions import SamplingConfig, coverage_centers
+
+    rng = np.random.default_rng(4)
+    xyz = np.c_[rng.uniform(-20, 90, (3000, 2)), rng.uniform(0, 25, 3000)]
+    cfg = SamplingConfig(shape=shape, radius=5.0, test_spacing=1.0)
+    anchor = np.zeros(3)
+    got = coverage_centers(xyz, cfg, offset=0.25, anchor=anchor)
+    dims, h = (3 if shape == "sphere" else 2), 5.0
+    origin = anchor - 0.25 * h
+    cells = {}
+    for p in xyz:                                   # the reference: a dict of cells, a loop
+        cells.setdefault(tuple(int(v) for v in np.floor((p[:dims] - origin[:dims]) / h)), []).append(p[2])
+    keys = sorted(cells)
+    assert min(k[0] for k in keys) < 0
+    want = np.array([[origin[d] + (k[d] + 0.5) * h for d in range(dims)]
+                     + ([np.mean(cells[k])] if dims == 2 else []) for k in keys])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
 def test_coverage_blocks_in_threads_add_up_as_in_one():
     """workers > 1 runs blocks at once and adds them up in block order: the same probabilities
     to the bit as one worker, however long each block takes."""
