@@ -10,11 +10,14 @@ running ``run.py predict --model BUNDLE --input TILE --out WORK/pred --max-memor
 bundle (labelled LAZ written, or ``--format copc``; ``--set KEY=VALUE`` options go to the bundles
 that have them).
 Peak memory of each child is its peak resident set size (``ru_maxrss`` from ``os.wait4``);
-flat memory means the same peak at every tile size.
+flat memory means the same peak at every tile size. ``--floor``: per bundle, the same command
+with the model's prediction replaced by constant probabilities (:data:`FLOOR_CHILD`: the same
+windows, passes, labelling and writing, no features or network): what the model's own work
+leaves of the wall time, the most any faster model could gain.
 
 Usage: python benchmarks/bench_predict_memory.py --bundle models/lidarhd-kpconvx --bundle runs/lidarhd_rf_s0/model.bundle
        [--points 10000000 50000000] [--max-memory 3G] [--set votes=1 --set sampling.test_spacing=1.4]
-       [--device cpu] [--format copc] [--work /tmp/lidarseg_bench_big]
+       [--device cpu] [--format copc] [--work /tmp/lidarseg_bench_big] [--floor]
 """
 from __future__ import annotations
 
@@ -56,6 +59,25 @@ def build_tile(path: Path, points: int) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_cloud(PointCloud(xyz, fields, meta), path)
     return len(xyz)
+
+
+#: ``python -c`` program: ``run.py predict ARGS`` whose bundles' models predict constant
+#: probabilities instantly (``load_bundle`` patched before the CLI imports it)
+FLOOR_CHILD = """
+import sys
+import numpy as np
+import pipeline.bundle as B
+from pipeline.models.base import Prediction
+_load = B.load_bundle
+def load(*a, **k):
+    b = _load(*a, **k)
+    c = b.class_map.num_classes
+    b.model.predict = lambda cloud, *a, **k: Prediction(np.full((len(cloud), c), 1 / c, np.float32))
+    return b
+B.load_bundle = load
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def run_child(cmd: list[str]) -> tuple[float, float]:
@@ -123,6 +145,8 @@ def main() -> None:
                     help="a prediction option, given to the bundles that have it (e.g. votes=1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--format", default="same", help="the output format (predict --format; e.g. copc)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run each command with constant probabilities instead of the model (FLOOR_CHILD)")
     args = ap.parse_args()
     points, work = tiles_of(args)
     from pipeline.shipped import resolve_model
@@ -133,16 +157,20 @@ def main() -> None:
         tile, n, baseline = tile_and_baseline(work, target)
         rows.append(baseline)
         for path, name, settings in bundles:
-            shutil.rmtree(work / "pred", ignore_errors=True)      # no output of an earlier run to skip
-            wall, rss = run_child([sys.executable, str(REPO / "run.py"), "predict", "--model", path, "--input",
-                                   str(tile), "--out", str(work / "pred"), "--device", args.device,
-                                   "--max-memory", args.max_memory, "--format", args.format,
-                                   *[a for kv in settings for a in ("--set", kv)], "--quiet"])
             label = (f"run.py predict {name} --max-memory {args.max_memory}" + "".join(f" --set {kv}" for kv in settings)
                      + (f" --format {args.format}" if args.format != "same" else ""))
-            rows.append((n, label, wall, rss))
-            peaks.setdefault(label, []).append(rss)
-            print(f"{n:,} points, {label}: {wall:.1f} s, peak {rss:.2f} GB", flush=True)
+            predict = ["predict", "--model", path, "--input", str(tile), "--out", str(work / "pred"), "--device",
+                       args.device, "--max-memory", args.max_memory, "--format", args.format,
+                       *[a for kv in settings for a in ("--set", kv)], "--quiet"]
+            runs = [(label, [sys.executable, str(REPO / "run.py"), *predict])]
+            if args.floor:
+                runs.append((f"floor: {label}, constant probabilities", [sys.executable, "-c", FLOOR_CHILD, *predict]))
+            for what, cmd in runs:
+                shutil.rmtree(work / "pred", ignore_errors=True)      # no output of an earlier run to skip
+                wall, rss = run_child(cmd)
+                rows.append((n, what, wall, rss))
+                peaks.setdefault(what, []).append(rss)
+                print(f"{n:,} points, {what}: {wall:.1f} s, peak {rss:.2f} GB", flush=True)
     print_table(rows)
     print()
     for label, values in peaks.items():
