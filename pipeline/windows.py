@@ -96,25 +96,42 @@ class WindowGrid:
         without, only halos: a neighbouring file's points), each pair once, ordered by window,
         then row. The windows a point's halo reaches are its cell's ``(i + di, j + dj)``, distinct
         for distinct offsets, so only its own core window can repeat; it is skipped in the
-        offsets, and one sort of ``window * n + row`` orders the pairs (no hash of them)."""
+        offsets, and one sort of ``window * n + row`` orders the pairs (no hash of them). Each
+        axis is tested once per offset (``[n]`` masks), and an offset other than ``(0, 0)``
+        looks only at the points its masks keep (the halo's bands: a few of them)."""
         n = len(xy)
         i, j = self._cells(xy)
         reach = max(1, math.ceil(self.halo / self.size))
         core = self.core(xy)
+
+        def along(cell: np.ndarray, v: np.ndarray, v0: float, count: int) -> dict[int, np.ndarray]:
+            """Offset ``d`` -> ``[n]`` bool: window ``cell + d`` exists and its span holds ``v``."""
+            out = {}
+            for d in range(-reach, reach + 1):
+                w = cell + d
+                lo = v0 + w * self.size - self.halo
+                out[d] = (w >= 0) & (w < count) & (v >= lo) & (v < lo + self.size + 2 * self.halo)
+            return out
+
+        ok_x, ok_y = along(i, xy[:, 0], self.x0, self.nx), along(j, xy[:, 1], self.y0, self.ny)
+        band_x = {d: np.flatnonzero(m) for d, m in ok_x.items() if d}
+        band_y = {d: np.flatnonzero(m) for d, m in ok_y.items() if d}
         keys = [core * n + np.arange(n)] if own else []
         for di in range(-reach, reach + 1):
-            wi = i + di
-            lo_x = self.x0 + wi * self.size - self.halo
-            ok_x = (wi >= 0) & (wi < self.nx) & (xy[:, 0] >= lo_x) & (xy[:, 0] < lo_x + self.size + 2 * self.halo)
             for dj in range(-reach, reach + 1):
-                wj = j + dj
-                lo_y = self.y0 + wj * self.size - self.halo
-                ok = ok_x & (wj >= 0) & (wj < self.ny) & (xy[:, 1] >= lo_y) & (xy[:, 1] < lo_y + self.size + 2 * self.halo)
-                win = wi * self.ny + wj
+                if di:
+                    r = band_x[di]
+                    r = r[ok_y[dj][r]]
+                elif dj:
+                    r = band_y[dj]
+                    r = r[ok_x[0][r]]
+                else:
+                    r = np.flatnonzero(ok_x[0] & ok_y[0])
+                win = (i[r] + di) * self.ny + (j[r] + dj)
                 if own:
-                    ok &= win != core
-                r = np.flatnonzero(ok)
-                keys.append(win[r] * n + r)
+                    keep = win != core[r]
+                    r, win = r[keep], win[keep]
+                keys.append(win * n + r)
         key = np.sort(np.concatenate(keys))
         return key % max(n, 1), key // max(n, 1)
 
