@@ -246,7 +246,7 @@ def _predict(args) -> None:
     from pipeline.bundle import load_bundle
     from pipeline.inputs import expand_patterns
     from pipeline.labelling import Memory, OutputOptions, predict_with_bundle
-    from pipeline.windows import memory_budget
+    from pipeline.window_grid import memory_budget
     from pipeline.layouts import check_vegetation_heights
     from pipeline.progress import log
     from pipeline.runner import resolve_device

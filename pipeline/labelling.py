@@ -47,7 +47,8 @@ from .buffers import NeighbourContext, own_part
 from .layouts import LAYOUTS, prediction_and_reference, split_vegetation
 from .models.base import GridProduct, Model
 from .progress import log, progress
-from .windows import memory_budget, predict_windowed, window_size
+from .window_grid import memory_budget, window_size
+from .windows import predict_windowed
 
 if TYPE_CHECKING:
     from .bundle import Bundle

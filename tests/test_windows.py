@@ -23,7 +23,7 @@ def cli(*args):
 
 
 def test_window_members_match_their_definition():
-    from pipeline.windows import WindowGrid
+    from pipeline.window_grid import WindowGrid
 
     rng = np.random.default_rng(0)
     xy = rng.uniform([0, 0], [95, 61], (4000, 2))
@@ -52,7 +52,7 @@ def test_window_members_match_their_definition():
 
 
 def test_memory_budget_sizes():
-    from pipeline.windows import BASE_MEMORY, memory_budget, window_size
+    from pipeline.window_grid import BASE_MEMORY, memory_budget, window_size
 
     assert memory_budget("3G") == 3e9 and memory_budget("1500M") == 1.5e9 and memory_budget("2.5e9") == 2.5e9
     assert memory_budget(None) > 0

@@ -13,7 +13,7 @@ from pipeline.registry import STEPS
 from pipeline.schema import SpecError, option
 from pipeline.shipped import resolve_model, shipped_models
 from pipeline.spec import check_output_name
-from pipeline.windows import memory_budget
+from pipeline.window_grid import memory_budget
 
 
 @STEPS.register("predict")
