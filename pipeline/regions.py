@@ -103,13 +103,14 @@ class Region:
 
 
 class RegionSampler:
-    """Regions of radius ``r`` in a set of tiles (one KD-tree per tile)."""
+    """Regions of radius ``r`` in a set of tiles (one KD-tree per tile; sliding-midpoint built,
+    the faster build: a region's members are the same sorted indices with any tree)."""
 
     def __init__(self, tiles_xyz: list[np.ndarray], cfg: SamplingConfig):
         self.cfg = cfg
         self.xyz = tiles_xyz
         dims = 3 if cfg.shape == "sphere" else 2
-        self.trees = [NeighborIndex(x[:, :dims]) for x in tiles_xyz]
+        self.trees = [NeighborIndex(x[:, :dims], balanced=False) for x in tiles_xyz]
 
     def regions(self, tile: int, centers: np.ndarray) -> list[Region]:
         """Regions around ``centers [m, 3]`` of one tile.
@@ -292,7 +293,8 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
                      run_pass: Callable[[list[Region], float], np.ndarray], *, votes: int = 1,
                      points_per_pass: int = 200_000, progress: Callable = lambda it, **kw: it,
                      chunk: int = 64, workers: int = 1, anchor: np.ndarray | None = None,
-                     targets: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                     targets: np.ndarray | None = None,
+                     sampler: "RegionSampler | None" = None) -> tuple[np.ndarray, int]:
     """Average per-point probabilities over overlapping regions covering ``xyz``.
 
     ``run_pass(regions, angle) -> [sum of region sizes, num_classes]`` probabilities of the
@@ -307,12 +309,12 @@ def predict_coverage(xyz: np.ndarray, num_classes: int, cfg: SamplingConfig,
     can reach one of these points run (centres within the region radius of the targets' box:
     every region holding a target is kept, so the targets' sums are unchanged); the other
     points' rows are uniform where no kept region reached them, and only targets count as
-    unreached.
+    unreached. ``sampler``: ``RegionSampler([xyz], cfg)`` if the caller built it already.
     """
     n = len(xyz)
     acc = np.zeros((n, num_classes), np.float32)
     cnt = np.zeros(n, np.int32)
-    sampler = RegionSampler([xyz], cfg)
+    sampler = sampler or RegionSampler([xyz], cfg)
     aimed = None if targets is None else xyz[targets]
 
     def add(group: list[Region], proba: np.ndarray) -> None:

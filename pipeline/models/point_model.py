@@ -234,7 +234,8 @@ class PointNetworkModel(TorchModel):
 
     # -- inference ----------------------------------------------------------------------
     def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int,
-               anchor: np.ndarray | None = None, targets: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+               anchor: np.ndarray | None = None, targets: np.ndarray | None = None,
+               sampler: RegionSampler | None = None) -> tuple[np.ndarray, int]:
         import torch
 
         cfg = self.config
@@ -249,7 +250,7 @@ class PointNetworkModel(TorchModel):
         with pass_workers(device) as workers:
             return predict_coverage(xyz, self.class_map.num_classes, cfg.sampling, run_pass, votes=votes,
                                     points_per_pass=cfg.points_per_pass, workers=workers, anchor=anchor,
-                                    targets=targets,
+                                    targets=targets, sampler=sampler,
                                     progress=lambda it, desc, total: progress(it, desc, total=total, unit="chunk"))
 
     @property
@@ -260,10 +261,17 @@ class PointNetworkModel(TorchModel):
 
     def predict_proba(self, cloud: PointCloud, device: str = "cpu", anchor: np.ndarray | None = None,
                       targets: np.ndarray | None = None) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.to_device(device)
-        feats = point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell)
-        proba, missing = self._proba(np.asarray(cloud.xyz, np.float64), feats, device, self.config.votes, anchor,
-                                     targets)
+        xyz = np.asarray(cloud.xyz, np.float64)
+        # the regions' k-d tree is built in a second thread while the point features (ground
+        # model, columns: NumPy on one core) are computed
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sampler = pool.submit(RegionSampler, [xyz], self.config.sampling)
+            feats = point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell)
+            sampler = sampler.result()
+        proba, missing = self._proba(xyz, feats, device, self.config.votes, anchor, targets, sampler)
         if missing:
             log(f"{cloud.source}: {missing:,} of {len(cloud):,} points reached by no region "
                 f"(max_points cap); they take the prediction of the nearest reached point")
