@@ -84,12 +84,9 @@ class OutputOptions:
 
 
 def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
-                   options: OutputOptions = OutputOptions(),
-                   hag: np.ndarray | None = None) -> tuple[PointCloud, dict[str, np.ndarray]]:
+                   options: OutputOptions = OutputOptions()) -> tuple[PointCloud, dict[str, np.ndarray]]:
     """The cloud with the predicted codes stored as ``options.layout`` says, and the extra
-    dimensions to write (``pipeline.layouts``). ``hag`` ``[N]``: the points' heights above
-    ground for ``options.vegetation_heights`` if the caller has them (default: the cloud's own
-    ground model)."""
+    dimensions to write (``pipeline.layouts``)."""
     if proba.shape != (len(cloud), class_map.num_classes) or not np.isfinite(proba).all():
         raise DataError(cloud.source, f"model returned probabilities of shape {proba.shape} "
                                       f"(expected {(len(cloud), class_map.num_classes)}, finite)")
@@ -97,9 +94,8 @@ def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
     out = label_outputs(proba, class_map)
     codes = out["codes"]
     if options.vegetation_heights is not None:
-        if hag is None:
-            hag = height_above_ground(cloud.xyz, source=cloud.source)
-        codes = split_vegetation(codes, proba.argmax(1), class_map, hag, options.vegetation_heights)
+        codes = split_vegetation(codes, proba.argmax(1), class_map, height_above_ground(cloud.xyz, source=cloud.source),
+                                 options.vegetation_heights)
     fields = dict(cloud.fields)
     extras: dict[str, np.ndarray] = {"confidence": out["confidence"]} if lay.confidence else {}
     extras["entropy"] = out["entropy"]
@@ -121,21 +117,6 @@ def labelled_cloud(cloud: PointCloud, proba: np.ndarray, class_map: ClassMap,
                                               f"the input's {dim!r} (rename the class or use layout 'lidarseg')")
             extras[dim] = proba[:, i].astype(np.float32)
     return PointCloud(cloud.xyz, fields, cloud.meta, cloud.source), extras
-
-
-def labelled_rows(cloud: PointCloud, proba: np.ndarray, rows: np.ndarray, class_map: ClassMap,
-                  options: OutputOptions = OutputOptions()) -> dict[str, np.ndarray]:
-    """The fields :func:`labelled_cloud` sets or replaces, and its extra dimensions, for the
-    points ``rows`` of ``cloud`` only (``proba`` ``[N, C]`` of every point; the other points
-    are context: the vegetation split's ground model is the whole cloud's), ``{name: [len(rows)]}``."""
-    part = cloud.subset(rows)
-    hag = None
-    if options.vegetation_heights is not None:
-        hag = height_above_ground(cloud.xyz, source=cloud.source)[rows]
-    labelled, extras = labelled_cloud(part, proba[rows], class_map, options, hag)
-    out = {k: v for k, v in labelled.fields.items() if v is not part.fields.get(k)}
-    out.update(extras)
-    return out
 
 
 def write_view(labelled: PointCloud, extras: dict[str, np.ndarray], class_map: ClassMap, path: Path,
@@ -239,7 +220,7 @@ def _predict_one(model: Model, class_map: ClassMap, path: Path, out_dir: Path, d
                              anchor=np.asarray(info.mins, np.float64), las14=copc, context=context,
                              view=view if options.preview else None,
                              bounds=bounds, maps=maps,
-                             label=lambda cloud, proba, rows: labelled_rows(cloud, proba, rows, class_map, options))
+                             label=lambda cloud, proba: labelled_cloud(cloud, proba, class_map, options))
         log(f"{path.name}: {info.point_count:,} points -> {target}")
         return path, target
     cloud = read_cloud(path, bounds=bounds)

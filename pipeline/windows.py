@@ -11,9 +11,9 @@ chunk or one window, never the tile:
    the windows whose halo holds them too (``w<id>.c<j>``, each neighbour's own records);
 2. predict: each window's records become a cloud, the model predicts its core points with the
    halo as context only (``targets``: KPConvX runs the regions that reach the core, the forest
-   mines and classifies the core's points), its core points are labelled
-   (``pipeline.labelling.labelled_rows``: the rest of the window is context) and their new
-   fields go, with their indices, to per-chunk result files (chunk ``k`` holds the points ``k*CHUNK ..``); a grid
+   mines and classifies the core's points), the cloud is labelled
+   (``pipeline.labelling.labelled_cloud``), and its core points' new fields go, with their
+   indices, to per-chunk result files (chunk ``k`` holds the points ``k*CHUNK ..``); a grid
    model's map keeps the cells holding core points (:class:`MapPieces`, joined and written
    once at the end);
 3. write: the file is read again chunk by chunk, each chunk's results scattered back by
@@ -158,14 +158,20 @@ def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tm
     return used
 
 
+def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The fields ``labelled_cloud`` set or replaced, and its extras."""
+    out = {k: v for k, v in labelled.fields.items() if v is not cloud.fields.get(k)}
+    out.update(extras)
+    return out
+
+
 def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, *, device: str,
                      grid_size: float, halo: float, anchor: np.ndarray, label: Any, las14: bool = False,
                      context: "tuple[NeighbourContext, int] | None" = None,
                      view: Callable[[PointCloud], Any] | None = None, bounds: Bounds | None = None,
                      maps: Callable[[GridProduct, PointCloud], Any] | None = None) -> int:
-    """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba,
-    rows)`` -> the new fields of the points ``rows`` (``pipeline.labelling.labelled_rows`` with
-    the options: the fields a labelled cloud sets or replaces, and its extra dimensions);
+    """Label ``path`` into ``target`` window by window (module docstring); ``label(cloud, proba)``
+    -> ``(labelled cloud, extras)`` (``pipeline.labelling.labelled_cloud`` with the options);
     ``anchor``: the tile's minimum, where every window's model grids start. Returns the number
     of windows. ``las14``: a LAS 1.4 point format whatever the codes (``data.io.write_cloud``).
     ``context`` ``(NeighbourContext, index of path)``: ``--buffer``, the neighbouring inputs'
@@ -264,17 +270,18 @@ def _predict_window(model: Any, class_map: ClassMap, chunks: LasChunks, grid: Wi
             raise UserError(f"{chunks.path}: this model also writes a map, which this windowed prediction "
                             "cannot take (set geotiff: false, or give more --max-memory)")
         pieces.add(result.grid, cloud.xyz[core])
-    rows = np.flatnonzero(core)
-    fields = label(cloud, result.proba, rows)          # the core's points only, the halo context
+    labelled, extras = label(cloud, result.proba)
+    fields = _new_fields(cloud, labelled, extras)
     if out_dtype is None:
         top = max(max(class_map.output_codes), 5)      # codes a layout may write (5: vegetation split)
         out_dtype = np.dtype([("index", "<i8")] + [
             (k, np.promote_types(v.dtype, np.min_scalar_type(top)) if v.dtype.kind in "iu" else v.dtype,
              v.shape[1:]) for k, v in fields.items()])
+    rows = np.flatnonzero(core)
     res = np.empty(len(rows), out_dtype)
     res["index"] = index[rows]
     for k in out_dtype.names[1:]:
-        res[k] = fields[k]
+        res[k] = fields[k][rows]
     res = res[np.argsort(res["index"], kind="stable")]
     cuts = np.flatnonzero(np.diff(res["index"] // CHUNK)) + 1
     for piece in np.split(res, cuts):

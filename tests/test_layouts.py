@@ -9,7 +9,7 @@ from data.errors import DataError, UserError
 from data.io import read_cloud, write_cloud
 from geometry.heights import height_above_ground
 from pipeline.layouts import check_vegetation_heights
-from pipeline.labelling import OutputOptions, labelled_cloud, labelled_rows
+from pipeline.labelling import OutputOptions, labelled_cloud
 
 CMAP = ClassMap.from_config({"ground": [2], "vegetation": [3, 4, 5], "building": [6], "other": [1]})
 TILE = "ign_lidarhd/test/test_data_77055_627760_LA93_IGN69.laz"
@@ -23,22 +23,6 @@ def cloud_and_proba(lidar_data):
     proba = rng.dirichlet(np.ones(CMAP.num_classes), len(cloud)).astype(np.float32)
     proba[ref >= 0, ref[ref >= 0]] += 2.0           # the reference class wins where there is one
     return cloud, proba / proba.sum(1, keepdims=True)
-
-
-@pytest.mark.parametrize("options", [OutputOptions(), OutputOptions(layout="myria3d"),
-                                     OutputOptions(vegetation_heights=(0.5, 2.0), probabilities=True)])
-def test_labelled_rows_are_the_rows_of_the_labelled_cloud(cloud_and_proba, options):
-    """A window labels its core's rows only (pipeline.windows): the fields it writes equal those
-    of the whole labelled cloud at these rows, the vegetation split on the whole cloud's ground
-    model (the rest of the window is context), and no field it leaves unchanged."""
-    cloud, proba = cloud_and_proba
-    rows = np.flatnonzero(cloud.xyz[:, 0] < np.median(cloud.xyz[:, 0]))
-    whole, extras = labelled_cloud(cloud, proba, CMAP, options)
-    got = labelled_rows(cloud, proba, rows, CMAP, options)
-    changed = {k for k, v in whole.fields.items() if v is not cloud.fields.get(k)} | set(extras)
-    assert set(got) == changed and "x" not in got
-    for k, v in got.items():
-        np.testing.assert_array_equal(v, {**whole.fields, **extras}[k][rows], err_msg=k)
 
 
 def test_vegetation_split_matches_a_per_point_rule(cloud_and_proba, tmp_path):

@@ -81,7 +81,7 @@ def rf(rf_tiny_bundle):
 
 def _predict(bundle, src, out, window, halo=None):
     from data.io import read_header_info
-    from pipeline.labelling import OutputOptions, labelled_rows
+    from pipeline.labelling import OutputOptions, labelled_cloud
     from pipeline.windows import predict_windowed
 
     target = out / src.name
@@ -89,7 +89,7 @@ def _predict(bundle, src, out, window, halo=None):
     n = predict_windowed(bundle.model, bundle.class_map, src, target, device="cpu", grid_size=window,
                          halo=bundle.model.context if halo is None else halo,
                          anchor=np.asarray(read_header_info(src).mins, np.float64),
-                         label=lambda c, p, rows: labelled_rows(c, p, rows, bundle.class_map, OutputOptions()))
+                         label=lambda c, p: labelled_cloud(c, p, bundle.class_map, OutputOptions()))
     return target, n
 
 
