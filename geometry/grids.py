@@ -46,7 +46,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["Grid2D", "Raster", "Voxels", "Groups", "rasterize", "voxelize", "RASTER_FEATURES",
+__all__ = ["Grid2D", "Raster", "Voxels", "Groups", "unique_rows", "rasterize", "voxelize", "RASTER_FEATURES",
            "VOXEL_FEATURES", "LABEL_RULES", "cell_aggregate", "ground_estimate"]
 
 RASTER_FEATURES = ("hag_min", "hag_max", "hag_mean", "count", "intensity", "multi_return")
@@ -136,6 +136,31 @@ class Voxels:
 # ----------------------------------------------------------------------------------------------
 # generic per-cell aggregation
 # ----------------------------------------------------------------------------------------------
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` of integer cell indices ``[N, D]``:
+    ``(unique [M, D] int64 in lexicographic row order, inverse [N] int64)``, by a 1-D unique of
+    one int64 key per row (``key = (..(r_0 * span_1 + r_1) * span_2 + ..)`` after subtracting
+    each column's minimum, which keeps the lexicographic order); ~10x faster than the row-wise
+    unique, which sorts rows as opaque bytes. Rows whose key would overflow int64 (spans
+    multiplying past 2^62) take the row-wise unique (same result)."""
+    rows = np.asarray(rows, np.int64)
+    if len(rows) == 0:
+        return rows.reshape(0, rows.shape[1]), np.zeros(0, np.int64)
+    lo = rows.min(0)
+    span = rows.max(0) - lo + 1
+    if float(np.prod(span.astype(np.float64))) >= 2 ** 62:
+        uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inv.reshape(-1).astype(np.int64)
+    key = np.zeros(len(rows), np.int64)
+    for d in range(rows.shape[1]):
+        key = key * span[d] + (rows[:, d] - lo[d])
+    ukey, inv = np.unique(key, return_inverse=True)
+    uniq = np.empty((len(ukey), rows.shape[1]), np.int64)
+    for d in reversed(range(rows.shape[1])):
+        ukey, uniq[:, d] = np.divmod(ukey, span[d])
+    return uniq + lo, inv.reshape(-1).astype(np.int64)
+
 
 class Groups:
     """Points grouped by an integer key, from one stable sort (shared by every per-cell statistic).

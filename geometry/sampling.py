@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .grids import unique_rows
+
 try:
     import torch
 except ImportError:  # pragma: no cover
@@ -71,18 +73,8 @@ def _grid_numpy(points: np.ndarray, cell_size: float, features: Any, labels: Any
         inv = np.zeros(0, np.int64)
         ub = np.zeros(0, np.int64)
     else:
-        cols = np.concatenate([b[:, None], cells], 1)
-        cmin = cols.min(0)
-        dims = cols.max(0) - cmin + 1
-        cols = cols - cmin
-        if float(np.prod(dims.astype(np.float64))) < 2 ** 62:
-            key = ((cols[:, 0] * dims[1] + cols[:, 1]) * dims[2] + cols[:, 2]) * dims[3] + cols[:, 3]
-            uk, inv = np.unique(key, return_inverse=True)
-            ub = uk // (dims[1] * dims[2] * dims[3]) + cmin[0]
-        else:  # keys would overflow int64: row-wise unique (slower, same order)
-            urows, inv = np.unique(cols, axis=0, return_inverse=True)
-            ub = urows[:, 0] + cmin[0]
-        inv = inv.reshape(-1).astype(np.int64)
+        urows, inv = unique_rows(np.concatenate([b[:, None], cells], 1))   # (batch, ix, iy, iz) order
+        ub = urows[:, 0]
     m = len(ub)
     counts = np.bincount(inv, minlength=m).astype(np.int64)
     pts = np.stack([np.bincount(inv, weights=points[:, j].astype(np.float64), minlength=m)

@@ -208,3 +208,23 @@ def test_raster_height_bands_match_loop_reference():
         np.testing.assert_allclose(g.x[ri, ci, 5 + K], max(hs) / 10, atol=1e-5)
     assert g.band_mask.sum() == len(items)
     assert (g.labels[~g.band_mask] == -1).all()
+
+
+def test_unique_rows_match_the_row_wise_unique():
+    """One int64 key per row gives np.unique(axis=0)'s rows, order and inverse: negative
+    indices, 1 to 4 columns, an empty input, and spans whose keys would overflow int64."""
+    from geometry.grids import unique_rows
+
+    rng = np.random.default_rng(5)
+    for d in (1, 2, 3, 4):
+        rows = rng.integers(-7, 9, (3000, d))
+        want, want_inv = np.unique(rows, axis=0, return_inverse=True)
+        got, inv = unique_rows(rows)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(inv, want_inv.reshape(-1))
+    wide = np.array([[0, 0, 0], [2 ** 40, 5, -3], [0, 0, 0], [-(2 ** 40), 2 ** 30, 1]])
+    got, inv = unique_rows(wide)
+    np.testing.assert_array_equal(got, np.unique(wide, axis=0))
+    np.testing.assert_array_equal(got[inv], wide)
+    got, inv = unique_rows(np.zeros((0, 3), np.int64))
+    assert got.shape == (0, 3) and inv.shape == (0,)
