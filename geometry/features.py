@@ -16,6 +16,7 @@ Three families, all returned as float32 and never NaN/inf:
 """
 from __future__ import annotations
 
+import contextvars
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping, Sequence
@@ -230,7 +231,7 @@ def compute_features(cloud: PointCloud, *, k: Sequence[int] = (16,), radii: Sequ
                 res.append({GROUND_FEATURE: hag})
         return res
 
-    heights = pool.submit(heights_work)
+    heights = pool.submit(contextvars.copy_context().run, heights_work)   # sees a tile_ground
     if (k or radii) and m:
         index = NeighborIndex(local, balanced=False)  # faster build (sliding midpoint), same queries
         shapes = CovarianceFeatures(local)

@@ -8,7 +8,10 @@ chunk or one window, never the tile:
 1. spill: the file is read :data:`CHUNK` records at a time; each record is appended (raw
    bytes, with its index in the file) to the temporary file of every window whose core plus
    halo holds it; with ``--buffer``, the neighbouring inputs' points within the buffer go to
-   the windows whose halo holds them too (``w<id>.c<j>``, each neighbour's own records);
+   the windows whose halo holds them too (``w<id>.c<j>``, each neighbour's own records); the
+   lowest ``z`` of every 1 m cell is kept on the way (``geometry.heights.TileGround``), so that
+   the ground model is built once for the file and each window reads the one a whole-file
+   prediction builds, instead of one of its own (not for a box over :data:`TILE_GROUND_CELLS`);
 2. predict: each window's records become a cloud, the model predicts its core points with the
    halo as context only (``targets``: KPConvX runs the regions that reach the core, the forest
    mines and classifies the core's points), the cloud is labelled
@@ -48,6 +51,7 @@ from data.io import cloud_format
 from data.las import las_writer
 from data.las_stream import LasChunks
 from data.pointcloud import PointCloud
+from geometry.heights import GROUND_WINDOW, TileGround, tile_ground
 
 from .buffers import NeighbourContext, appended, own_part
 from .models.base import GridProduct
@@ -58,6 +62,9 @@ from .window_grid import WindowGrid
 CHUNK = 1 << 20
 #: points of a windowed file kept for its rendered view (every k-th point of the file)
 VIEW_POINTS = 2_000_000
+#: most 1 m cells of a file's shared ground model (``TileGround``: 8 bytes a cell while the
+#: file streams, ~130 while its DTM is built): a 1.5 km x 1.5 km box
+TILE_GROUND_CELLS = 2_250_000
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,18 +99,21 @@ def _by_window(rows: np.ndarray, wins: np.ndarray) -> Iterator[tuple[int, np.nda
         yield int(w), part_rows
 
 
-def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path,
-           bounds: Bounds | None = None) -> tuple[np.dtype, list[int], set[str]]:
+def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path, bounds: Bounds | None = None,
+           ground: TileGround | None = None) -> tuple[np.dtype, list[int], set[str]]:
     """Pass 1: each record (inside ``bounds``, if given) into the file of every window holding
-    it (``w<id>.rec`` + ``.idx``). Returns the records' dtype, the windows that hold points and
-    the cloud's field names."""
+    it (``w<id>.rec`` + ``.idx``), and its ``z`` into ``ground``'s cell minima. Returns the
+    records' dtype, the windows that hold points and the cloud's field names."""
     dtype, seen, names = None, set(), set()
     for start, arr in progress(chunks.records(CHUNK), "windows: spill", total=-(-chunks.point_count // CHUNK),
                                unit="chunk"):
         if dtype is None:
             dtype, names = arr.dtype, set(chunks.cloud(arr[:1]).fields)
-        xy = chunks.xyz(arr)[:, :2]
+        xyz = chunks.xyz(arr)
+        xy = xyz[:, :2]
         inside = np.arange(len(arr)) if bounds is None else np.flatnonzero(bounds.contains(xy))
+        if ground is not None:
+            ground.add(xyz[inside])
         rows, wins = grid.members(xy[inside])
         for w, part_rows in _by_window(inside[rows], wins):
             _append(tmp / f"w{w}.rec", arr[part_rows].tobytes())
@@ -113,10 +123,11 @@ def _spill(chunks: LasChunks, grid: WindowGrid, tmp: Path,
 
 
 def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tmp: Path,
-                   names: set[str]) -> list[tuple[int, LasChunks, np.dtype]]:
+                   names: set[str], ground: TileGround | None = None) -> list[tuple[int, LasChunks, np.dtype]]:
     """Pass 1 for ``--buffer``: the neighbouring inputs' points within the buffer of the file
     (``NeighbourContext.context_box``), streamed a chunk at a time, into the window files
-    whose halo holds them (``w<id>.c<j>``, neighbour ``j``'s own records). Returns the
+    whose halo holds them (``w<id>.c<j>``, neighbour ``j``'s own records), and into ``ground``
+    (all of them: a whole-file prediction's ground model sees them all). Returns the
     neighbours used, with their record dtypes; one lacking a field of ``names`` (the file's) is
     not used (a line says so), as in a whole-file prediction."""
     ctx, i = context
@@ -136,10 +147,11 @@ def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tm
             continue
         dtype = None
         for _, arr in other.records(CHUNK):
-            xy = other.xyz(arr)[:, :2]
+            xyz = other.xyz(arr)
             if j == i:                          # under --bounds: its own points around the window
-                outside = ~ctx.bounds.contains(xy)
-                arr, xy = arr[outside], xy[outside]
+                outside = ~ctx.bounds.contains(xyz)
+                arr, xyz = arr[outside], xyz[outside]
+            xy = xyz[:, :2]
             if dtype is None:
                 dtype, missing = arr.dtype, sorted(names - set(other.cloud(arr[:1]).fields))
                 if missing:
@@ -148,6 +160,8 @@ def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tm
                     break
             inside = np.flatnonzero(band.contains(xy))
             count += len(inside)
+            if ground is not None:
+                ground.add(xyz[inside])
             rows, wins = grid.members(xy[inside], own=False)
             for w, part_rows in _by_window(inside[rows], wins):
                 _append(tmp / f"w{w}.c{j}", arr[part_rows].tobytes())
@@ -156,6 +170,19 @@ def _spill_context(context: "tuple[NeighbourContext, int]", grid: WindowGrid, tm
     if count:
         log(f"{ctx.inputs[i].name}: {count:,} points of neighbouring files as context")
     return used
+
+
+def _tile_ground(lo: np.ndarray, hi: np.ndarray, band: Bounds | None) -> TileGround | None:
+    """The cell minima of the file's box ``lo..hi`` (grown to ``band``, the ``--buffer`` context's
+    box), from which every window reads the ground model a whole-file prediction builds
+    (``geometry.heights.TileGround``); None for a box of more than :data:`TILE_GROUND_CELLS`
+    cells, whose windows then build their own."""
+    if band is not None:
+        lo = np.minimum(lo, [band.xmin, band.ymin])
+        hi = np.maximum(hi, [band.xmax, band.ymax])
+    if np.prod(np.floor(np.asarray(hi) - np.asarray(lo)) + 2) > TILE_GROUND_CELLS:
+        return None
+    return TileGround(lo, hi, 1.0)
 
 
 def _new_fields(cloud: PointCloud, labelled: PointCloud, extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,14 +227,18 @@ def predict_windowed(model: Any, class_map: ClassMap, path: Path, target: Path, 
     tmp = target.parent / f".lidarseg-windows-{path.stem}"
     shutil.rmtree(tmp, ignore_errors=True)             # a killed run's
     tmp.mkdir(parents=True)
+    ground = _tile_ground(lo, hi, context[0].context_box(context[1]) if context is not None else None)
     try:
-        dtype, windows, names = _spill(chunks, grid, tmp, bounds)
-        neighbours = _spill_context(context, grid, tmp, names) if context is not None else []
+        dtype, windows, names = _spill(chunks, grid, tmp, bounds, ground)
+        neighbours = _spill_context(context, grid, tmp, names, ground) if context is not None else []
         log(f"{path.name}: {chunks.point_count:,} points in {len(windows)} windows of {grid.size:.0f} m "
             f"(+{grid.halo:.0f} m halo)")
+        if ground is not None and ground.usable:
+            ground.surface(GROUND_WINDOW)     # built now, before a window's arrays stand beside it
         pieces = MapPieces() if maps is not None else None
-        out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label, anchor,
-                                     neighbours, pieces)
+        with tile_ground(ground):
+            out_dtype = _predict_windows(model, class_map, chunks, grid, tmp, dtype, windows, device, label,
+                                         anchor, neighbours, pieces)
         sample = _write_merged(chunks, target, tmp, out_dtype, class_map, las14, view is not None, bounds)
         if view is not None:
             view(sample)

@@ -269,3 +269,90 @@ def test_features_of_some_rows_are_those_rows_of_all():
     assert len(neighbourhood) > 10 and len(own) > 5
     np.testing.assert_array_equal(shared[:, neighbourhood], x[reps[inverse]][:, neighbourhood])
     np.testing.assert_array_equal(shared[:, own], x[rows][:, own])
+
+
+def test_tile_ground_from_chunks_is_the_whole_clouds_ground_model():
+    """TileGround: cell minima gathered chunk by chunk (any order, a box wider than the points)
+    give the DTM ground_surface builds from the whole cloud at once; inside tile_ground a
+    window's heights above the ground are the whole cloud's at its points (its own DTM differs
+    near its edges), in forest features computed in their heights thread too; a point outside
+    the box leaves the model incomplete and every caller builds its own."""
+    from geometry.heights import TileGround, ground_surface, height_above_ground, tile_ground
+
+    import laspy
+    las = laspy.read(TEST_TILES[0])
+    xyz = np.stack([las.x, las.y, las.z], 1)
+    rng = np.random.default_rng(0)
+    ground = TileGround(xyz[:, :2].min(0) - [7.3, 2.1], xyz[:, :2].max(0) + 5.0)
+    for part in np.array_split(rng.permutation(len(xyz)), 5):
+        ground.add(xyz[part])
+    whole = height_above_ground(xyz)
+    dtm, origin = ground_surface(xyz)
+    window = np.flatnonzero(((xyz[:, :2] - xyz[:, :2].min(0)) < 18.0).all(1))
+    own = height_above_ground(xyz[window])
+    assert (own != whole[window]).mean() > 0.01                # a window's own DTM differs
+    with tile_ground(ground):
+        np.testing.assert_array_equal(height_above_ground(xyz[window]), whole[window])
+        cloud = PointCloud(xyz[window], {"number_of_returns": np.asarray(las.number_of_returns)[window]})
+        names, x = compute_features(cloud, k=(8,), height_cells=(), ground_cell=1.0, column_cells=(2.0,))
+        np.testing.assert_array_equal(x[:, names.index("hag_ground")], whole[window])
+    np.testing.assert_array_equal(ground._surfaces[24.0], dtm)
+    np.testing.assert_array_equal(ground.origin, origin)
+    np.testing.assert_array_equal(height_above_ground(xyz[window]), own)    # outside: its own again
+    short = TileGround(xyz[:, :2].min(0), xyz[:, :2].max(0) - 1.0)
+    short.add(xyz)
+    assert not short.complete
+    with tile_ground(short):
+        np.testing.assert_array_equal(height_above_ground(xyz[window]), own)
+
+
+def test_ground_surface_interpolates_in_delaunay_triangles_of_all_ground_cells():
+    """surface_from_minima triangulates only the ground cells beside (4-neighbours) a non-ground
+    cell or the grid's edge. Every triangle it interpolates a cell in must be a Delaunay triangle of all the
+    ground cells (no ground cell strictly inside its circumcircle), so the DTM is a linear
+    Delaunay interpolation of every ground cell, as the direct construction (which differs only
+    in how it splits cocircular cells, lattice ties either way)."""
+    import laspy
+    from scipy import ndimage
+    from scipy.spatial import Delaunay
+
+    from geometry.heights import cell_minima, surface_from_minima
+
+    las = laspy.read(TEST_TILES[0])
+    zmin, _ = cell_minima(np.stack([las.x, las.y, las.z], 1))
+    rng = np.random.default_rng(1)
+    synth = rng.normal(0, 0.05, (120, 90)) + np.linspace(0, 4, 90)
+    for i, j in rng.integers(0, 100, (25, 2)):
+        synth[i:i + rng.integers(3, 20), j:j + rng.integers(3, 20)] += 8.0      # buildings
+    synth[rng.random(synth.shape) < 0.05] = np.inf                              # empty cells
+    for z in (zmin, synth):
+        dtm = surface_from_minima(z)
+        # the ground cells: those the DTM keeps at their own lowest z, every other one interpolated
+        ground = np.isfinite(z) & (dtm == z)
+        gi, gj = np.nonzero(ground)
+        edge = ground & ~ndimage.binary_erosion(ground, border_value=0)
+        assert edge.sum() < ground.sum()
+        bi, bj = np.nonzero(edge)
+        tri = Delaunay(np.c_[bi, bj].astype(float))
+        hi, hj = np.nonzero(~ground)
+        simplex = tri.find_simplex(np.c_[hi, hj].astype(float))
+        inside = simplex >= 0
+        assert inside.mean() > 0.5
+        whole = Delaunay(np.c_[gi, gj].astype(float))        # the same hull as all ground cells
+        np.testing.assert_array_equal(inside, whole.find_simplex(np.c_[hi, hj].astype(float)) >= 0)
+        pts = np.c_[bi, bj].astype(float)[tri.simplices[np.unique(simplex[inside])]]     # [T, 3, 2]
+        a, b, c = pts[:, 0], pts[:, 1], pts[:, 2]
+        d = 2 * (a[:, 0] * (b[:, 1] - c[:, 1]) + b[:, 0] * (c[:, 1] - a[:, 1]) + c[:, 0] * (a[:, 1] - b[:, 1]))
+        sq = (pts ** 2).sum(2)
+        ux = (sq[:, 0] * (b[:, 1] - c[:, 1]) + sq[:, 1] * (c[:, 1] - a[:, 1]) + sq[:, 2] * (a[:, 1] - b[:, 1])) / d
+        uy = (sq[:, 0] * (c[:, 0] - b[:, 0]) + sq[:, 1] * (a[:, 0] - c[:, 0]) + sq[:, 2] * (b[:, 0] - a[:, 0])) / d
+        r = np.hypot(a[:, 0] - ux, a[:, 1] - uy)
+        tree = cKDTree(np.c_[gi, gj].astype(float))
+        strictly_inside = [len(tree.query_ball_point([x, y], rr - 1e-6)) for x, y, rr in zip(ux, uy, r)]
+        assert max(strictly_inside) == 0
+        # and each such cell is the linear interpolation in its triangle
+        t = tri.transform[simplex[inside]]
+        bary = np.einsum("nij,nj->ni", t[:, :2], np.c_[hi, hj][inside] - t[:, 2])
+        w = np.c_[bary, 1 - bary.sum(1)]
+        ref = (w * z[bi, bj][tri.simplices[simplex[inside]]]).sum(1)
+        np.testing.assert_allclose(dtm[hi[inside], hj[inside]], ref, atol=1e-9)
