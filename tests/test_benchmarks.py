@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from pipeline.spec import compose_spec_file
 
-QUICK = ["bench_ckconv.py", "bench_contention.py", "bench_copc.py", "bench_copc_write.py", "bench_features.py", "bench_io.py", "bench_render.py",
+QUICK = ["bench_ckconv.py", "bench_contention.py", "bench_copc.py", "bench_copc_write.py", "bench_features.py", "bench_ground.py", "bench_io.py", "bench_render.py",
          "bench_kpconvx.py", "bench_ply.py"]
 
 
