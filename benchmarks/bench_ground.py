@@ -37,7 +37,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
-from geometry.heights import GROUND_WINDOW, TileGround, cell_minima, surface_from_minima
+from geometry.heights import GROUND_WINDOW, TileGround, ground_cells, surface_from_minima
 path, method, out = {path!r}, {method!r}, {out!r}
 if path.endswith('.npy'):
     zmin = np.load(path)
@@ -53,20 +53,11 @@ else:
 
 
 def direct(zmin, cell=1.0, max_window=GROUND_WINDOW):
-    # surface_from_minima's steps 1-2, then every ground cell triangulated
+    # the same ground cells, then every one of them triangulated
     from scipy import ndimage
     from scipy.interpolate import LinearNDInterpolator
     shape = zmin.shape
-    occupied = np.isfinite(zmin)
-    near = ndimage.distance_transform_edt(~occupied, return_distances=False, return_indices=True)
-    surf = zmin[tuple(near)]
-    ground = occupied.copy()
-    w_prev, w = 1, 3
-    while (w - 2) * cell <= max_window or w == 3:
-        opened = ndimage.grey_opening(surf, size=(w, w), mode="nearest")
-        ground &= (surf - opened) <= min(0.3 + 0.3 * (w - w_prev) * cell, 3.0)
-        surf = opened
-        w_prev, w = w, 2 * w - 1
+    ground = ground_cells(zmin, cell, max_window)
     gi, gj = np.nonzero(ground)
     ci, cj = np.mgrid[0:shape[0], 0:shape[1]]
     dtm = LinearNDInterpolator(np.c_[gi, gj].astype(np.float64), zmin[gi, gj])(ci, cj)

@@ -20,7 +20,7 @@ import numpy as np
 from data.errors import UserError
 
 __all__ = ["HEIGHT_FEATURES", "GROUND_FEATURE", "MAX_GROUND_CELLS", "GridSizeError", "height_features",
-           "ground_surface", "cell_minima", "surface_from_minima", "height_above_ground", "TileGround",
+           "ground_surface", "cell_minima", "ground_cells", "surface_from_minima", "height_above_ground", "TileGround",
            "tile_ground"]
 
 #: Most cells :func:`ground_surface` builds (10 km x 10 km at 1 m; its dense grids and the
@@ -147,14 +147,13 @@ def cell_minima(xyz: np.ndarray, cell: float = 1.0) -> tuple[np.ndarray, np.ndar
     return zmin.reshape(shape), origin
 
 
-def surface_from_minima(zmin: np.ndarray, cell: float = 1.0, max_window: float = GROUND_WINDOW,
-                        slope: float = 0.3, dh0: float = 0.3, dh_max: float = 3.0) -> np.ndarray:
-    """Steps 2-3 of :func:`ground_surface` on the cell minima ``zmin [rows, cols]`` (``inf`` where
-    empty; :func:`cell_minima`): the DTM ``[rows, cols]`` float64 on the same cells."""
+def ground_cells(zmin: np.ndarray, cell: float = 1.0, max_window: float = GROUND_WINDOW, slope: float = 0.3,
+                 dh0: float = 0.3, dh_max: float = 3.0) -> np.ndarray:
+    """Steps 1-2 of :func:`ground_surface` on the cell minima ``zmin [rows, cols]`` (``inf`` where
+    empty; :func:`cell_minima`): ``[rows, cols]`` bool, the ground cells (every occupied cell
+    when the filter keeps none)."""
     from scipy import ndimage
-    from scipy.interpolate import LinearNDInterpolator
 
-    shape = zmin.shape
     occupied = np.isfinite(zmin)
     near = ndimage.distance_transform_edt(~occupied, return_distances=False, return_indices=True)
     surf = zmin[tuple(near)]
@@ -166,11 +165,17 @@ def surface_from_minima(zmin: np.ndarray, cell: float = 1.0, max_window: float =
         ground &= (surf - opened) <= dh
         surf = opened
         w_prev, w = w, 2 * w - 1
-    gi, gj = np.nonzero(ground)
-    if len(gi) == 0:  # nothing survived (tiny or odd cloud): the lowest points are the ground
-        gi, gj = np.nonzero(occupied)
-    is_ground = np.zeros(shape, bool)
-    is_ground[gi, gj] = True
+    return ground if ground.any() else occupied  # none survived (tiny or odd cloud): the lowest points
+
+
+def surface_from_minima(zmin: np.ndarray, cell: float = 1.0, max_window: float = GROUND_WINDOW,
+                        slope: float = 0.3, dh0: float = 0.3, dh_max: float = 3.0) -> np.ndarray:
+    """Steps 1-3 of :func:`ground_surface` on the cell minima ``zmin [rows, cols]`` (``inf`` where
+    empty; :func:`cell_minima`): the DTM ``[rows, cols]`` float64 on the same cells."""
+    from scipy import ndimage
+    from scipy.interpolate import LinearNDInterpolator
+
+    is_ground = ground_cells(zmin, cell, max_window, slope, dh0, dh_max)
     dtm = np.where(is_ground, zmin, np.nan)
     hi, hj = np.nonzero(~is_ground)
     # Every Delaunay triangle of the ground cells that holds another cell has its vertices among

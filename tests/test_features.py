@@ -316,7 +316,7 @@ def test_ground_surface_interpolates_in_delaunay_triangles_of_all_ground_cells()
     from scipy import ndimage
     from scipy.spatial import Delaunay
 
-    from geometry.heights import cell_minima, surface_from_minima
+    from geometry.heights import cell_minima, ground_cells, surface_from_minima
 
     las = laspy.read(TEST_TILES[0])
     zmin, _ = cell_minima(np.stack([las.x, las.y, las.z], 1))
@@ -327,8 +327,8 @@ def test_ground_surface_interpolates_in_delaunay_triangles_of_all_ground_cells()
     synth[rng.random(synth.shape) < 0.05] = np.inf                              # empty cells
     for z in (zmin, synth):
         dtm = surface_from_minima(z)
-        # the ground cells: those the DTM keeps at their own lowest z, every other one interpolated
-        ground = np.isfinite(z) & (dtm == z)
+        ground = ground_cells(z)
+        np.testing.assert_array_equal(dtm[ground], z[ground])       # each keeps its own lowest z
         gi, gj = np.nonzero(ground)
         edge = ground & ~ndimage.binary_erosion(ground, border_value=0)
         assert edge.sum() < ground.sum()
