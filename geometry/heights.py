@@ -138,13 +138,9 @@ def cell_minima(xyz: np.ndarray, cell: float = 1.0) -> tuple[np.ndarray, np.ndar
     cell (``inf`` where empty) of the grid around the points, aligned to multiples of ``cell``
     (``origin = floor(min xy / cell) * cell``; cell ``(i, j)`` spans ``origin + (i, j) * cell``)."""
     xyz = np.asarray(xyz, dtype=np.float64)
-    origin = np.floor(xyz[:, :2].min(0) / cell) * cell
-    ij = np.floor((xyz[:, :2] - origin) / cell).astype(np.int64)
-    shape = tuple(int(v) for v in ij.max(0) + 1)
-    _grid_shape_check(shape, cell)
-    zmin = np.full(shape[0] * shape[1], np.inf)
-    np.minimum.at(zmin, ij[:, 0] * shape[1] + ij[:, 1], xyz[:, 2])
-    return zmin.reshape(shape), origin
+    grid = TileGround(xyz[:, :2].min(0), xyz[:, :2].max(0), cell)     # its box: exactly the points'
+    grid.add(xyz)
+    return grid.zmin, grid.origin
 
 
 def ground_cells(zmin: np.ndarray, cell: float = 1.0, max_window: float = GROUND_WINDOW, slope: float = 0.3,
@@ -246,7 +242,9 @@ class TileGround:
         self._lock = threading.Lock()
 
     def add(self, xyz: np.ndarray) -> None:
-        """Take the points ``xyz [n, 3]`` into the cell minima."""
+        """Take the points ``xyz [n, 3]`` into the cell minima (before any DTM is built)."""
+        if self._surfaces:
+            raise RuntimeError("TileGround.add after its DTM was built: the DTM would miss these points")
         ij = np.floor((np.asarray(xyz[:, :2], np.float64) - self.origin) / self.cell).astype(np.int64)
         inside = (ij >= 0).all(1) & (ij[:, 0] < self.shape[0]) & (ij[:, 1] < self.shape[1])
         if not inside.all():
