@@ -180,7 +180,8 @@ def _tile_ground(lo: np.ndarray, hi: np.ndarray, band: Bounds | None) -> TileGro
     if band is not None:
         lo = np.minimum(lo, [band.xmin, band.ymin])
         hi = np.maximum(hi, [band.xmax, band.ymax])
-    if np.prod(np.floor(np.asarray(hi) - np.asarray(lo)) + 2) > TILE_GROUND_CELLS:
+    cells = np.prod(np.floor(np.asarray(hi, np.float64) - np.asarray(lo, np.float64)) + 2)
+    if not np.isfinite(cells) or cells > TILE_GROUND_CELLS:     # a header box of NaN: no shared model
         return None
     return TileGround(lo, hi, 1.0)
 
