@@ -36,30 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.bundle import load_bundle  # noqa: E402
-from pipeline.datasets import split_files  # noqa: E402
 from pipeline.evaluation import confusion_matrix, metrics_from_confusion  # noqa: E402
-from pipeline.runner import RunContext  # noqa: E402
-from pipeline.spec import load_spec  # noqa: E402
-
-
-def validation_data(spec: Path, step_name: str) -> list[tuple[object, np.ndarray, str]]:
-    """``[(cloud, labels, set)]`` of the validation sets of train step ``step_name``: its
-    ``val_split`` blocks (the points outside the blocks ignored, label ``IGNORE``, as in
-    training's validation) and its ``val_inputs`` files; ``set`` is ``blocks`` or ``held_out``."""
-    loaded = load_spec(spec)
-    steps = [s for s in loaded.spec.steps_of("train") if s.name == step_name]
-    if not steps or (steps[0].val_split is None and not steps[0].val_inputs):
-        raise SystemExit(f"{spec}: no train step named {step_name!r} with a val_split or val_inputs")
-    step = steps[0]
-    ctx = RunContext(loaded, loaded.output_dir())
-    val = split_files(ctx.resolve_labelled(step.inputs, "inputs"), step.val_split)[1] if step.val_split else []
-    if step.val_inputs:
-        val += ctx.resolve_labelled(step.val_inputs, "val_inputs")
-    out = []
-    for item in val:
-        cloud, labels = item.read()
-        out.append((cloud, labels, item.val_group))
-    return out
+from pipeline.validation import validation_sets  # noqa: E402
 
 
 def measure(bundle: Path, overrides: list[str], data, device: str) -> dict:
@@ -93,7 +71,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="first validation file, one setting besides the baseline")
     args = ap.parse_args()
-    data = validation_data(args.spec, args.step)
+    data = [(v.cloud, v.labels, v.group) for v in validation_sets(args.spec, args.step)]
     if args.quick:
         data = data[:1]
     if args.tries:

@@ -515,3 +515,34 @@ def test_coverage_of_targets_runs_fewer_regions_and_keeps_their_sums(shape):
     assert sum(ran) < 0.6 * work_whole
     np.testing.assert_allclose(part[targets], whole[targets], rtol=1e-6)
     assert missing == 0 and np.allclose(part[~targets].sum(1) > 0, True)
+
+
+def test_val_confusions_script_breaks_down_one_confusion_by_file_and_height(run_out):
+    """scripts/val_confusions.py: per validation file, vegetation read as building and its
+    height bins add up to the pooled confusion matrix, whose rows hold every labelled
+    validation point; an unknown class is a clear error with exit status 2."""
+    from pipeline.validation import validation_sets
+
+    spec, bundle = run_out.parent / "spec.yaml", run_out / "model.bundle"
+    script = REPO / "scripts" / "val_confusions.py"
+    res = subprocess.run([sys.executable, str(script), str(spec), str(bundle), "--set", "votes=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = validation_sets(spec)
+    lines = res.stdout.splitlines()
+    files = [line.split(" | ") for line in lines if line.startswith("| crop")]
+    assert len(files) == len(data)
+    num = lambda s: int(s.strip(" |").replace(",", ""))  # noqa: E731
+    veg, veg_bld = sum(num(f[2]) for f in files), sum(num(f[3]) for f in files)
+    assert all(sum(num(x) for x in f[6:]) == num(f[3]) for f in files)   # height bins add up
+    matrix = {line.split(" | ")[0][2:]: [num(x) for x in line.split(" | ")[1:]]
+              for line in lines if line.startswith("| ") and line.split(" | ")[0][2:] in
+              ("ground", "vegetation", "building", "water", "bridge", "other")}
+    assert sum(map(sum, matrix.values())) == sum(int((v.labels >= 0).sum()) for v in data)
+    assert sum(matrix["vegetation"]) == veg and matrix["vegetation"][2] == veg_bld
+    summary = lines[-1].split(" | ")
+    assert summary[0] == f"| {bundle}" and num(summary[-2]) == veg_bld
+
+    bad = subprocess.run([sys.executable, str(script), str(spec), str(bundle), "--pair", "vegetation:roof"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "no class 'roof'" in bad.stderr and "Traceback" not in bad.stderr
