@@ -525,7 +525,8 @@ def test_val_confusions_script_breaks_down_one_confusion_by_file_and_height(run_
 
     spec, bundle = run_out.parent / "spec.yaml", run_out / "model.bundle"
     script = REPO / "scripts" / "val_confusions.py"
-    res = subprocess.run([sys.executable, str(script), str(spec), str(bundle), "--set", "votes=1"], cwd=REPO,
+    res = subprocess.run([sys.executable, str(script), str(spec), str(bundle), "--set", "votes=1",
+                          "--group", "all=crop*", "--group", "none=nothing*"], cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     data = validation_sets(spec)
@@ -542,6 +543,10 @@ def test_val_confusions_script_breaks_down_one_confusion_by_file_and_height(run_
     assert sum(matrix["vegetation"]) == veg and matrix["vegetation"][2] == veg_bld
     summary = lines[-1].split(" | ")
     assert summary[0] == f"| {bundle}" and num(summary[-2]) == veg_bld
+    pooled = next(line for line in lines if line.startswith("Pooled mIoU ")).split()[2]
+    assert next(line for line in lines if line.startswith("Group all: ")) == f"Group all: mIoU {pooled}; " + \
+        next(line for line in lines if line.startswith("Pooled mIoU ")).split("; ", 1)[1]   # every file: the pool
+    assert "Group none: no scored point (no validation file matches)" in res.stdout
 
     bad = subprocess.run([sys.executable, str(script), str(spec), str(bundle), "--pair", "vegetation:roof"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
