@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from data.errors import UserError
 from data.pointcloud import PointCloud
 
-from .datasets import split_files
+from .datasets import LabelledFile, split_files
 from .runner import RunContext
 from .spec import load_spec
 
@@ -29,17 +30,26 @@ class ValidationFile:
     group: str
 
 
+def train_and_validation(step: Any, ctx: RunContext, key: str
+                         ) -> tuple[list[LabelledFile], list[LabelledFile], list[LabelledFile]]:
+    """``(training parts, validation files, held-out files)`` of a train step's config ``step``:
+    the ``val_split`` blocks of its ``inputs`` first, then its ``val_inputs`` files (the
+    held-out ones, also returned apart); ``key`` names the step in error messages."""
+    train = ctx.resolve_labelled(step.inputs, f"{key}.inputs")
+    val: list[LabelledFile] = []
+    if step.val_split is not None:
+        train, val = split_files(train, step.val_split)
+    held_out = ctx.resolve_labelled(step.val_inputs, f"{key}.val_inputs") if step.val_inputs else []
+    return train, val + held_out, held_out
+
+
 def validation_sets(spec: Path, step_name: str = "model") -> list[ValidationFile]:
     """The validation files of train step ``step_name`` of ``spec``, in training's order."""
     loaded = load_spec(spec)
     steps = [s for s in loaded.spec.steps_of("train") if s.name == step_name]
     if not steps or (steps[0].val_split is None and not steps[0].val_inputs):
         raise UserError(f"{spec}: no train step named {step_name!r} with a val_split or val_inputs")
-    step = steps[0]
-    ctx = RunContext(loaded, loaded.output_dir())
-    val = split_files(ctx.resolve_labelled(step.inputs, "inputs"), step.val_split)[1] if step.val_split else []
-    if step.val_inputs:
-        val += ctx.resolve_labelled(step.val_inputs, "val_inputs")
+    val = train_and_validation(steps[0], RunContext(loaded, loaded.output_dir()), step_name)[1]
     out = []
     for item in val:
         cloud, labels = item.read()
@@ -47,4 +57,4 @@ def validation_sets(spec: Path, step_name: str = "model") -> list[ValidationFile
     return out
 
 
-__all__ = ["ValidationFile", "validation_sets"]
+__all__ = ["ValidationFile", "train_and_validation", "validation_sets"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import sys
 from pathlib import Path
 
@@ -45,10 +46,12 @@ def _bin_labels() -> list[str]:
             + [f">= {edges[-1]:g} m"])
 
 
-def score(bundle: Path, overrides: list[str], data, pair: tuple[str, str], device: str,
+def score(bundle: Path, overrides: list[str], data, heights: list, pair: tuple[str, str], device: str,
           groups: dict[str, list[str]] | None = None) -> dict:
     """Confusions of one bundle on ``data`` (``pipeline.validation.ValidationFile`` list);
-    ``groups``: name -> file-name globs whose files are also pooled under that name."""
+    ``heights[i]``: a callable giving file i's ``[N]`` heights above the ground model (computed
+    once for all bundles); ``groups``: name -> file-name globs whose files are also pooled under
+    that name (a group of no scored point maps to None)."""
     loaded = load_bundle(bundle, overrides)
     names = list(loaded.class_map.names)
     missing = [n for n in pair if n not in names]
@@ -58,7 +61,7 @@ def score(bundle: Path, overrides: list[str], data, pair: tuple[str, str], devic
     C = len(names)
     rows, by_set = [], {}
     by_group = {g: np.zeros((C, C), np.int64) for g in groups or {}}
-    for v in data:
+    for v, height in zip(data, heights):
         pred = loaded.model.predict_proba(v.cloud, device).argmax(1)
         cm = confusion_matrix(v.labels, pred, C)
         by_set[v.group] = by_set.get(v.group, 0) + cm
@@ -69,7 +72,7 @@ def score(bundle: Path, overrides: list[str], data, pair: tuple[str, str], devic
         wrong = (v.labels == a) & (pred == b)
         hist = np.zeros(len(HEIGHT_BINS) + 1, np.int64)
         if wrong.any():
-            hag = height_above_ground(v.cloud.xyz, source=v.cloud.source)[wrong]
+            hag = height()[wrong]
             hist = np.bincount(np.searchsorted(HEIGHT_BINS, hag, side="right"), minlength=len(hist))
         rows.append((name, v.group, int(cm[a].sum()), int(cm[a, b]), int(cm[b].sum()),
                      int(cm[b, a]), hist))
@@ -77,7 +80,7 @@ def score(bundle: Path, overrides: list[str], data, pair: tuple[str, str], devic
     m = metrics_from_confusion(pooled, names)
     return {"names": names, "rows": rows, "pooled": pooled, "metrics": m, "a": a, "b": b,
             "sets": {g: float(metrics_from_confusion(cm, names)["miou"]) for g, cm in by_set.items()},
-            "groups": {g: metrics_from_confusion(cm, names) for g, cm in by_group.items()}}
+            "groups": {g: metrics_from_confusion(cm, names) if cm.any() else None for g, cm in by_group.items()}}
 
 
 def print_bundle(bundle: Path, r: dict, pair: tuple[str, str]) -> None:
@@ -93,7 +96,7 @@ def print_bundle(bundle: Path, r: dict, pair: tuple[str, str]) -> None:
     print(f"\nPooled mIoU {m['miou']:.4f} ({sets}); IoU "
           + ", ".join(f"{n} {m['per_class'][n]['iou']:.3f}" for n in names if m["per_class"][n]["support"]))
     for g, gm in r["groups"].items():
-        if not any(gm["per_class"][n]["support"] for n in names):
+        if gm is None:
             print(f"\nGroup {g}: no scored point (no validation file matches)")
             continue
         print(f"\nGroup {g}: mIoU {gm['miou']:.4f}; IoU "
@@ -136,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         data = validation_sets(args.spec, args.step)
         print(f"# {pair[0]} read as {pair[1]} on the validation sets of {args.spec} (step {args.step!r}): "
               f"{len(data)} files, {sum(int((v.labels >= 0).sum()) for v in data):,} points scored")
+        heights = [functools.cache(lambda v=v: height_above_ground(v.cloud.xyz, source=v.cloud.source))
+                   for v in data]
         results = []
         for bundle in args.bundles:
-            r = score(bundle, args.overrides, data, pair, args.device, groups)
+            r = score(bundle, args.overrides, data, heights, pair, args.device, groups)
             print_bundle(bundle, r, pair)
             results.append((bundle, r))
     except UserError as exc:
@@ -151,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for bundle, r in results:
         cm, a, b = r["pooled"], r["a"], r["b"]
         figures = [f"{v:.4f}" for v in r["sets"].values()] + [
-            f"{gm['miou']:.4f}" if any(c["support"] for c in gm["per_class"].values()) else "-"
-            for gm in r["groups"].values()]
+            "-" if gm is None else f"{gm['miou']:.4f}" for gm in r["groups"].values()]
         print(f"| {bundle} | {r['metrics']['miou']:.4f} | " + " | ".join(figures)
               + f" | {int(cm[a, b]):,} | {int(cm[b, a]):,} |")
     return 0

@@ -19,11 +19,12 @@ from data.io import read_header_info
 from pipeline.audit import bbox_density
 from pipeline import distributed
 from pipeline.bundle import save_bundle
-from pipeline.datasets import ValSplit, split_files
+from pipeline.datasets import ValSplit
 from pipeline.models import base
 from pipeline.progress import log
 from pipeline.registry import MODELS, STEPS
 from pipeline.schema import Component, SpecError
+from pipeline.validation import train_and_validation
 
 
 def _summary_line(summary: dict) -> str:
@@ -53,17 +54,12 @@ class TrainStep:
 
     @staticmethod
     def run(cfg: "TrainStep.Config", ctx, key: str) -> None:
-        train = ctx.resolve_labelled(cfg.inputs, f"{key}.inputs")
-        val: list = []
-        if cfg.val_split is not None:
-            train, val = split_files(train, cfg.val_split)
+        train, val, held_out = train_and_validation(cfg, ctx, key)
         if cfg.val_inputs:
-            held_out = ctx.resolve_labelled(cfg.val_inputs, f"{key}.val_inputs")
             overlap = sorted({f.path.name for f in held_out if f.path in {t.path for t in train}})
             if overlap:
                 log(f"warning: {key}.val_inputs: {', '.join(overlap)} also trained on: its figure is not a "
                     "held-out one")
-            val = val + held_out
             predicted = {p for s in ctx.loaded.spec.steps_of("predict") for p in ctx.resolve_inputs(s.inputs, key)}
             leaked = sorted({f.path.name for f in val if f.path in predicted})
             if leaked:
