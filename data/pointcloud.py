@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
+
 
 @dataclass
 class PointCloud:
@@ -41,6 +43,13 @@ class PointCloud:
     def has(self, name: str) -> bool:
         return name in self.fields
 
+    def require(self, names: tuple[str, ...] | list[str], needed_by: str) -> None:
+        """A :class:`DataError` naming this cloud's file when it lacks any field of ``names``
+        (``needed_by``: what needs them and how to do without, for the message)."""
+        missing = [n for n in names if n not in self.fields]
+        if missing:
+            raise DataError(self.source, f"has no {', '.join(repr(m) for m in missing)} field, which {needed_by}")
+
     @property
     def crs_wkt(self) -> str | None:
         """The cloud's CRS as WKT, or None when the file has none."""
@@ -48,7 +57,6 @@ class PointCloud:
 
     def fields_with(self, extra: dict[str, np.ndarray] | None, path: object) -> dict[str, np.ndarray]:
         """``fields`` plus ``extra`` (same names replaced); a wrong length is a DataError on ``path``."""
-        from .errors import DataError
 
         fields = dict(self.fields)
         for name, values in (extra or {}).items():

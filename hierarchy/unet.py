@@ -73,15 +73,65 @@ def encoder_decoder(H: Hierarchy, x: Tensor, encode, down: nn.ModuleList, up: nn
     return x
 
 
+class StageFiLM(nn.Module):
+    """Feature-wise linear modulation of each encoder stage by a per-set conditioning vector.
+
+    ``cond [B, D]`` -> per stage s ``(gamma_s, beta_s)``, each ``[B, w_s]``::
+
+        [gamma_0, beta_0, ..., gamma_{S-1}, beta_{S-1}] = Linear(GELU(Linear(cond)))
+        x_s <- x_s * (1 + gamma_s[batch_s]) + beta_s[batch_s]        (x_s [M_s, w_s])
+
+    The last layer starts at zero, so an untrained modulation is the identity.
+    """
+
+    def __init__(self, cond_channels: int, widths: tuple[int, ...], hidden: int = 32):
+        super().__init__()
+        if cond_channels < 1:
+            raise ValueError(f"cond_channels must be >= 1, got {cond_channels}")
+        self.cond_channels, self.widths = int(cond_channels), tuple(int(w) for w in widths)
+        self.mlp = nn.Sequential(nn.Linear(self.cond_channels, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 2 * sum(self.widths)))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, cond: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``cond [B, D]`` -> ``[(gamma_s [B, w_s], beta_s [B, w_s]) for s in stages]``."""
+        if cond.dim() != 2 or cond.shape[1] != self.cond_channels:
+            raise ValueError(f"cond must be [B, {self.cond_channels}], got {tuple(cond.shape)}")
+        out = self.mlp(cond).split([w for w in self.widths for _ in (0, 1)], dim=1)
+        return [(out[2 * s], out[2 * s + 1]) for s in range(len(self.widths))]
+
+
+def modulate(x: Tensor, gamma: Tensor, beta: Tensor, batch: Tensor) -> Tensor:
+    """``x [M, C] * (1 + gamma[batch]) + beta[batch]`` with ``gamma, beta [B, C]``, ``batch [M]``."""
+    return x * (1 + gamma[batch].to(x.dtype)) + beta[batch].to(x.dtype)
+
+
 class HierarchyUNet(nn.Module):
     """Base of the point networks on a :class:`Hierarchy`: a subclass builds ``cfg`` (a
-    ``StageGrid``), ``in_channels``, ``stem``, ``down``, ``up`` and ``head`` and implements
-    :meth:`encode`; the forward pass is the same for all::
+    ``StageGrid``), ``in_channels``, ``stem``, ``down``, ``up`` and ``head`` (and, through
+    :meth:`condition_on`, an optional :class:`StageFiLM`) and implements :meth:`encode`; the
+    forward pass is the same for all::
 
         H = build_hierarchy(points, batch, cfg)          (unless given)
-        x = encoder_decoder(H, stem(stage0_features(H, features)), encode, down, up)
+        x = encoder_decoder(H, stem(stage0_features(H, features)), encode', down, up)
         logits = head(x)[H.inverse]                      [N, num_classes]
+
+    with ``encode'(s, x) = modulate(encode(s, x), *film(cond)[s], H.batch[s])`` when the network
+    is conditioned (``cond [B, D]``: one vector per set of the batch), else ``encode``.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.film: StageFiLM | None = None
+
+    def condition_on(self, cond_channels: int, widths: tuple[int, ...]) -> None:
+        """Add a :class:`StageFiLM` of ``cond_channels`` inputs (none when 0)."""
+        self.film = StageFiLM(cond_channels, widths) if cond_channels else None
+
+    @property
+    def cond_channels(self) -> int:
+        return 0 if self.film is None else self.film.cond_channels
 
     def encode(self, H: Hierarchy, s: int, x: Tensor) -> Tensor:
         """Stage ``s``'s convolution: ``x [M_s, w_s]`` -> ``[M_s, w_s]``."""
@@ -92,11 +142,21 @@ class HierarchyUNet(nn.Module):
         return build_hierarchy(points, batch, self.cfg)
 
     def forward(self, points: Tensor, features: Tensor, batch: Tensor | None = None,
-                hierarchy: Hierarchy | None = None) -> Tensor:
+                hierarchy: Hierarchy | None = None, cond: Tensor | None = None) -> Tensor:
         check_features(points, features, self.in_channels)
+        if (cond is None) != (self.film is None):
+            raise ValueError(f"this network takes {self.cond_channels} conditioning channels per set; "
+                             f"got {'none' if cond is None else tuple(cond.shape)}")
         H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
-        x = encoder_decoder(H, self.stem(stage0_features(H, features)), lambda s, h: self.encode(H, s, h),
-                            self.down, self.up)
+        if self.film is None:
+            def encode(s: int, h: Tensor) -> Tensor:
+                return self.encode(H, s, h)
+        else:
+            pairs = self.film(cond)
+
+            def encode(s: int, h: Tensor) -> Tensor:
+                return modulate(self.encode(H, s, h), *pairs[s], H.batch[s])
+        x = encoder_decoder(H, self.stem(stage0_features(H, features)), encode, self.down, self.up)
         logits = self.head(x)
         return logits if H.inverse is None else logits[H.inverse]
 

@@ -76,11 +76,14 @@ class KPConvXConfig(StageGrid):
 class KPConvXSegNet(HierarchyUNet):
     """KPConvX encoder-decoder for per-point segmentation.
 
-    ``forward(points [N,3], features [N,C], batch [N] int64 | None, hierarchy=None)
-    -> logits [N, num_classes]``. The hierarchy is built inside unless given.
+    ``forward(points [N,3], features [N,C], batch [N] int64 | None, hierarchy=None, cond=None)
+    -> logits [N, num_classes]``. The hierarchy is built inside unless given. With
+    ``cond_channels = D > 0`` every encoder stage is FiLM-modulated by ``cond [B, D]``, one
+    vector per set of the batch (:class:`hierarchy.StageFiLM`).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, cfg: Optional[KPConvXConfig] = None):
+    def __init__(self, in_channels: int, num_classes: int, cfg: Optional[KPConvXConfig] = None,
+                 cond_channels: int = 0):
         super().__init__()
         cfg = cfg or KPConvXConfig.small()
         self.cfg, self.in_channels, self.num_classes = cfg, int(in_channels), int(num_classes)
@@ -107,6 +110,7 @@ class KPConvXSegNet(HierarchyUNet):
                                 for s in range(S - 1))
         self.head = nn.Sequential(unary(W[0], W[0], cfg.bn_momentum),
                                   nn.Linear(W[0], self.num_classes))
+        self.condition_on(cond_channels, W)
 
     def encode(self, H: Hierarchy, s: int, x: Tensor) -> Tensor:
         return self.encoder[s](H.points[s], x, H.neighbors[s], batch=H.batch[s])

@@ -86,7 +86,8 @@ class PointTransformerBlock(nn.Module):
 class PointTransformerSegNet(HierarchyUNet):
     """Point Transformer encoder-decoder for per-point segmentation (module docstring)."""
 
-    def __init__(self, in_channels: int, num_classes: int, cfg: Optional[PointTransformerConfig] = None):
+    def __init__(self, in_channels: int, num_classes: int, cfg: Optional[PointTransformerConfig] = None,
+                 cond_channels: int = 0):
         super().__init__()
         cfg = cfg or PointTransformerConfig.small()
         self.cfg, self.in_channels, self.num_classes = cfg, int(in_channels), int(num_classes)
@@ -97,6 +98,7 @@ class PointTransformerSegNet(HierarchyUNet):
         self.down = nn.ModuleList(unary(W[s], W[s + 1], m) for s in range(S - 1))
         self.up = nn.ModuleList(unary(W[s + 1] + W[s], W[s], m) for s in range(S - 1))
         self.head = nn.Sequential(unary(W[0], W[0], m), nn.Linear(W[0], self.num_classes))
+        self.condition_on(cond_channels, W)
 
     def encode(self, H: Hierarchy, s: int, x: Tensor) -> Tensor:
         pos, edges = H.points[s] / self.cfg.radius(s), edge_index_of(H.neighbors[s])

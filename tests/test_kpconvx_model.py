@@ -551,3 +551,64 @@ def test_val_confusions_script_breaks_down_one_confusion_by_file_and_height(run_
     bad = subprocess.run([sys.executable, str(script), str(spec), str(bundle), "--pair", "vegetation:roof"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "no class 'roof'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_region_statistics_match_a_loop_over_regions():
+    """Density is points per m² of occupied 2 m cells (a region cut in half by a tile edge keeps
+    its density; one thinned to a quarter drops by log10(4)); the means are the regions' means."""
+    from pipeline.models.region_stats import DENSITY_CELL, region_statistics
+
+    rng = np.random.default_rng(0)
+    sizes = [3000, 1500, 1]
+    xyz = np.concatenate([rng.uniform(-10, 10, (n, 3)) for n in sizes]).astype(np.float32)
+    values = rng.uniform(0, 1, (len(xyz), 2)).astype(np.float32)
+    batch = np.repeat(np.arange(3), sizes)
+    got = region_statistics(xyz, values, batch, 3, ["intensity", "density", "multi_return"])
+    for r in range(3):
+        pts, v = xyz[batch == r], values[batch == r]
+        cells = {(int(np.floor(x / DENSITY_CELL)), int(np.floor(y / DENSITY_CELL))) for x, y in pts[:, :2]}
+        np.testing.assert_allclose(got[r], [v[:, 0].mean(), np.log10(len(pts) / (4.0 * len(cells))), v[:, 1].mean()],
+                                   rtol=1e-5)
+    full = xyz[batch == 0]
+    half, quarter = full[full[:, 0] < 0], full[::4]
+    d = region_statistics(np.concatenate([full, half, quarter]), np.zeros((len(full) + len(half) + len(quarter), 0)),
+                          np.repeat(np.arange(3), [len(full), len(half), len(quarter)]), 3, ["density"])[:, 0]
+    assert abs(d[1] - d[0]) < 0.02 and abs(d[0] - d[2] - np.log10(4)) < 0.05
+    from data.errors import DataError
+    from data.pointcloud import PointCloud
+    from pipeline.models.region_stats import point_stat_columns
+
+    cloud = PointCloud(xyz[:10].astype(np.float64), {"number_of_returns": np.array([1, 2] * 5, np.uint8)},
+                       source="scan.laz")
+    np.testing.assert_array_equal(point_stat_columns(cloud, ["density", "multi_return"])[:, 0], [0, 1] * 5)
+    with pytest.raises(DataError, match="scan.laz.*'intensity'.*condition"):
+        point_stat_columns(cloud, ["intensity"])
+
+
+def test_conditioned_network_trains_predicts_and_reloads(tmp_path, data_root):
+    """``condition: [density, multi_return, intensity]``: the network's encoder stages are
+    FiLM-modulated by each region's statistics; a run trains, predicts, and its bundle reloads
+    with the generator's weights (predictions through the CLI equal the run's); a repeated
+    statistic is a spec error."""
+    spec_path = tiny_spec(tmp_path, data_root)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["steps"][0]["model"]["condition"] = ["density", "multi_return", "intensity"]
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = cli("run", spec_path, "--limit-steps", "3", "--quiet")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    import torch
+
+    state = torch.load(out / "model.bundle" / "weights.pt", weights_only=True)
+    assert state["film.mlp.2.weight"].shape == (2 * sum(TINY["network"]["widths"]), 32)
+    assert state["film.mlp.2.weight"].abs().sum() > 0      # trained away from the identity
+    res = cli("predict", "--model", out / "model.bundle", "--input", data_root / "test" / "tile.laz",
+              "--out", tmp_path / "again", "--quiet")
+    assert res.returncode == 0, res.stderr
+    a = laspy.read(out / "predictions" / "tile.laz").classification
+    b = laspy.read(tmp_path / "again" / "tile.laz").classification
+    assert (np.asarray(a) == np.asarray(b)).mean() > 0.999
+    spec["steps"][0]["model"]["condition"] = ["density", "density"]
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = cli("validate", spec_path)
+    assert res.returncode == 2 and "condition: duplicates" in res.stderr

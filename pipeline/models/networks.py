@@ -7,8 +7,9 @@
 Each entry's ``Config`` is derived from the network's own config dataclass (``KPConvXConfig``,
 ``PointTransformerConfig``): a ``preset`` (one of the dataclass's preset constructors) and
 every field of the network config, optional (null keeps the preset's value), so the two never
-drift. ``resolve()`` gives the network config, ``build(in_channels, num_classes, cfg)`` the
-module ``forward(points [N, 3], features [N, F], batch [N]) -> logits [N, C]``.
+drift. ``resolve()`` gives the network config, ``build(in_channels, num_classes, cfg, cond_channels)`` the
+module ``forward(points [N, 3], features [N, F], batch [N], cond=[B, D] | None) -> logits [N, C]``
+(``cond``: the FiLM conditioning vectors of the batch's sets when ``cond_channels = D > 0``).
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ class KPConvXNetwork:
                             {"first_cell": 0.25})
 
     @staticmethod
-    def build(in_channels: int, num_classes: int, cfg: Any) -> Any:
-        return _kpconvx().KPConvXSegNet(in_channels, num_classes, cfg)
+    def build(in_channels: int, num_classes: int, cfg: Any, cond_channels: int = 0) -> Any:
+        return _kpconvx().KPConvXSegNet(in_channels, num_classes, cfg, cond_channels)
 
 
 @NETWORKS.register("point_transformer")
@@ -78,8 +79,8 @@ class PointTransformerNetwork:
                             ("small",), {})
 
     @staticmethod
-    def build(in_channels: int, num_classes: int, cfg: Any) -> Any:
-        return _pointtransformer().PointTransformerSegNet(in_channels, num_classes, cfg)
+    def build(in_channels: int, num_classes: int, cfg: Any, cond_channels: int = 0) -> Any:
+        return _pointtransformer().PointTransformerSegNet(in_channels, num_classes, cfg, cond_channels)
 
 
 __all__ = ["KPConvXNetwork", "PointTransformerNetwork", "network_config"]

@@ -25,7 +25,6 @@ from typing import Literal
 
 import numpy as np
 
-from data.errors import DataError
 from data.pointcloud import PointCloud
 from geometry.heights import GROUND_WINDOW
 
@@ -63,10 +62,7 @@ def point_feature_matrix(cloud: PointCloud, features: list[str], height_cell: fl
     cols: list[np.ndarray] = []
     hag = None
     for f in features:
-        missing = [name for name in _NEEDS[f] if not cloud.has(name)]
-        if missing:
-            raise DataError(cloud.source, f"has no {', '.join(repr(m) for m in missing)} field, which the "
-                                          f"input channel {f!r} needs (drop it from 'channels')")
+        cloud.require(_NEEDS[f], f"the input channel {f!r} needs (drop it from 'channels')")
         if f == "intensity":
             cols.append(point_features(cloud.fields, ["intensity"])["intensity"])
         elif f == "returns":

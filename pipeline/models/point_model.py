@@ -15,6 +15,8 @@ of at most ``points_per_pass`` points (bounded memory).
 
 Input channels per point (``channels``): ``pipeline.models.point_inputs``; the non-geometric
 ones are standardised with the training points' mean and standard deviation (in the bundle).
+Optionally (``condition``) each region's statistics (``pipeline.models.region_stats``: point
+density, multiple-return share, intensity scale) FiLM-modulate the network's encoder stages.
 
 The earlier model types ``kpconvx`` and ``point_transformer`` (``preset`` and ``network`` on the
 model) are read as this component with that network (:func:`_from_earlier_form`).
@@ -48,6 +50,7 @@ from pipeline.training import OptimConfig, amp_autocast, partial_label_loss
 
 from .base import Prediction, TrainContext, load_torch_file, load_weights
 from .point_inputs import FEATURES, GROUND_WINDOW, HEIGHT_COLUMNS, FeatureName, feature_columns, point_feature_matrix
+from .region_stats import RegionStat, point_stat_columns, region_statistics
 from .torch_model import TorchModel, TrainingData
 
 @dataclass
@@ -83,6 +86,8 @@ class PointNetworkModel(TorchModel):
         channels: list[FeatureName] = option(was="features", default_factory=lambda: ["xyz", "intensity", "returns",
                                                                                    "height"])
         height_cell: float = option(min=0, exclusive=True, default=10.0)   # metres, for the 'height' channel
+        #: per-region statistics that FiLM-modulate the encoder stages (``pipeline.models.region_stats``)
+        condition: list[RegionStat] = field(default_factory=list)
         sampling: SamplingConfig = field(default_factory=SamplingConfig)
         augment: AugmentConfig = field(default_factory=AugmentConfig)
         loss: LossConfig = field(default_factory=LossConfig)
@@ -98,8 +103,10 @@ class PointNetworkModel(TorchModel):
         points_per_pass: int = option(min=1, predict=True, resume=False, was="block_points", default=200_000)  # per forward pass
 
         def __post_init__(self) -> None:
-            if len(set(self.channels)) != len(self.channels):
-                raise UserError(f"channels: duplicates in {self.channels}")
+            for key in ("channels", "condition"):
+                values = getattr(self, key)
+                if len(set(values)) != len(values):
+                    raise UserError(f"{key}: duplicates in {values}")
             if self.augment.stretches and "ground" not in self.channels:
                 raise UserError("augment.stretch_z needs the 'ground' channel (height above the ground model)")
 
@@ -136,14 +143,23 @@ class PointNetworkModel(TorchModel):
         return len(self.geo_cols) + len(self.pt_cols)
 
     def build_net(self):
-        return self.network.target.build(self.in_channels, self.class_map.num_classes, self.net_cfg)
+        return self.network.target.build(self.in_channels, self.class_map.num_classes, self.net_cfg,
+                                         len(self.config.condition))
 
     # -- features -----------------------------------------------------------------------
-    def _inputs(self, regions: list[Region], tiles_feats: list[np.ndarray], rng: np.random.Generator | None,
-                angle: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Packed ``(xyz [P,3], features [P,F], batch [P])`` float32/int64 for ``regions``."""
+    def _inputs(self, regions: list[Region], tiles_feats: list[np.ndarray], tiles_stats: list[np.ndarray],
+                rng: np.random.Generator | None, angle: float = 0.0):
+        """Packed ``(xyz [P,3], features [P,F], batch [P], cond [B,D] | None)`` for ``regions``
+        (``tiles_stats``: each tile's :func:`point_stat_columns`; ``cond`` from the regions'
+        points before augmentation, None without ``condition``)."""
         cfg = self.config
         xs, fs, bs = [], [], []
+        cond = None
+        if cfg.condition:
+            cond = region_statistics(np.concatenate([r.xyz for r in regions]),
+                                     np.concatenate([tiles_stats[r.tile][r.index] for r in regions]),
+                                     np.repeat(np.arange(len(regions)), [len(r.index) for r in regions]),
+                                     len(regions), list(cfg.condition))
         for b, r in enumerate(regions):
             raw, xyz = tiles_feats[r.tile][r.index], r.xyz
             if rng is not None and cfg.augment.stretches:
@@ -161,41 +177,46 @@ class PointNetworkModel(TorchModel):
             xs.append(xyz.astype(np.float32))
             fs.append(np.concatenate(geo + [pf.astype(np.float32)], axis=1))
             bs.append(np.full(len(xyz), b, np.int64))
-        return np.concatenate(xs), np.concatenate(fs), np.concatenate(bs)
+        return np.concatenate(xs), np.concatenate(fs), np.concatenate(bs), cond
 
-    def _forward(self, xyz: np.ndarray, feats: np.ndarray, batch: np.ndarray, device: str, net=None):
+    def _forward(self, xyz: np.ndarray, feats: np.ndarray, batch: np.ndarray, cond: np.ndarray | None,
+                 device: str, net=None):
         """Logits of packed regions; ``net``: the module to call (the trainer's, under torchrun)."""
         import torch
 
+        extra = {} if cond is None else {"cond": torch.from_numpy(cond).to(device)}
         return (net or self.net)(torch.from_numpy(xyz).to(device), torch.from_numpy(feats).to(device),
-                                 torch.from_numpy(batch).to(device))
+                                 torch.from_numpy(batch).to(device), **extra)
 
     # -- training -----------------------------------------------------------------------
     def _load_labelled(self, items: list[LabelledFile], what: str):
-        """``(xyz, features, labels, candidates)`` lists, one entry per file; ``candidates[i]``:
-        ``[N, C]`` bool of the ambiguous codes' class sets, or None (``LabelledFile.candidates``)."""
-        xyzs, feats, labels, cands = [], [], [], []
+        """``(xyz, features, labels, candidates, stat columns)`` lists, one entry per file;
+        ``candidates[i]``: ``[N, C]`` bool of the ambiguous codes' class sets, or None
+        (``LabelledFile.candidates``); stat columns: :func:`point_stat_columns` of ``condition``."""
+        xyzs, feats, labels, cands, stats = [], [], [], [], []
         for item in progress(items, f"reading ({what})", unit="file"):
             cloud, y = item.read()
             labels.append(y)
             cands.append(item.candidates(cloud))
             feats.append(point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell))
+            stats.append(point_stat_columns(cloud, list(self.config.condition)))
             xyzs.append(np.asarray(cloud.xyz, np.float64))
-        return xyzs, feats, labels, cands
+        return xyzs, feats, labels, cands, stats
 
     def load_training(self, train: list[LabelledFile], val: list[LabelledFile], ctx: TrainContext) -> TrainingData:
         cfg, C = self.config, self.class_map.num_classes
-        xyzs, feats, labels, cands = self._load_labelled(train, "train")
+        xyzs, feats, labels, cands, stats = self._load_labelled(train, "train")
         allf = np.concatenate(feats) if feats else np.zeros((0, len(self.pt_cols)), np.float32)
         self.mean = allf.mean(0).astype(np.float32) if len(allf) else self.mean
         self.std = np.maximum(allf.std(0), 1e-6).astype(np.float32) if len(allf) else self.std
         del allf
         counts = np.bincount(np.concatenate([y[y != IGNORE] for y in labels]), minlength=C)
         self.class_counts = counts.tolist()
-        self._train = (xyzs, feats, labels, cands)
+        self._train = (xyzs, feats, labels, cands, stats)
         self._centers = ClassBalancedCenters(labels, C, cfg.sampling.class_balanced)
         self._sampler = RegionSampler(xyzs, cfg.sampling)
-        vdata = list(zip(*self._load_labelled(val, "validation")[:3])) if val else []
+        vxyz, vfeats, vlabels, _, vstats = self._load_labelled(val, "validation") if val else ([],) * 5
+        vdata = list(zip(vxyz, vfeats, vlabels, vstats))
         self._ambiguous = sum(int(c.any(1).sum()) for c in cands if c is not None)
         if self._ambiguous:
             log(f"{self._ambiguous:,} training points of ambiguous codes (partial-label loss over their class sets)")
@@ -211,14 +232,14 @@ class PointNetworkModel(TorchModel):
         import torch
 
         cfg, C = self.config, self.class_map.num_classes
-        xyzs, feats, labels, cands = self._train
+        xyzs, feats, labels, cands, stats = self._train
         tiles, rows, _ = self._centers.draw(cfg.batch_size, rng)
         regions = [self._sampler.regions(int(t), xyzs[t][r][None])[0] for t, r in zip(tiles, rows)]
         if cfg.augment.thins:
             regions = [r.thinned(rng.uniform(*cfg.augment.thin), rng) for r in regions]
-        xyz, f, b = self._inputs(regions, feats, rng)
+        xyz, f, b, cond = self._inputs(regions, feats, stats, rng)
         y = torch.from_numpy(np.concatenate([labels[r.tile][r.index] for r in regions])).to(ctx.device)
-        logits = self._forward(xyz, f, b, ctx.device, net).float()
+        logits = self._forward(xyz, f, b, cond, ctx.device, net).float()
         cand = None
         if self._ambiguous:
             cand = np.concatenate([cands[r.tile][r.index] if cands[r.tile] is not None
@@ -228,12 +249,12 @@ class PointNetworkModel(TorchModel):
         return partial_label_loss(loss_fn, logits, y, cand, self.loss_weights), {"points": int(len(xyz))}
 
     def val_labels(self, data: Any, device: str) -> tuple[np.ndarray, np.ndarray]:
-        xyz, f, y = data
-        proba, _ = self._proba(xyz, f, device, self.config.val_votes)
+        xyz, f, y, stats = data
+        proba, _ = self._proba(xyz, f, stats, device, self.config.val_votes)
         return y, proba.argmax(1)
 
     # -- inference ----------------------------------------------------------------------
-    def _proba(self, xyz: np.ndarray, feats: np.ndarray, device: str, votes: int,
+    def _proba(self, xyz: np.ndarray, feats: np.ndarray, stats: np.ndarray, device: str, votes: int,
                anchor: np.ndarray | None = None, targets: np.ndarray | None = None,
                sampler: RegionSampler | None = None) -> tuple[np.ndarray, int]:
         import torch
@@ -242,9 +263,9 @@ class PointNetworkModel(TorchModel):
         self.net.eval()
 
         def run_pass(regions: list[Region], angle: float) -> np.ndarray:
-            x, f, b = self._inputs(regions, [feats], None, angle=angle)
+            x, f, b, cond = self._inputs(regions, [feats], [stats], None, angle=angle)
             with torch.no_grad(), amp_autocast(cfg.optim, device):
-                logits = self._forward(x, f, b, device)
+                logits = self._forward(x, f, b, cond, device)
             return torch.softmax(adjust_logits(logits.float(), self.logit_bias), dim=1).cpu().numpy()
 
         with pass_workers(device) as workers:
@@ -270,8 +291,9 @@ class PointNetworkModel(TorchModel):
         with ThreadPoolExecutor(max_workers=1) as pool:
             sampler = pool.submit(RegionSampler, [xyz], self.config.sampling)
             feats = point_feature_matrix(cloud, list(self.config.channels), self.config.height_cell)
+            stats = point_stat_columns(cloud, list(self.config.condition))
             sampler = sampler.result()
-        proba, missing = self._proba(xyz, feats, device, self.config.votes, anchor, targets, sampler)
+        proba, missing = self._proba(xyz, feats, stats, device, self.config.votes, anchor, targets, sampler)
         if missing:
             log(f"{cloud.source}: {missing:,} of {len(cloud):,} points reached by no region "
                 f"(max_points cap); they take the prediction of the nearest reached point")
