@@ -612,3 +612,23 @@ def test_conditioned_network_trains_predicts_and_reloads(tmp_path, data_root):
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     res = cli("validate", spec_path)
     assert res.returncode == 2 and "condition: duplicates" in res.stderr
+
+
+def test_survey_stats_script_reads_each_file_as_one_region(lidar_data):
+    """scripts/survey_stats.py: density is points per m² of occupied 2 m cells, the shares and
+    means are the file's; a broken file exits 2 with its name."""
+    path = lidar_data / TRAIN_CUTS[0][0]
+    las = laspy.read(path)
+    x, y = np.asarray(las.x), np.asarray(las.y)
+    cells = np.unique(np.floor(np.c_[x, y] / 2.0).astype(np.int64), axis=0)
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "survey_stats.py"), str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    row = [c.strip() for c in res.stdout.splitlines()[-1].strip("|").split("|")]
+    assert row[0] == path.name and row[1] == f"{len(x):,}"
+    assert float(row[2]) == pytest.approx(len(x) / (4.0 * len(cells)), abs=0.05)
+    assert float(row[3]) == pytest.approx(np.mean(np.asarray(las.number_of_returns) > 1), abs=5e-4)
+    bad = Path("/nonexistent/scan.laz")
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "survey_stats.py"), str(bad)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "scan.laz" in res.stderr
