@@ -148,14 +148,11 @@ class HierarchyUNet(nn.Module):
             raise ValueError(f"this network takes {self.cond_channels} conditioning channels per set; "
                              f"got {'none' if cond is None else tuple(cond.shape)}")
         H = hierarchy if hierarchy is not None else build_hierarchy(points, batch, self.cfg)
-        if self.film is None:
-            def encode(s: int, h: Tensor) -> Tensor:
-                return self.encode(H, s, h)
-        else:
-            pairs = self.film(cond)
+        pairs = None if self.film is None else self.film(cond)
 
-            def encode(s: int, h: Tensor) -> Tensor:
-                return modulate(self.encode(H, s, h), *pairs[s], H.batch[s])
+        def encode(s: int, h: Tensor) -> Tensor:
+            h = self.encode(H, s, h)
+            return h if pairs is None else modulate(h, *pairs[s], H.batch[s])
         x = encoder_decoder(H, self.stem(stage0_features(H, features)), encode, self.down, self.up)
         logits = self.head(x)
         return logits if H.inverse is None else logits[H.inverse]

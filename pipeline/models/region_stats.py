@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from data.pointcloud import PointCloud
+from geometry.features import point_features
 
 __all__ = ["REGION_STATS", "RegionStat", "DENSITY_CELL", "point_stat_columns", "region_statistics"]
 
@@ -40,7 +41,7 @@ def point_stat_columns(cloud: PointCloud, stats: list[str]) -> np.ndarray:
         if name == "multi_return":
             cols.append(np.asarray(cloud.fields["number_of_returns"]) > 1)
         elif name == "intensity":
-            cols.append(np.log1p(np.asarray(cloud.fields["intensity"], np.float64)) / np.log(65536.0))
+            cols.append(point_features(cloud.fields, ["intensity"])["intensity"])   # the input channel's scaling
     if not cols:
         return np.zeros((len(cloud), 0), np.float32)
     return np.stack(cols, axis=1).astype(np.float32)
